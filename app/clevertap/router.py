@@ -1,0 +1,117 @@
+"""CleverTap webhook routes: authenticate, read, hand to the service, answer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.clevertap.service import ROUTES, accept_call
+from app.inbound.service import (
+    BodyTooLarge,
+    InboundError,
+    check_content_type,
+    clevertap_credential,
+    dedup_key,
+    json_response,
+    keep_rejected,
+    parse_json,
+    read_body,
+    request_id,
+    secret_matches,
+)
+from app.outbox.models import Operation, Source
+from app.outbox.writer import WriterUnavailable
+from app.state import bridge
+
+router = APIRouter(prefix="/clevertap", tags=["CleverTap webhooks"])
+
+UNAUTHORIZED = InboundError(
+    401,
+    "unauthorized",
+    "send the bridge's CleverTap secret as the Basic-auth password (any user name) "
+    "or in the X-Bridge-Secret header",
+)
+
+
+async def handle(request: Request, operation: Operation, target: str) -> Response:
+    state = bridge(request)
+    settings = state.settings
+    if not secret_matches(clevertap_credential(request), state.credentials.clevertap_secrets):
+        return UNAUTHORIZED.response()
+    body = b""
+    route = ROUTES[operation]
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        content_type = check_content_type(request)
+        payload = parse_json(body)
+        answer = await accept_call(
+            state.writer,
+            operation=operation,
+            target=target,
+            body=body,
+            payload=payload,
+            content_type=content_type,
+            dedup_key=(
+                dedup_key(f"{route}:{target}", request, body)
+                if settings.dedup_window_seconds > 0
+                else None
+            ),
+            request_id=request_id(request),
+        )
+    except InboundError as exc:
+        if isinstance(exc, BodyTooLarge):
+            body = exc.partial
+        await keep_rejected(
+            state.writer,
+            source=Source.CLEVERTAP,
+            route=route,
+            target=target,
+            request=request,
+            body=body,
+            error=exc,
+            max_bytes=settings.rejected_body_bytes,
+        )
+        return exc.response()
+    except WriterUnavailable as exc:
+        return json_response(
+            {"error": "temporarily unavailable", "detail": str(exc)}, 503, {"Retry-After": "5"}
+        )
+    return json_response(answer)
+
+
+_RESPONSES: dict[int | str, dict[str, str]] = {
+    200: {"description": "Stored; `{accepted, duplicates, skipped, ids}`"},
+    400: {"description": "Malformed JSON"},
+    401: {"description": "Missing or wrong secret"},
+    413: {"description": "Body over BRIDGE_MAX_BODY_BYTES"},
+    415: {"description": "Not JSON"},
+    422: {"description": "JSON of an unknown shape, or no valid recipient"},
+    503: {"description": "The database is unavailable; retry"},
+}
+
+
+@router.post(
+    "/campaigns/{campaign_id}",
+    responses=_RESPONSES,
+    summary="Trigger a Mailmodo campaign for every recipient",
+)
+async def trigger_campaign(campaign_id: str, request: Request) -> Response:
+    return await handle(request, Operation.CAMPAIGN_TRIGGER, campaign_id)
+
+
+@router.post(
+    "/journeys/{journey_id}/start",
+    responses=_RESPONSES,
+    summary="Start a Mailmodo journey for every recipient",
+)
+async def start_journey(journey_id: str, request: Request) -> Response:
+    return await handle(request, Operation.JOURNEY_START, journey_id)
+
+
+@router.post(
+    "/journeys/{journey_id}/abort",
+    responses=_RESPONSES,
+    summary="Abort a Mailmodo journey for every recipient",
+)
+async def abort_journey(journey_id: str, request: Request) -> Response:
+    return await handle(request, Operation.JOURNEY_ABORT, journey_id)

@@ -1,0 +1,32 @@
+"""``/healthz`` for liveness, ``/readyz`` for readiness; both meant for an ops ``curl``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app import __version__
+from app.health.service import readiness
+from app.inbound.service import json_response
+from app.state import bridge
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: 200 while the process serves")
+async def healthz() -> Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: database, migrations, worker heartbeat, upstreams",
+    responses={503: {"description": "Not ready; `checks` says which check failed and why"}},
+)
+async def readyz(request: Request) -> Response:
+    ready, checks = await asyncio.to_thread(readiness, bridge(request))
+    return json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+    )

@@ -1,0 +1,66 @@
+"""Readiness: can this process take calls and will they be delivered?"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from app.clock import utcnow
+from app.db import read_only
+from app.state import BridgeState
+from app.system import repository as system_repo
+from app.system.migrations import current_revision, head_revision
+
+
+def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
+    """Each check with its verdict; ready only when every one passes."""
+    settings = state.settings
+    checks: dict[str, dict[str, Any]] = {}
+    engine = read_only(state.engine)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = {"ok": True}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": type(exc).__name__}
+        return False, checks
+
+    current, head = current_revision(engine), head_revision()
+    checks["migrations"] = {"ok": current == head, "current": current, "head": head}
+    if current != head:
+        checks["migrations"]["hint"] = "run `ctmm-bridge db upgrade`"
+        return False, checks
+
+    with engine.connect() as conn:
+        beat = system_repo.latest_beat(conn)
+        upstreams = system_repo.upstream_states(conn)
+    now = utcnow()
+    stale_after = timedelta(seconds=max(3 * settings.heartbeat_seconds, 30))
+    fresh = beat is not None and now - beat <= stale_after
+    checks["worker"] = {
+        "ok": fresh,
+        "last_heartbeat": beat.isoformat() if beat else None,
+        "embedded": settings.embedded_worker,
+    }
+    if not fresh:
+        checks["worker"]["hint"] = (
+            "no worker has reported recently; start `ctmm-bridge worker`"
+            if not settings.embedded_worker
+            else "the embedded worker is not beating"
+        )
+
+    mailmodo: dict[str, Any] = {"ok": True, "configured": bool(settings.mailmodo_api_key)}
+    if not settings.mailmodo_api_key:
+        mailmodo |= {"ok": False, "hint": "set BRIDGE_MAILMODO_API_KEY; calls are kept until then"}
+    paused = upstreams.get("mailmodo")
+    if paused is not None and paused.paused:
+        mailmodo |= {
+            "ok": False,
+            "paused": True,
+            "reason": paused.reason,
+            "paused_since": paused.paused_at.isoformat() if paused.paused_at else None,
+        }
+    checks["mailmodo"] = mailmodo
+    return all(c["ok"] for c in checks.values()), checks

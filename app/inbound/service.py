@@ -1,0 +1,174 @@
+"""What every webhook route shares: authentication, bounded body reading, JSON parsing,
+dedup keys, and keeping authenticated calls that are rejected for the operator."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.clock import utcnow
+from app.outbox.models import CallStatus, Source
+from app.outbox.schemas import IngestRecord
+from app.outbox.writer import IngestWriter, WriterUnavailable
+
+log = structlog.get_logger(__name__)
+
+JSON_TYPES = ("application/json",)
+
+
+class InboundError(Exception):
+    """An answer other than 200, with a JSON body ``{"error": ..., "detail": ...}``."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> Response:
+        headers = {"WWW-Authenticate": 'Basic realm="ctmm-bridge"'} if self.status == 401 else None
+        return json_response({"error": self.error, "detail": self.detail}, self.status, headers)
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def secret_matches(candidate: str | None, secrets: Sequence[str]) -> bool:
+    """Constant-time comparison against every configured secret (rotation keeps several)."""
+    if not candidate:
+        return False
+    given = candidate.encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(given, secret.encode())
+    return matched
+
+
+def clevertap_credential(request: Request) -> str | None:
+    """The secret of a CleverTap call: the Basic-auth password, else ``X-Bridge-Secret``."""
+    header = request.headers.get("x-bridge-secret")
+    if header:
+        return header.strip()
+    auth = request.headers.get("authorization")
+    if auth and auth[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _user, sep, password = decoded.partition(":")
+        return password if sep else None
+    return None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refusing (413) as soon as it is known to exceed ``max_bytes``.
+
+    The partial body read so far travels with the error so the rejection can be kept.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(max_bytes, int(declared), b"")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            chunks.append(chunk)
+            raise BodyTooLarge(max_bytes, size, b"".join(chunks))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class BodyTooLarge(InboundError):
+    def __init__(self, limit: int, size: int, partial: bytes) -> None:
+        super().__init__(
+            413, "body too large", {"limit_bytes": limit, "received_bytes_at_least": size}
+        )
+        self.partial = partial
+
+
+def check_content_type(request: Request) -> str | None:
+    """415 unless the call says it is JSON (a missing Content-Type is given the benefit)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in JSON_TYPES or media.endswith("+json"):
+        return content_type
+    raise InboundError(
+        415,
+        "unsupported media type",
+        {"content_type": content_type, "expected": "application/json"},
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise InboundError(400, "malformed JSON", "the body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InboundError(400, "malformed JSON", str(exc)) from None
+
+
+def dedup_key(scope: str, request: Request, body: bytes) -> str:
+    """``Idempotency-Key`` when given, else a hash of the exact body (retries repeat it)."""
+    given = request.headers.get("idempotency-key")
+    if given:
+        return f"{scope}:idem:{given.strip()[:200]}"
+    return f"{scope}:sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def request_id(request: Request) -> str | None:
+    value: str | None = getattr(request.state, "request_id", None)
+    return value
+
+
+async def keep_rejected(
+    writer: IngestWriter,
+    *,
+    source: Source,
+    route: str,
+    target: str | None,
+    request: Request,
+    body: bytes,
+    error: InboundError,
+    max_bytes: int,
+) -> None:
+    """Store an authenticated call we refused, truncated, with the reason we gave."""
+    text = body[:max_bytes].decode("utf-8", errors="replace")
+    reason = error.error if error.detail is None else f"{error.error}: {_short(error.detail)}"
+    record = IngestRecord(
+        source=source,
+        route=route,
+        target=target,
+        status=CallStatus.REJECTED,
+        http_status=error.status,
+        received_at=utcnow(),
+        body=text,
+        body_truncated=len(body) > max_bytes or isinstance(error, BodyTooLarge),
+        content_type=request.headers.get("content-type"),
+        reason=reason,
+        request_id=request_id(request),
+    )
+    try:
+        await writer.submit(record)
+    except WriterUnavailable:
+        log.error("could not keep a rejected call", route=route, status=error.status)
+
+
+def _short(detail: Any, limit: int = 2000) -> str:
+    text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    return text if len(text) <= limit else text[:limit] + "…"

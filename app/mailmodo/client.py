@@ -1,0 +1,67 @@
+"""Typed client for the parts of Mailmodo's API the bridge calls (header ``mmApiKey``)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+
+from app import __version__
+from app.outbox.models import Operation
+from app.upstream import UpstreamResponse, send
+
+PATHS: dict[Operation, str] = {
+    Operation.CAMPAIGN_TRIGGER: "/api/v1/triggerCampaign/{target}",
+    Operation.JOURNEY_START: "/hooks/start/{target}",
+    Operation.JOURNEY_ABORT: "/hooks/abort/{target}",
+}
+
+
+class MailmodoClient:
+    """One pooled ``AsyncClient`` with explicit timeouts; never retries by itself."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout: float = 15.0,
+        max_connections: int = 20,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "mmApiKey": api_key,
+                "Accept": "application/json",
+                "User-Agent": f"ctmm-bridge/{__version__}",
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def call(self, operation: Operation, target: str, payload: str) -> UpstreamResponse:
+        """POST an already-serialised JSON ``payload`` for ``operation`` on ``target``."""
+        path = PATHS[operation].format(target=quote(target, safe=""))
+        request = self._client.build_request(
+            "POST",
+            path,
+            content=payload.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        return await send(self._client, request)
+
+    async def trigger_campaign(self, campaign_id: str, payload: str) -> UpstreamResponse:
+        return await self.call(Operation.CAMPAIGN_TRIGGER, campaign_id, payload)
+
+    async def start_journey(self, journey_id: str, payload: str) -> UpstreamResponse:
+        return await self.call(Operation.JOURNEY_START, journey_id, payload)
+
+    async def abort_journey(self, journey_id: str, payload: str) -> UpstreamResponse:
+        return await self.call(Operation.JOURNEY_ABORT, journey_id, payload)

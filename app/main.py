@@ -1,0 +1,157 @@
+"""The FastAPI app factory and its lifespan: database, writer, embedded worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import structlog
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.clevertap.router import router as clevertap_router
+from app.config import Settings, get_settings
+from app.db import create_db_engine, create_session_factory
+from app.health.router import router as health_router
+from app.inbound.service import json_response
+from app.outbox.writer import IngestWriter
+from app.security import load_credentials
+from app.state import BridgeState
+from app.system.migrations import current_revision, head_revision, upgrade
+from app.worker.runner import WorkerRunner, build_mailmodo_deliverer, new_worker_id
+
+log = structlog.get_logger(__name__)
+
+
+class DatabaseNotReady(RuntimeError):
+    pass
+
+
+class RequestIdMiddleware:
+    """Takes ``X-Request-ID`` or makes one; it is on every log line of the call and echoed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:64]
+                break
+        if not request_id:
+            request_id = os.urandom(8).hex()
+        scope.setdefault("state", {})["request_id"] = request_id
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", raw_id))
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+def prepare_database(settings: Settings) -> None:
+    """SQLite is brought to head by itself; PostgreSQL must be migrated explicitly."""
+    engine = create_db_engine(settings)
+    try:
+        if settings.is_sqlite:
+            upgrade(settings, engine)
+        elif current_revision(engine) != head_revision():
+            raise DatabaseNotReady(
+                "the PostgreSQL schema is not at the latest migration; "
+                "run `ctmm-bridge db upgrade` once before starting replicas"
+            )
+    finally:
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            await asyncio.to_thread(prepare_database, settings)
+        engine = create_db_engine(settings)
+        credentials = await asyncio.to_thread(load_credentials, engine, settings)
+        runner: WorkerRunner | None = None
+        if settings.embedded_worker:
+            worker_id = new_worker_id()
+            runner = WorkerRunner(
+                engine=engine,
+                settings=settings,
+                worker_id=worker_id,
+                mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
+            )
+        writer = IngestWriter(
+            engine,
+            dedup_window_seconds=settings.dedup_window_seconds,
+            on_commit=runner.wake_threadsafe if runner else None,
+        )
+        writer.start()
+        state = BridgeState(
+            settings=settings,
+            engine=engine,
+            session_factory=create_session_factory(engine),
+            credentials=credentials,
+            writer=writer,
+            runner=runner,
+        )
+        if runner is not None:
+            state.stop = asyncio.Event()
+            state.runner_task = asyncio.create_task(runner.run(state.stop), name="worker")
+        app.state.bridge = state
+        log.info(
+            "bridge started",
+            version=__version__,
+            embedded_worker=settings.embedded_worker,
+            database=(settings.is_sqlite and "sqlite") or "postgresql",
+        )
+        try:
+            yield
+        finally:
+            if state.stop is not None and state.runner_task is not None:
+                state.stop.set()
+                with suppress(Exception):
+                    await asyncio.wait_for(state.runner_task, settings.shutdown_grace_seconds + 15)
+            await asyncio.to_thread(writer.stop)
+            if runner is not None and runner.mailmodo is not None:
+                await runner.mailmodo.client.aclose()
+            engine.dispose()
+            log.info("bridge stopped")
+
+    app = FastAPI(
+        title="ctmm-bridge",
+        version=__version__,
+        summary="Durable two-way webhook bridge between CleverTap and Mailmodo",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health_router)
+    app.include_router(clevertap_router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return json_response(
+            {"error": str(exc.detail), "detail": None},
+            exc.status_code,
+            dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", error=type(exc).__name__)
+        return json_response({"error": "internal error", "detail": type(exc).__name__}, 500)
+
+    return app

@@ -1,0 +1,234 @@
+"""How an upstream answer decides a delivery's fate, and the one transition function.
+
+Classes of answer (both upstreams):
+
+==========================  ===================================================
+2xx and not ``success:false`` delivered
+``success: false``, 4xx      failed for good, reason kept
+401 / 403                    credentials wrong: upstream paused, no attempt used
+429                          rate limited: deferred, no attempt used
+408, 5xx, timeout, network   retried on the schedule, honouring ``Retry-After``
+==========================  ===================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.clock import jitter
+from app.outbox.models import AttemptOutcome, State
+from app.outbox.repository import Claimed
+from app.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout, truncate_utf8
+
+#: Longest wait we accept from a Retry-After header, so a bad header cannot park work for days.
+MAX_RETRY_AFTER = 6 * 3600.0
+REASON_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: AttemptOutcome
+    status_code: int | None
+    reason: str | None
+    duration_ms: float
+    response_body: str | None = None
+    ref: str | None = None
+    retry_after: float | None = None
+
+
+def _message(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    parts: list[str] = []
+    for key in ("message", "error", "Message", "detail"):
+        value = body.get(key)
+        if isinstance(value, str) and value and value not in parts:
+            parts.append(value)
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:
+        rendered = []
+        for err in errors[:5]:
+            if isinstance(err, dict):
+                rendered.append(", ".join(f"{k}: {v}" for k, v in err.items()))
+            else:
+                rendered.append(str(err))
+        parts.append("errors: " + "; ".join(rendered))
+    return " — ".join(parts) if parts else None
+
+
+def _reason(resp: UpstreamResponse, prefix: str) -> str:
+    message = _message(resp.json) or resp.text.strip()[:300] or "(empty body)"
+    return truncate_utf8(f"{prefix} HTTP {resp.status_code}: {message}", REASON_LIMIT)
+
+
+def classify_mailmodo(resp: UpstreamResponse) -> Outcome:
+    """Mailmodo answers 200 with ``success: false`` for some failures: always check it."""
+    code = resp.status_code
+    body = resp.json
+    common: dict[str, Any] = {
+        "status_code": code,
+        "duration_ms": resp.duration_ms,
+        "response_body": resp.kept_body,
+    }
+    if 200 <= code < 300:
+        if isinstance(body, dict) and body.get("success") is False:
+            return Outcome(
+                AttemptOutcome.FAILED, reason=_reason(resp, "Mailmodo refused:"), **common
+            )
+        ref = body.get("ref") if isinstance(body, dict) else None
+        return Outcome(
+            AttemptOutcome.DELIVERED,
+            reason=None,
+            ref=str(ref) if ref is not None else None,
+            **common,
+        )
+    return classify_http_error(resp, "Mailmodo", common)
+
+
+def classify_http_error(resp: UpstreamResponse, upstream: str, common: dict[str, Any]) -> Outcome:
+    code = resp.status_code
+    if code in (401, 403):
+        return Outcome(
+            AttemptOutcome.AUTH_ERROR,
+            reason=_reason(resp, f"{upstream} rejected the credentials:"),
+            **common,
+        )
+    if code == 429:
+        return Outcome(
+            AttemptOutcome.RATE_LIMITED,
+            reason=_reason(resp, f"{upstream} throttled:"),
+            retry_after=resp.retry_after,
+            **common,
+        )
+    if code == 408 or code >= 500:
+        return Outcome(
+            AttemptOutcome.RETRY,
+            reason=_reason(resp, f"{upstream} unavailable:"),
+            retry_after=resp.retry_after,
+            **common,
+        )
+    return Outcome(AttemptOutcome.FAILED, reason=_reason(resp, f"{upstream} refused:"), **common)
+
+
+def classify_error(exc: UpstreamError, upstream: str) -> Outcome:
+    what = "did not answer in time" if isinstance(exc, UpstreamTimeout) else "unreachable"
+    return Outcome(
+        AttemptOutcome.RETRY,
+        status_code=None,
+        duration_ms=exc.duration_ms,
+        reason=truncate_utf8(f"{upstream} {what}: {exc}", REASON_LIMIT),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The new column values of a delivery, and the attempt row that explains them."""
+
+    values: dict[str, Any]
+    attempt_number: int
+    state: State
+
+
+class RetryPolicy:
+    """Backoff with jitter on a fixed schedule; past its last delay an item is dead."""
+
+    def __init__(
+        self,
+        schedule: Sequence[float],
+        *,
+        pause_probe_seconds: float = 60.0,
+        rate_limit_base: float = 5.0,
+        rate_limit_cap: float = 600.0,
+    ) -> None:
+        if not schedule:
+            raise ValueError("the retry schedule needs at least one delay")
+        self.schedule = tuple(schedule)
+        self.pause_probe_seconds = pause_probe_seconds
+        self.rate_limit_base = rate_limit_base
+        self.rate_limit_cap = rate_limit_cap
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.schedule) + 1
+
+    def retry_delay(self, attempts_done: int, retry_after: float | None) -> float | None:
+        """Seconds until the next try after ``attempts_done`` attempts; None means dead."""
+        if attempts_done > len(self.schedule):
+            return None
+        delay = jitter(self.schedule[attempts_done - 1])
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+        return delay
+
+    def deferral_delay(self, deferrals_done: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER)
+        base = self.rate_limit_base * (2 ** min(deferrals_done - 1, 16))
+        return jitter(min(base, self.rate_limit_cap))
+
+    def transition(self, claimed: Claimed, outcome: Outcome, now: datetime) -> Transition:
+        """The single place where a delivery's state changes after an attempt."""
+        number = claimed.attempts + claimed.deferrals + 1
+        values: dict[str, Any] = {
+            "last_status_code": outcome.status_code,
+            "updated_at": now,
+            "lease_token": None,
+            "leased_by": None,
+        }
+        kind = outcome.kind
+        if kind is AttemptOutcome.DELIVERED:
+            values |= {
+                "state": State.DELIVERED.value,
+                "attempts": claimed.attempts + 1,
+                "upstream_ref": outcome.ref,
+                "reason": None,
+                "finished_at": now,
+            }
+            return Transition(values, number, State.DELIVERED)
+        if kind is AttemptOutcome.FAILED:
+            values |= {
+                "state": State.FAILED.value,
+                "attempts": claimed.attempts + 1,
+                "reason": outcome.reason,
+                "finished_at": now,
+            }
+            return Transition(values, number, State.FAILED)
+        if kind in (AttemptOutcome.RATE_LIMITED, AttemptOutcome.AUTH_ERROR):
+            deferrals = claimed.deferrals + 1
+            delay = (
+                self.deferral_delay(deferrals, outcome.retry_after)
+                if kind is AttemptOutcome.RATE_LIMITED
+                else self.pause_probe_seconds
+            )
+            values |= {
+                "state": State.PENDING.value,
+                "deferrals": deferrals,
+                "reason": outcome.reason,
+                "next_attempt_at": now + timedelta(seconds=delay),
+            }
+            return Transition(values, number, State.PENDING)
+        attempts = claimed.attempts + 1
+        retry_in = self.retry_delay(attempts, outcome.retry_after)
+        if retry_in is None:
+            values |= {
+                "state": State.DEAD.value,
+                "attempts": attempts,
+                "finished_at": now,
+                "reason": f"gave up after {attempts} attempts; last: {outcome.reason}",
+            }
+            return Transition(values, number, State.DEAD)
+        values |= {
+            "state": State.PENDING.value,
+            "attempts": attempts,
+            "reason": outcome.reason,
+            "next_attempt_at": now + timedelta(seconds=retry_in),
+        }
+        return Transition(values, number, State.PENDING)
+
+    @staticmethod
+    def release(now: datetime) -> dict[str, Any]:
+        """Give a claimed row back untouched (shutdown, paused upstream): no attempt used."""
+        return {"lease_token": None, "leased_by": None, "next_attempt_at": now, "updated_at": now}

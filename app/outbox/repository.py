@@ -1,0 +1,362 @@
+"""All SQL of the outbox: ingest in one transaction, claim with a lease, finish under the lease.
+
+Functions take a ``Connection`` (or ``Session``) opened by the caller; they never commit.
+The same statements run on SQLite (one writer at a time) and PostgreSQL, where the claim
+uses ``FOR UPDATE SKIP LOCKED`` so that many worker processes never take the same row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.identity.models import Identity
+from app.outbox.models import (
+    Attempt,
+    CallStatus,
+    Delivery,
+    InboundCall,
+    State,
+    Upstream,
+)
+from app.outbox.schemas import IngestRecord, IngestResult
+
+Executor = Connection | Session
+CALLS = cast(Table, InboundCall.__table__)
+DELIVERIES = cast(Table, Delivery.__table__)
+ATTEMPTS = cast(Table, Attempt.__table__)
+
+
+def _call_row(
+    record: IngestRecord, *, status: str, dedup_key: str | None, reason: str | None, item_count: int
+) -> dict[str, Any]:
+    return {
+        "received_at": record.received_at,
+        "source": record.source.value,
+        "route": record.route,
+        "target": record.target,
+        "status": status,
+        "http_status": record.http_status,
+        "reason": reason,
+        "dedup_key": dedup_key,
+        "content_type": record.content_type,
+        "body": record.body,
+        "body_truncated": record.body_truncated,
+        "item_count": item_count,
+        "skipped_count": record.skipped,
+        "request_id": record.request_id,
+    }
+
+
+def _upsert_identities(conn: Executor, rows: list[dict[str, Any]]) -> None:
+    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    ins = postgresql.insert(Identity) if dialect == "postgresql" else sqlite.insert(Identity)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[Identity.email],
+        set_={
+            "clevertap_id": ins.excluded.clevertap_id,
+            "source": ins.excluded.source,
+            "updated_at": ins.excluded.updated_at,
+        },
+        where=ins.excluded.updated_at >= Identity.updated_at,
+    )
+    conn.execute(stmt, rows)
+
+
+def ingest_batch(
+    conn: Connection,
+    records: Sequence[IngestRecord],
+    *,
+    dedup_window_seconds: float,
+    now: datetime,
+) -> list[IngestResult]:
+    """Store many inbound calls at once (group commit); duplicates inside the window are
+    recorded as such and produce no deliveries.
+
+    On PostgreSQL two replicas can race on the same new dedup key; the loser's transaction
+    fails on the unique constraint and the writer retries it, when this SELECT sees the key.
+    """
+    keys = {r.dedup_key for r in records if r.dedup_key}
+    fresh: dict[str, tuple[int, int]] = {}
+    if keys:
+        cutoff = now - timedelta(seconds=dedup_window_seconds)
+        stale: list[int] = []
+        rows = conn.execute(
+            select(
+                InboundCall.id,
+                InboundCall.dedup_key,
+                InboundCall.received_at,
+                InboundCall.skipped_count,
+            ).where(InboundCall.dedup_key.in_(keys))
+        ).all()
+        for call_id, key, received_at, skipped in rows:
+            if key is None:
+                continue
+            if received_at >= cutoff:
+                fresh[key] = (call_id, skipped)
+            else:
+                stale.append(call_id)
+        if stale:
+            # Past the window the key is free again: the old call keeps its row, not its key.
+            conn.execute(
+                update(InboundCall).where(InboundCall.id.in_(stale)).values(dedup_key=None)
+            )
+
+    first_in_batch: dict[str, int] = {}
+    originals: list[int] = []  # indices of records that are inserted as themselves
+    dup_of_batch: dict[int, int] = {}  # record index -> index of the original in this batch
+    dup_of_stored: dict[int, tuple[int, int]] = {}  # record index -> (call id, skipped)
+    for i, record in enumerate(records):
+        key = record.dedup_key
+        if key is not None and key in fresh:
+            dup_of_stored[i] = fresh[key]
+        elif key is not None and key in first_in_batch:
+            dup_of_batch[i] = first_in_batch[key]
+        else:
+            originals.append(i)
+            if key is not None:
+                first_in_batch[key] = i
+
+    results: list[IngestResult | None] = [None] * len(records)
+    if originals:
+        call_rows = [
+            _call_row(
+                records[i],
+                status=records[i].status.value,
+                dedup_key=records[i].dedup_key,
+                reason=records[i].reason,
+                item_count=len(records[i].deliveries),
+            )
+            for i in originals
+        ]
+        call_ids = (
+            conn.execute(
+                CALLS.insert().returning(CALLS.c.id, sort_by_parameter_order=True),
+                call_rows,
+            )
+            .scalars()
+            .all()
+        )
+        delivery_rows: list[dict[str, Any]] = []
+        owners: list[int] = []
+        for i, call_id in zip(originals, call_ids, strict=True):
+            for d in records[i].deliveries:
+                owners.append(i)
+                delivery_rows.append(
+                    {
+                        "inbound_call_id": call_id,
+                        "direction": d.direction.value,
+                        "upstream": d.upstream.value,
+                        "operation": d.operation.value,
+                        "target": d.target,
+                        "email": d.email,
+                        "clevertap_id": d.clevertap_id,
+                        "payload": d.payload,
+                        "state": d.state.value,
+                        "attempts": 0,
+                        "deferrals": 0,
+                        "next_attempt_at": d.next_attempt_at or now,
+                        "reason": d.reason,
+                        "created_at": now,
+                        "updated_at": now,
+                        "finished_at": now if d.state in (State.DROPPED, State.FAILED) else None,
+                    }
+                )
+        ids_by_record: dict[int, list[int]] = {i: [] for i in originals}
+        if delivery_rows:
+            delivery_ids = (
+                conn.execute(
+                    DELIVERIES.insert().returning(DELIVERIES.c.id, sort_by_parameter_order=True),
+                    delivery_rows,
+                )
+                .scalars()
+                .all()
+            )
+            for owner, delivery_id in zip(owners, delivery_ids, strict=True):
+                ids_by_record[owner].append(delivery_id)
+        for i, call_id in zip(originals, call_ids, strict=True):
+            results[i] = IngestResult(
+                call_id=call_id,
+                duplicate=False,
+                delivery_ids=ids_by_record[i],
+                skipped=records[i].skipped,
+            )
+
+        identities: dict[str, dict[str, Any]] = {}
+        for i in originals:
+            for obs in records[i].identities:
+                identities[obs.email] = {
+                    "email": obs.email,
+                    "clevertap_id": obs.clevertap_id,
+                    "source": obs.source,
+                    "updated_at": now,
+                }
+        if identities:
+            rows_ = list(identities.values())
+            _upsert_identities(conn, rows_)
+            release_parked(conn, rows_, now=now)
+
+    if dup_of_stored or dup_of_batch:
+        stored_ids = {call_id for call_id, _ in dup_of_stored.values()}
+        delivery_ids_by_call: dict[int, list[int]] = {c: [] for c in stored_ids}
+        if stored_ids:
+            for delivery_id, owner_id in conn.execute(
+                select(Delivery.id, Delivery.inbound_call_id)
+                .where(Delivery.inbound_call_id.in_(stored_ids))
+                .order_by(Delivery.id)
+            ).all():
+                if owner_id is not None:
+                    delivery_ids_by_call[owner_id].append(delivery_id)
+        dup_rows: list[dict[str, Any]] = []
+        dup_indices: list[int] = []
+        for i in sorted([*dup_of_stored, *dup_of_batch]):
+            if i in dup_of_stored:
+                call_id, skipped = dup_of_stored[i]
+                ids = delivery_ids_by_call[call_id]
+            else:
+                original = results[dup_of_batch[i]]
+                assert original is not None
+                call_id, skipped, ids = original.call_id, original.skipped, original.delivery_ids
+            results[i] = IngestResult(
+                call_id=call_id, duplicate=True, delivery_ids=ids, skipped=skipped
+            )
+            dup_indices.append(i)
+            dup_rows.append(
+                _call_row(
+                    records[i],
+                    status=CallStatus.DUPLICATE.value,
+                    dedup_key=None,
+                    reason=f"duplicate of call {call_id}",
+                    item_count=len(ids),
+                )
+                | {"body": ""}
+            )
+        conn.execute(CALLS.insert(), dup_rows)
+
+    final = [r for r in results if r is not None]
+    assert len(final) == len(records)
+    return final
+
+
+def release_parked(conn: Executor, identities: list[dict[str, Any]], *, now: datetime) -> None:
+    """Events parked for want of a CleverTap ID become due, keyed by the ID just learnt."""
+    conn.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.state == State.PARKED.value,
+            DELIVERIES.c.email == bindparam("b_email"),
+        )
+        .values(
+            state=State.PENDING.value,
+            clevertap_id=bindparam("b_clevertap_id"),
+            next_attempt_at=now,
+            updated_at=now,
+            reason=None,
+        ),
+        [{"b_email": r["email"], "b_clevertap_id": r["clevertap_id"]} for r in identities],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Claiming and finishing
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A delivery leased to one worker; ``lease_token`` guards every later write."""
+
+    id: int
+    operation: str
+    target: str | None
+    email: str | None
+    clevertap_id: str | None
+    payload: str
+    attempts: int
+    deferrals: int
+    lease_token: str
+
+
+def claim_due(
+    conn: Executor,
+    *,
+    upstream: Upstream,
+    limit: int,
+    now: datetime,
+    lease_seconds: float,
+    worker_id: str,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due rows: they leave the due set until the lease runs out, so a
+    crashed worker's rows come back by themselves."""
+    if limit <= 0:
+        return []
+    table = DELIVERIES
+    due = (
+        select(table.c.id)
+        .where(
+            table.c.upstream == upstream.value,
+            table.c.state == State.PENDING.value,
+            table.c.next_attempt_at <= now,
+        )
+        .order_by(table.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    token = uuid.uuid4().hex
+    rows = conn.execute(
+        update(table)
+        .where(table.c.id.in_(due.scalar_subquery()))
+        .values(
+            lease_token=token,
+            leased_by=worker_id,
+            next_attempt_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(
+            table.c.id,
+            table.c.operation,
+            table.c.target,
+            table.c.email,
+            table.c.clevertap_id,
+            table.c.payload,
+            table.c.attempts,
+            table.c.deferrals,
+        )
+    ).all()
+    claimed = [
+        Claimed(
+            id=r.id,
+            operation=r.operation,
+            target=r.target,
+            email=r.email,
+            clevertap_id=r.clevertap_id,
+            payload=r.payload,
+            attempts=r.attempts,
+            deferrals=r.deferrals,
+            lease_token=token,
+        )
+        for r in rows
+    ]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+def update_leased(conn: Executor, claimed: Claimed, values: dict[str, Any]) -> bool:
+    """Write a transition only while we still hold the lease; False means it was lost."""
+    table = DELIVERIES
+    result = conn.execute(
+        update(table)
+        .where(table.c.id == claimed.id, table.c.lease_token == claimed.lease_token)
+        .values(**values)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def add_attempt(conn: Executor, values: dict[str, Any]) -> None:
+    conn.execute(ATTEMPTS.insert(), [values])

@@ -1,0 +1,62 @@
+"""Plain records handed between the inbound services, the writer and the repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from app.outbox.models import CallStatus, Direction, Operation, Source, State, Upstream
+
+
+@dataclass(slots=True)
+class NewDelivery:
+    """One outbox row to create; ``payload`` is the JSON body to send (already serialised)."""
+
+    operation: Operation
+    upstream: Upstream
+    direction: Direction
+    target: str | None
+    email: str | None
+    clevertap_id: str | None
+    payload: str
+    state: State = State.PENDING
+    reason: str | None = None
+    #: For parked rows: when they expire. For pending rows: when they are first due (now).
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class IdentityObservation:
+    email: str
+    clevertap_id: str
+    source: str
+
+
+@dataclass(slots=True)
+class IngestRecord:
+    """One inbound call and everything it produces, written in one transaction."""
+
+    source: Source
+    route: str
+    target: str | None
+    status: CallStatus
+    http_status: int
+    received_at: datetime
+    body: str
+    content_type: str | None = None
+    body_truncated: bool = False
+    reason: str | None = None
+    dedup_key: str | None = None
+    skipped: int = 0
+    request_id: str | None = None
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    identities: list[IdentityObservation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IngestResult:
+    call_id: int
+    duplicate: bool
+    delivery_ids: list[int]
+    #: For a duplicate: what the original call skipped, so the answer repeats it.
+    skipped: int = 0

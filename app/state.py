@@ -1,0 +1,32 @@
+"""What the app holds while it runs, on ``app.state.bridge``; typed access for handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.outbox.writer import IngestWriter
+from app.security import Credentials
+from app.worker.runner import WorkerRunner
+
+
+@dataclass(slots=True)
+class BridgeState:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    credentials: Credentials
+    writer: IngestWriter
+    runner: WorkerRunner | None = None
+    runner_task: asyncio.Task[None] | None = None
+    stop: asyncio.Event | None = None
+
+
+def bridge(request: Request) -> BridgeState:
+    state: BridgeState = request.app.state.bridge
+    return state

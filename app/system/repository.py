@@ -1,0 +1,149 @@
+"""SQL for process-wide state: generated secrets, heartbeats, upstream pauses, rate slots."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.system.models import GeneratedSecret, RateSlot, UpstreamState, WorkerHeartbeat
+
+Executor = Connection | Session
+
+
+def _dialect(conn: Executor) -> str:
+    return conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+
+
+def _insert(conn: Executor, table: type) -> sqlite.Insert | postgresql.Insert:
+    return postgresql.insert(table) if _dialect(conn) == "postgresql" else sqlite.insert(table)
+
+
+def get_or_create_secret(conn: Executor, name: str, candidate: str, now: datetime) -> str:
+    """The stored secret ``name``; ``candidate`` is stored first if there is none.
+
+    Insert-or-ignore then read, so replicas starting together agree on one value.
+    """
+    conn.execute(
+        _insert(conn, GeneratedSecret)
+        .values(name=name, value=candidate, created_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    value = conn.execute(select(GeneratedSecret.value).where(GeneratedSecret.name == name))
+    return str(value.scalar_one())
+
+
+def beat(
+    conn: Executor, *, worker_id: str, hostname: str, pid: int, started_at: datetime, now: datetime
+) -> None:
+    ins = _insert(conn, WorkerHeartbeat).values(
+        worker_id=worker_id, hostname=hostname, pid=pid, started_at=started_at, beat_at=now
+    )
+    conn.execute(ins.on_conflict_do_update(index_elements=["worker_id"], set_={"beat_at": now}))
+
+
+def forget_worker(conn: Executor, worker_id: str) -> None:
+    conn.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
+
+
+def latest_beat(conn: Executor) -> datetime | None:
+    value: datetime | None = conn.execute(select(func.max(WorkerHeartbeat.beat_at))).scalar()
+    if value is not None and value.tzinfo is None:
+        from datetime import UTC
+
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def prune_heartbeats(conn: Executor, older_than: datetime) -> None:
+    conn.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < older_than))
+
+
+def get_upstream_state(conn: Executor, upstream: str) -> UpstreamState | None:
+    row = conn.execute(select(UpstreamState).where(UpstreamState.upstream == upstream)).first()
+    if row is None:
+        return None
+    state: UpstreamState = row[0]
+    return state
+
+
+def upstream_states(conn: Executor) -> dict[str, UpstreamState]:
+    rows = conn.execute(select(UpstreamState)).scalars().all()
+    return {row.upstream: row for row in rows}
+
+
+def set_paused(
+    conn: Executor,
+    upstream: str,
+    *,
+    reason: str,
+    fingerprint: str | None,
+    now: datetime,
+    probe_in: float,
+) -> None:
+    values = {
+        "paused": True,
+        "reason": reason,
+        "paused_at": now,
+        "probe_at": now + timedelta(seconds=probe_in),
+        "key_fingerprint": fingerprint,
+        "updated_at": now,
+    }
+    ins = _insert(conn, UpstreamState).values(upstream=upstream, **values)
+    conn.execute(
+        ins.on_conflict_do_update(
+            index_elements=["upstream"],
+            # Keep the first pause time across probes so the operator sees how long it lasts.
+            set_={**values, "paused_at": func.coalesce(UpstreamState.paused_at, now)},
+        )
+    )
+
+
+def set_probe_at(conn: Executor, upstream: str, probe_at: datetime, now: datetime) -> None:
+    conn.execute(
+        update(UpstreamState)
+        .where(UpstreamState.upstream == upstream)
+        .values(probe_at=probe_at, updated_at=now)
+    )
+
+
+def clear_paused(conn: Executor, upstream: str, now: datetime) -> bool:
+    result = conn.execute(
+        update(UpstreamState)
+        .where(UpstreamState.upstream == upstream, UpstreamState.paused.is_(True))
+        .values(paused=False, reason=None, paused_at=None, probe_at=None, updated_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def reserve_rate_slot(conn: Executor, name: str, *, now: float, interval: float) -> float:
+    """Reserve the next send time for ``name`` (epoch seconds), shared by every process.
+
+    GCRA: the row holds the earliest free slot; each reservation takes
+    ``max(slot, now)`` and moves the slot on by ``interval``. One statement, so it is atomic
+    on SQLite (single writer) and PostgreSQL (row lock).
+    """
+    conn.execute(
+        _insert(conn, RateSlot)
+        .values(name=name, next_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    row = conn.execute(
+        text(
+            "UPDATE rate_slots SET next_at = "
+            "CASE WHEN next_at > :now THEN next_at ELSE :now END + :interval "
+            "WHERE name = :name RETURNING next_at"
+        ),
+        {"now": now, "interval": interval, "name": name},
+    ).scalar_one()
+    return float(row) - interval
+
+
+def push_rate_slot(conn: Executor, name: str, *, not_before: float) -> None:
+    """Nobody sends to ``name`` before ``not_before`` (an upstream said Retry-After)."""
+    conn.execute(
+        text("UPDATE rate_slots SET next_at = :nb WHERE name = :name AND next_at < :nb"),
+        {"nb": not_before, "name": name},
+    )

@@ -1,0 +1,228 @@
+"""Delivering due outbox rows to Mailmodo: claim, wait for a rate slot, call, record.
+
+The worker loop (``app.worker.runner``) only decides *when* to call ``run_once``; everything
+that decides *what happens to a row* is here, so tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.engine import Engine
+
+from app.clock import utcnow
+from app.mailmodo.client import MailmodoClient
+from app.outbox import repository
+from app.outbox.models import AttemptOutcome, Operation, State, Upstream
+from app.outbox.policy import Outcome, RetryPolicy, Transition, classify_error, classify_mailmodo
+from app.outbox.repository import Claimed
+from app.system import repository as system_repo
+from app.upstream import UpstreamError
+from app.worker.ratelimit import SharedRateLimiter, wait_until
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class RunStats:
+    claimed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    released: int = 0
+
+
+class MailmodoDeliverer:
+    """Delivers Mailmodo outbox rows; one instance per worker process."""
+
+    upstream = Upstream.MAILMODO
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        client: MailmodoClient,
+        policy: RetryPolicy,
+        limiter: SharedRateLimiter,
+        worker_id: str,
+        lease_seconds: float,
+        key_fingerprint: str | None,
+        pause_probe_seconds: float,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.policy = policy
+        self.limiter = limiter
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.key_fingerprint = key_fingerprint
+        self.pause_probe_seconds = pause_probe_seconds
+
+    # -- pause ------------------------------------------------------------------------------
+
+    def _allowed_batch(self, limit: int) -> int:
+        """How many rows we may claim now: 0 while paused, 1 to probe a pause, else limit."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            state = system_repo.get_upstream_state(conn, self.upstream.value)
+            if state is None or not state.paused:
+                return limit
+            if state.key_fingerprint != self.key_fingerprint:
+                system_repo.clear_paused(conn, self.upstream.value, now)
+                log.info(
+                    "upstream credentials changed; resuming deliveries",
+                    upstream=self.upstream.value,
+                )
+                return limit
+            if state.probe_at is not None and state.probe_at > now:
+                return 0
+            # Probe with a single row; push the next probe out so other workers wait.
+            system_repo.set_probe_at(
+                conn,
+                self.upstream.value,
+                now + _seconds(self.pause_probe_seconds),
+                now,
+            )
+            return 1
+
+    # -- one round --------------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Claimed]:
+        allowed = self._allowed_batch(limit)
+        if allowed <= 0:
+            return []
+        with self.engine.begin() as conn:
+            return repository.claim_due(
+                conn,
+                upstream=self.upstream,
+                limit=allowed,
+                now=utcnow(),
+                lease_seconds=self.lease_seconds,
+                worker_id=self.worker_id,
+            )
+
+    async def run_once(self, limit: int, stop: asyncio.Event | None = None) -> RunStats:
+        """Claim up to ``limit`` due rows and deliver them concurrently."""
+        claimed = await asyncio.to_thread(self.claim, limit)
+        stats = RunStats(claimed=len(claimed))
+        if not claimed:
+            return stats
+        results = await asyncio.gather(
+            *(
+                self.deliver(row, slot, stop)
+                for row, slot in zip(claimed, await self.limiter.reserve(len(claimed)), strict=True)
+            )
+        )
+        for result in results:
+            if result is None:
+                stats.released += 1
+            else:
+                stats.outcomes[result.state.value] = stats.outcomes.get(result.state.value, 0) + 1
+        return stats
+
+    async def deliver(
+        self, row: Claimed, slot: float, stop: asyncio.Event | None = None
+    ) -> Transition | None:
+        """Deliver one claimed row at its rate slot; None if it was given back unsent."""
+        try:
+            if not await wait_until(slot, stop):
+                await asyncio.to_thread(self.release, [row])
+                return None
+            outcome = await self.attempt(row)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self.release, [row]))
+            raise
+        return await asyncio.to_thread(self.record, row, outcome)
+
+    async def attempt(self, row: Claimed) -> Outcome:
+        assert row.target is not None
+        try:
+            response = await self.client.call(Operation(row.operation), row.target, row.payload)
+        except UpstreamError as exc:
+            return classify_error(exc, "Mailmodo")
+        outcome = classify_mailmodo(response)
+        if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:
+            await self.limiter.hold_off(outcome.retry_after)
+        return outcome
+
+    def record(self, row: Claimed, outcome: Outcome) -> Transition:
+        """Write the attempt and the transition in one transaction, under the lease."""
+        now = utcnow()
+        transition = self.policy.transition(row, outcome, now)
+        with self.engine.begin() as conn:
+            repository.add_attempt(
+                conn,
+                {
+                    "delivery_id": row.id,
+                    "number": transition.attempt_number,
+                    "started_at": now - _seconds(outcome.duration_ms / 1000),
+                    "duration_ms": outcome.duration_ms,
+                    "status_code": outcome.status_code,
+                    "outcome": outcome.kind.value,
+                    "error": outcome.reason,
+                    "response_body": outcome.response_body,
+                    "worker_id": self.worker_id,
+                },
+            )
+            kept = repository.update_leased(conn, row, transition.values)
+            if outcome.kind is AttemptOutcome.AUTH_ERROR:
+                system_repo.set_paused(
+                    conn,
+                    self.upstream.value,
+                    reason=outcome.reason or "credentials rejected",
+                    fingerprint=self.key_fingerprint,
+                    now=now,
+                    probe_in=self.pause_probe_seconds,
+                )
+            elif (
+                # Any real answer other than 401/403 proves the credentials work.
+                outcome.kind is not AttemptOutcome.RATE_LIMITED
+                and outcome.status_code
+                and system_repo.clear_paused(conn, self.upstream.value, now)
+            ):
+                log.info(
+                    "upstream accepted our credentials again; resuming",
+                    upstream=self.upstream.value,
+                )
+        _log_outcome(row, outcome, transition, lease_kept=kept)
+        return transition
+
+    def release(self, rows: list[Claimed]) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for row in rows:
+                repository.update_leased(conn, row, self.policy.release(now))
+
+
+def _log_outcome(
+    row: Claimed, outcome: Outcome, transition: Transition, *, lease_kept: bool
+) -> None:
+    fields = {
+        "delivery_id": row.id,
+        "operation": row.operation,
+        "status_code": outcome.status_code,
+        "outcome": outcome.kind.value,
+        "state": transition.state.value,
+        "duration_ms": outcome.duration_ms,
+    }
+    if not lease_kept:
+        log.warning(
+            "lease lost before the result was written; another worker owns the row", **fields
+        )
+    elif outcome.kind is AttemptOutcome.AUTH_ERROR:
+        log.error(
+            "Mailmodo rejected the API key; deliveries are paused until it works",
+            reason=outcome.reason,
+            **fields,
+        )
+    elif transition.state in (State.FAILED, State.DEAD):
+        log.warning("delivery failed for good", reason=outcome.reason, **fields)
+    elif transition.state is State.PENDING:
+        log.info("delivery will be retried", reason=outcome.reason, **fields)
+    else:
+        log.debug("delivered", **fields)
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)

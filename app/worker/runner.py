@@ -1,0 +1,198 @@
+"""The worker loop: when to claim, how many in flight, heartbeats, and graceful shutdown.
+
+It runs inside ``serve`` (``BRIDGE_EMBEDDED_WORKER=true``) or alone as ``ctmm-bridge worker``;
+any number of workers may share one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from contextlib import suppress
+
+import structlog
+from sqlalchemy.engine import Engine
+
+from app.clock import utcnow
+from app.config import Settings
+from app.mailmodo.client import MailmodoClient
+from app.outbox.policy import RetryPolicy
+from app.security import fingerprint
+from app.system import repository as system_repo
+from app.worker.delivery import MailmodoDeliverer
+from app.worker.ratelimit import SharedRateLimiter
+
+log = structlog.get_logger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_mailmodo_deliverer(
+    engine: Engine, settings: Settings, worker_id: str, client: MailmodoClient | None = None
+) -> MailmodoDeliverer | None:
+    """None when no Mailmodo API key is configured: rows wait, readiness says why."""
+    if not settings.mailmodo_api_key:
+        return None
+    client = client or MailmodoClient(
+        base_url=settings.mailmodo_api_url,
+        api_key=settings.mailmodo_api_key,
+        timeout=settings.mailmodo_timeout_seconds,
+        max_connections=settings.mailmodo_max_concurrency,
+    )
+    return MailmodoDeliverer(
+        engine=engine,
+        client=client,
+        policy=RetryPolicy(
+            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
+        ),
+        limiter=SharedRateLimiter(engine, "mailmodo", settings.mailmodo_rate_per_second),
+        worker_id=worker_id,
+        lease_seconds=settings.lease_seconds,
+        key_fingerprint=fingerprint(settings.mailmodo_api_key),
+        pause_probe_seconds=settings.pause_probe_seconds,
+    )
+
+
+class WorkerRunner:
+    """Keeps up to ``concurrency`` deliveries in flight and shuts down without losing any."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        mailmodo: MailmodoDeliverer | None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.mailmodo = mailmodo
+        self.worker_id = worker_id or new_worker_id()
+        self.started_at = utcnow()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake_threadsafe(self) -> None:
+        """Called by the ingest writer after a commit: new work may be due now."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        log.info(
+            "worker started",
+            worker_id=self.worker_id,
+            mailmodo="on" if self.mailmodo else "off (BRIDGE_MAILMODO_API_KEY not set)",
+        )
+        tasks = [asyncio.create_task(self._heartbeat(stop), name="heartbeat")]
+        if self.mailmodo is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self._deliver_loop(self.mailmodo, self.settings.mailmodo_max_concurrency, stop),
+                    name="mailmodo-deliveries",
+                )
+            )
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            with suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            with suppress(Exception):
+                await asyncio.to_thread(self._forget)
+            log.info("worker stopped", worker_id=self.worker_id)
+
+    def _forget(self) -> None:
+        with self.engine.begin() as conn:
+            system_repo.forget_worker(conn, self.worker_id)
+
+    def _beat(self) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            system_repo.beat(
+                conn,
+                worker_id=self.worker_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self.started_at,
+                now=now,
+            )
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._beat)
+            except Exception:
+                log.exception("heartbeat failed")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_seconds)
+
+    async def _deliver_loop(
+        self, deliverer: MailmodoDeliverer, concurrency: int, stop: asyncio.Event
+    ) -> None:
+        inflight: set[asyncio.Task[object]] = set()
+        # Claim no more than about two seconds of rate at once, so leases stay short.
+        burst = max(1, int(self.settings.mailmodo_rate_per_second * 2))
+        poll = self.settings.worker_poll_seconds
+        try:
+            while not stop.is_set():
+                free = concurrency - len(inflight)
+                claimed_full = False
+                if free > 0:
+                    limit = min(free, burst)
+                    try:
+                        rows = await asyncio.to_thread(deliverer.claim, limit)
+                        slots = await deliverer.limiter.reserve(len(rows))
+                    except Exception:
+                        log.exception("claiming deliveries failed; will try again")
+                        rows, slots = [], []
+                    for row, slot in zip(rows, slots, strict=True):
+                        task = asyncio.create_task(deliverer.deliver(row, slot, stop))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    claimed_full = len(rows) == limit
+                if claimed_full and len(inflight) < concurrency:
+                    continue
+                await self._idle(stop, inflight, poll)
+        finally:
+            await self._drain(inflight)
+
+    async def _idle(
+        self, stop: asyncio.Event, inflight: set[asyncio.Task[object]], wait_s: float
+    ) -> None:
+        self._wake.clear()
+        waiters: set[asyncio.Future[object]] = {
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(stop.wait()),
+        }
+        if inflight:
+            waiters.add(
+                asyncio.ensure_future(
+                    asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED)
+                )
+            )
+        try:
+            await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _drain(self, inflight: set[asyncio.Task[object]]) -> None:
+        """Let calls in flight finish within the grace period; give the rest back unsent."""
+        if not inflight:
+            return
+        grace = self.settings.shutdown_grace_seconds
+        log.info("waiting for deliveries in flight", count=len(inflight), grace_seconds=grace)
+        _done, pending = await asyncio.wait(set(inflight), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("released deliveries still in flight at shutdown", count=len(pending))

@@ -1,0 +1,169 @@
+"""Shared fixtures: a migrated temporary database, the real app over ASGI, faked upstreams.
+
+PostgreSQL tests use the server named by ``BRIDGE_TEST_POSTGRES_URL`` (default: the local
+server with trust auth); each test run gets a fresh database that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from app.config import Settings
+from app.db import create_db_engine
+from app.main import create_app
+from app.state import BridgeState
+from app.system.migrations import upgrade
+
+CT_SECRET = "ct-test-secret"
+MM_SECRET = "mm-test-secret"
+ADMIN_TOKEN = "admin-test-token"
+MAILMODO_URL = "https://mailmodo.test"
+CLEVERTAP_URL = "https://clevertap.test"
+MAILMODO_KEY = "mm-api-key"
+
+PG_URL = os.environ.get(
+    "BRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "clevertap_webhook_secrets": [CT_SECRET, "ct-rotated-secret"],
+        "mailmodo_webhook_secrets": [MM_SECRET],
+        "admin_token": ADMIN_TOKEN,
+        "mailmodo_api_key": MAILMODO_KEY,
+        "mailmodo_api_url": MAILMODO_URL,
+        "clevertap_account_id": "TEST-ACCOUNT",
+        "clevertap_passcode": "TEST-PASSCODE",
+        "clevertap_api_url": CLEVERTAP_URL,
+        "embedded_worker": False,
+        "retry_schedule_seconds": [1.0, 2.0, 4.0],
+        "mailmodo_rate_per_second": 1000.0,
+        "log_format": "console",
+        "heartbeat_seconds": 0.2,
+        "worker_poll_seconds": 0.05,
+        "shutdown_grace_seconds": 1.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throw-away PostgreSQL database for this test session."""
+    name = f"ctmm_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # pragma: no cover - only without a server
+        pytest.fail(f"PostgreSQL at {PG_URL} is needed for these tests: {exc}")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that asks for it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bridge.db'}"
+    url: str = request.getfixturevalue("postgres_server")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'bridge.db'}"
+
+
+@pytest.fixture
+def settings(sqlite_url: str) -> Settings:
+    return make_settings(sqlite_url)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = create_db_engine(settings)
+    upgrade(settings, engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as c:
+            yield c
+
+
+@pytest.fixture
+def state(app: FastAPI, client: httpx.AsyncClient) -> BridgeState:
+    """The running app's state (requires ``client`` so the lifespan has started)."""
+    bridge: BridgeState = app.state.bridge
+    return bridge
+
+
+@pytest.fixture
+def mailmodo() -> Iterator[respx.MockRouter]:
+    """Mailmodo's API, faked at the HTTP boundary."""
+    with respx.mock(base_url=MAILMODO_URL, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def clevertap_api() -> Iterator[respx.MockRouter]:
+    """CleverTap's upload API, faked at the HTTP boundary."""
+    with respx.mock(base_url=CLEVERTAP_URL, assert_all_called=False) as router:
+        yield router
+
+
+CT_AUTH = {"X-Bridge-Secret": CT_SECRET}
+
+
+def profiles_body(*emails: str | None, key_values: dict[str, Any] | None = None,
+                  single: bool = False, **profile_extra: Any) -> dict[str, Any]:
+    """CleverTap's default 'profile variables' body, one profile per email."""
+    profiles = []
+    for i, email in enumerate(emails):
+        profile: dict[str, Any] = {"Identity": f"user-{i}", "ObjectId": f"__obj{i}",
+                                   "ProfileData": {"First Name": f"Name{i}"}}
+        if email is not None:
+            profile["Email"] = email
+        profile.update(profile_extra)
+        profiles.append(profile)
+    return {
+        "targetId": 1472124953,
+        "key_values": key_values or {"PromoCode": "MT50"},
+        "profiles": profiles[0] if single else profiles,
+    }
