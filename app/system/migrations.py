@@ -14,7 +14,16 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+def _migrations_dir() -> Path:
+    """``migrations/`` beside the source tree, or the copy packed into an installed wheel."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "migrations", here.parents[1] / "_migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise RuntimeError("the migrations folder is missing from this installation")
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def alembic_config(settings: Settings) -> Config:
