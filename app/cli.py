@@ -113,7 +113,12 @@ def serve(
 def worker() -> None:
     """Run delivery workers only (as many processes as you like on PostgreSQL)."""
     from app.main import DatabaseNotReady, prepare_database
-    from app.worker.runner import WorkerRunner, build_mailmodo_deliverer, new_worker_id
+    from app.worker.runner import (
+        WorkerRunner,
+        build_clevertap_uploader,
+        build_mailmodo_deliverer,
+        new_worker_id,
+    )
 
     settings = _settings()
     configure_logging(settings)
@@ -126,9 +131,12 @@ def worker() -> None:
     async def main() -> None:
         engine = create_db_engine(settings)
         worker_id = new_worker_id()
-        mailmodo = build_mailmodo_deliverer(engine, settings, worker_id)
         runner = WorkerRunner(
-            engine=engine, settings=settings, mailmodo=mailmodo, worker_id=worker_id
+            engine=engine,
+            settings=settings,
+            worker_id=worker_id,
+            mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
+            clevertap=build_clevertap_uploader(engine, settings, worker_id),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -138,8 +146,7 @@ def worker() -> None:
         try:
             await runner.run(stop)
         finally:
-            if mailmodo is not None:
-                await mailmodo.client.aclose()
+            await runner.aclose()
             engine.dispose()
 
     asyncio.run(main())

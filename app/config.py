@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     clevertap_batch_size: int = Field(default=1000, ge=1, le=1000)
     clevertap_max_event_properties: int = Field(default=100, ge=1, le=256)
     clevertap_timeout_seconds: float = Field(default=30.0, gt=0)
+    clevertap_linger_ms: float = Field(default=250, ge=0, le=10_000)
 
     park_ttl_hours: float = Field(default=72, gt=0)
     retention_days: float = Field(default=14, gt=0)

@@ -19,11 +19,17 @@ from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.health.router import router as health_router
 from app.inbound.service import json_response
+from app.mailmodo.router import router as mailmodo_router
 from app.outbox.writer import IngestWriter
 from app.security import load_credentials
 from app.state import BridgeState
 from app.system.migrations import current_revision, head_revision, upgrade
-from app.worker.runner import WorkerRunner, build_mailmodo_deliverer, new_worker_id
+from app.worker.runner import (
+    WorkerRunner,
+    build_clevertap_uploader,
+    build_mailmodo_deliverer,
+    new_worker_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +99,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 settings=settings,
                 worker_id=worker_id,
                 mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
+                clevertap=build_clevertap_uploader(engine, settings, worker_id),
             )
         writer = IngestWriter(
             engine,
@@ -126,8 +133,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 with suppress(Exception):
                     await asyncio.wait_for(state.runner_task, settings.shutdown_grace_seconds + 15)
             await asyncio.to_thread(writer.stop)
-            if runner is not None and runner.mailmodo is not None:
-                await runner.mailmodo.client.aclose()
+            if runner is not None:
+                await runner.aclose()
             engine.dispose()
             log.info("bridge stopped")
 
@@ -140,6 +147,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health_router)
     app.include_router(clevertap_router)
+    app.include_router(mailmodo_router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -13,15 +13,24 @@ Classes of answer (both upstreams):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from app.clock import jitter
 from app.outbox.models import AttemptOutcome, State
 from app.outbox.repository import Claimed
-from app.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout, truncate_utf8
+from app.upstream import (
+    MAX_KEPT_BODY,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    truncate_utf8,
+)
 
 #: Longest wait we accept from a Retry-After header, so a bad header cannot park work for days.
 MAX_RETRY_AFTER = 6 * 3600.0
@@ -232,3 +241,79 @@ class RetryPolicy:
     def release(now: datetime) -> dict[str, Any]:
         """Give a claimed row back untouched (shutdown, paused upstream): no attempt used."""
         return {"lease_token": None, "leased_by": None, "next_attempt_at": now, "updated_at": now}
+
+
+#: CleverTap per-record codes that will fail the same way however often they are sent.
+CLEVERTAP_PERMANENT_CODES = frozenset(
+    {509, 512, 513, 514, 515, 516, 517, 518, 519, 520, 522, 523, 524, 525, 526, 528}
+    | set(range(530, 536))
+)
+_RECORD_NUMBER = re.compile(r"Skipped record number\s*:\s*(\d+)", re.IGNORECASE)
+
+
+def classify_upload(resp: UpstreamResponse, sent: Sequence[dict[str, Any]]) -> list[Outcome]:
+    """One outcome per sent record, in order, from one ``/1/upload`` answer.
+
+    CleverTap answers 200 with ``unprocessed`` records it skipped; each is matched to what we
+    sent by ``Skipped record number : N`` (1-based) or, failing that, by its echoed record.
+    """
+    common: dict[str, Any] = {"status_code": resp.status_code, "duration_ms": resp.duration_ms}
+    body = resp.json
+    if resp.status_code != 200:
+        outcome = classify_http_error(resp, "CleverTap", common | {"response_body": resp.kept_body})
+        return [outcome] * len(sent)
+    if not isinstance(body, dict) or not isinstance(body.get("unprocessed", []), list):
+        retry = Outcome(
+            AttemptOutcome.RETRY,
+            reason=_reason(resp, "CleverTap gave an answer we cannot read:"),
+            response_body=resp.kept_body,
+            **common,
+        )
+        return [retry] * len(sent)
+    unprocessed: list[Any] = body.get("unprocessed") or []
+    status = str(body.get("status", "")).lower()
+    if status == "fail" and not unprocessed and not body.get("processed"):
+        retry = Outcome(
+            AttemptOutcome.RETRY,
+            reason=_reason(resp, "CleverTap processed nothing:"),
+            response_body=resp.kept_body,
+            **common,
+        )
+        return [retry] * len(sent)
+    delivered = Outcome(AttemptOutcome.DELIVERED, reason=None, **common)
+    outcomes: list[Outcome] = [delivered] * len(sent)
+    taken: set[int] = set()
+    for item in unprocessed:
+        if not isinstance(item, dict):
+            continue
+        index = _unprocessed_index(item, sent, taken)
+        if index is None:
+            continue
+        taken.add(index)
+        code = item.get("code")
+        error = str(item.get("error") or item.get("status") or "unprocessed")
+        reason = truncate_utf8(f"CleverTap skipped the record: {code}: {error}", REASON_LIMIT)
+        kept = truncate_utf8(orjson.dumps(item).decode(), MAX_KEPT_BODY)
+        kind = (
+            AttemptOutcome.FAILED
+            if isinstance(code, int) and code in CLEVERTAP_PERMANENT_CODES
+            else AttemptOutcome.RETRY
+        )
+        outcomes[index] = Outcome(kind, reason=reason, response_body=kept, **common)
+    return outcomes
+
+
+def _unprocessed_index(
+    item: dict[str, Any], sent: Sequence[dict[str, Any]], taken: set[int]
+) -> int | None:
+    match = _RECORD_NUMBER.search(str(item.get("error") or ""))
+    if match:
+        index = int(match.group(1)) - 1
+        if 0 <= index < len(sent) and index not in taken:
+            return index
+    echoed = item.get("record")
+    if isinstance(echoed, dict):
+        for i, record in enumerate(sent):
+            if i not in taken and record == echoed:
+                return i
+    return None

@@ -26,7 +26,7 @@ from app.outbox.models import (
     State,
     Upstream,
 )
-from app.outbox.schemas import IngestRecord, IngestResult
+from app.outbox.schemas import IngestRecord, IngestResult, NewDelivery
 
 Executor = Connection | Session
 CALLS = cast(Table, InboundCall.__table__)
@@ -144,11 +144,26 @@ def ingest_batch(
             .scalars()
             .all()
         )
+        identities: dict[str, dict[str, Any]] = {}
+        for i in originals:
+            for obs in records[i].identities:
+                identities[obs.email] = {
+                    "email": obs.email,
+                    "clevertap_id": obs.clevertap_id,
+                    "source": obs.source,
+                    "updated_at": now,
+                }
+        if identities:
+            rows_ = list(identities.values())
+            _upsert_identities(conn, rows_)
+            release_parked(conn, rows_, now=now)
+        known = _resolve_identities(conn, [records[i] for i in originals], identities)
         delivery_rows: list[dict[str, Any]] = []
         owners: list[int] = []
         for i, call_id in zip(originals, call_ids, strict=True):
             for d in records[i].deliveries:
                 owners.append(i)
+                state, clevertap_id, reason, due = _identity_outcome(d, known, now)
                 delivery_rows.append(
                     {
                         "inbound_call_id": call_id,
@@ -157,16 +172,16 @@ def ingest_batch(
                         "operation": d.operation.value,
                         "target": d.target,
                         "email": d.email,
-                        "clevertap_id": d.clevertap_id,
+                        "clevertap_id": clevertap_id,
                         "payload": d.payload,
-                        "state": d.state.value,
+                        "state": state.value,
                         "attempts": 0,
                         "deferrals": 0,
-                        "next_attempt_at": d.next_attempt_at or now,
-                        "reason": d.reason,
+                        "next_attempt_at": due,
+                        "reason": reason,
                         "created_at": now,
                         "updated_at": now,
-                        "finished_at": now if d.state in (State.DROPPED, State.FAILED) else None,
+                        "finished_at": now if state in (State.DROPPED, State.FAILED) else None,
                     }
                 )
         ids_by_record: dict[int, list[int]] = {i: [] for i in originals}
@@ -188,20 +203,6 @@ def ingest_batch(
                 delivery_ids=ids_by_record[i],
                 skipped=records[i].skipped,
             )
-
-        identities: dict[str, dict[str, Any]] = {}
-        for i in originals:
-            for obs in records[i].identities:
-                identities[obs.email] = {
-                    "email": obs.email,
-                    "clevertap_id": obs.clevertap_id,
-                    "source": obs.source,
-                    "updated_at": now,
-                }
-        if identities:
-            rows_ = list(identities.values())
-            _upsert_identities(conn, rows_)
-            release_parked(conn, rows_, now=now)
 
     if dup_of_stored or dup_of_batch:
         stored_ids = {call_id for call_id, _ in dup_of_stored.values()}
@@ -243,6 +244,55 @@ def ingest_batch(
     final = [r for r in results if r is not None]
     assert len(final) == len(records)
     return final
+
+
+def _resolve_identities(
+    conn: Executor, records: Sequence[IngestRecord], learnt: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """CleverTap IDs for the emails of events that arrived without one."""
+    wanted = {
+        d.email
+        for r in records
+        for d in r.deliveries
+        if d.identity_policy is not None and d.clevertap_id is None and d.email
+    }
+    if not wanted:
+        return {}
+    known = {e: row["clevertap_id"] for e, row in learnt.items() if e in wanted}
+    missing = wanted - known.keys()
+    if missing:
+        for email, clevertap_id in conn.execute(
+            select(Identity.email, Identity.clevertap_id).where(Identity.email.in_(missing))
+        ).all():
+            known[email] = clevertap_id
+    return known
+
+
+def _identity_outcome(
+    d: NewDelivery, known: dict[str, str], now: datetime
+) -> tuple[State, str | None, str | None, datetime]:
+    """State, CleverTap ID, reason and due time of a new row (see ``NewDelivery``)."""
+    due = d.next_attempt_at or now
+    if d.identity_policy is None or d.clevertap_id is not None:
+        return d.state, d.clevertap_id, d.reason, due
+    if d.email and d.email in known:
+        return State.PENDING, known[d.email], None, due
+    if d.identity_policy == "email" and d.email:
+        return State.PENDING, None, None, due
+    if d.identity_policy == "drop" or not d.email:
+        return (
+            State.DROPPED,
+            None,
+            "no CleverTap ID is known for this email (BRIDGE_UNRESOLVED_IDENTITY=drop)",
+            due,
+        )
+    until = d.park_until or now
+    return (
+        State.PARKED,
+        None,
+        f"waiting for a CleverTap ID for this email until {until.isoformat()}",
+        until,
+    )
 
 
 def release_parked(conn: Executor, identities: list[dict[str, Any]], *, now: datetime) -> None:
@@ -360,3 +410,74 @@ def update_leased(conn: Executor, claimed: Claimed, values: dict[str, Any]) -> b
 
 def add_attempt(conn: Executor, values: dict[str, Any]) -> None:
     conn.execute(ATTEMPTS.insert(), [values])
+
+
+def finish_many(conn: Executor, rows: Sequence[tuple[Claimed, dict[str, Any]]]) -> int:
+    """Apply many transitions at once (an upload batch), each under its own lease."""
+    if not rows:
+        return 0
+    params = []
+    for claimed, values in rows:
+        full = {
+            "b_id": claimed.id,
+            "b_token": claimed.lease_token,
+            "state": values.get("state", State.PENDING.value),
+            "attempts": values.get("attempts", claimed.attempts),
+            "deferrals": values.get("deferrals", claimed.deferrals),
+            "next_attempt_at": values.get("next_attempt_at", values["updated_at"]),
+            "reason": values.get("reason"),
+            "upstream_ref": values.get("upstream_ref"),
+            "finished_at": values.get("finished_at"),
+            "last_status_code": values.get("last_status_code"),
+            "updated_at": values["updated_at"],
+            "lease_token": None,
+            "leased_by": None,
+        }
+        params.append(full)
+    stmt = update(DELIVERIES).where(
+        DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.lease_token == bindparam("b_token")
+    )
+    result = conn.execute(stmt, params)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def add_attempts(conn: Executor, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(ATTEMPTS.insert(), rows)
+
+
+def release_resolvable_parked(conn: Executor, *, now: datetime) -> int:
+    """Parked rows whose email has an identity by now (closes the race between an event
+    parked in one transaction and its identity learnt in a concurrent one)."""
+    ident = select(Identity.clevertap_id).where(Identity.email == DELIVERIES.c.email)
+    result = conn.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.state == State.PARKED.value,
+            DELIVERIES.c.email.in_(select(Identity.email)),
+        )
+        .values(
+            state=State.PENDING.value,
+            clevertap_id=ident.scalar_subquery(),
+            next_attempt_at=now,
+            updated_at=now,
+            reason=None,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def expire_parked(conn: Executor, *, now: datetime, ttl_hours: float) -> int:
+    """Parked rows past their time become dead, with the reason."""
+    result = conn.execute(
+        update(DELIVERIES)
+        .where(DELIVERIES.c.state == State.PARKED.value, DELIVERIES.c.next_attempt_at <= now)
+        .values(
+            state=State.DEAD.value,
+            finished_at=now,
+            updated_at=now,
+            reason=f"no CleverTap ID for this email arrived within {ttl_hours:g} h "
+            "(BRIDGE_PARK_TTL_HOURS)",
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -21,8 +21,14 @@ class NewDelivery:
     payload: str
     state: State = State.PENDING
     reason: str | None = None
-    #: For parked rows: when they expire. For pending rows: when they are first due (now).
+    #: For pending rows: when they are first due (now).
     next_attempt_at: datetime | None = None
+    #: Set on CleverTap events without a CleverTap ID: the writer looks the email up in the
+    #: identity table inside the ingest transaction, and applies this policy (``park``,
+    #: ``email`` or ``drop``) when it finds nothing.
+    identity_policy: str | None = None
+    #: When a parked row expires to dead.
+    park_until: datetime | None = None
 
 
 @dataclass(slots=True)

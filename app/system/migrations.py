@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings
 
+
 def _migrations_dir() -> Path:
     """``migrations/`` beside the source tree, or the copy packed into an installed wheel."""
     here = Path(__file__).resolve()

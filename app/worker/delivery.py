@@ -19,8 +19,8 @@ from app.outbox import repository
 from app.outbox.models import AttemptOutcome, Operation, State, Upstream
 from app.outbox.policy import Outcome, RetryPolicy, Transition, classify_error, classify_mailmodo
 from app.outbox.repository import Claimed
-from app.system import repository as system_repo
 from app.upstream import UpstreamError
+from app.worker.pause import PauseGate
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 
 log = structlog.get_logger(__name__)
@@ -56,40 +56,14 @@ class MailmodoDeliverer:
         self.limiter = limiter
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
-        self.key_fingerprint = key_fingerprint
-        self.pause_probe_seconds = pause_probe_seconds
-
-    # -- pause ------------------------------------------------------------------------------
-
-    def _allowed_batch(self, limit: int) -> int:
-        """How many rows we may claim now: 0 while paused, 1 to probe a pause, else limit."""
-        now = utcnow()
-        with self.engine.begin() as conn:
-            state = system_repo.get_upstream_state(conn, self.upstream.value)
-            if state is None or not state.paused:
-                return limit
-            if state.key_fingerprint != self.key_fingerprint:
-                system_repo.clear_paused(conn, self.upstream.value, now)
-                log.info(
-                    "upstream credentials changed; resuming deliveries",
-                    upstream=self.upstream.value,
-                )
-                return limit
-            if state.probe_at is not None and state.probe_at > now:
-                return 0
-            # Probe with a single row; push the next probe out so other workers wait.
-            system_repo.set_probe_at(
-                conn,
-                self.upstream.value,
-                now + _seconds(self.pause_probe_seconds),
-                now,
-            )
-            return 1
+        self.gate = PauseGate(
+            engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
+        )
 
     # -- one round --------------------------------------------------------------------------
 
     def claim(self, limit: int) -> list[Claimed]:
-        allowed = self._allowed_batch(limit)
+        allowed = self.gate.allowed_batch(limit)
         if allowed <= 0:
             return []
         with self.engine.begin() as conn:
@@ -166,25 +140,7 @@ class MailmodoDeliverer:
                 },
             )
             kept = repository.update_leased(conn, row, transition.values)
-            if outcome.kind is AttemptOutcome.AUTH_ERROR:
-                system_repo.set_paused(
-                    conn,
-                    self.upstream.value,
-                    reason=outcome.reason or "credentials rejected",
-                    fingerprint=self.key_fingerprint,
-                    now=now,
-                    probe_in=self.pause_probe_seconds,
-                )
-            elif (
-                # Any real answer other than 401/403 proves the credentials work.
-                outcome.kind is not AttemptOutcome.RATE_LIMITED
-                and outcome.status_code
-                and system_repo.clear_paused(conn, self.upstream.value, now)
-            ):
-                log.info(
-                    "upstream accepted our credentials again; resuming",
-                    upstream=self.upstream.value,
-                )
+            self.gate.observe(conn, outcome, now)
         _log_outcome(row, outcome, transition, lease_kept=kept)
         return transition
 

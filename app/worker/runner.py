@@ -10,25 +10,60 @@ import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Coroutine
 from contextlib import suppress
+from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
 
+from app.clevertap.client import CleverTapClient
 from app.clock import utcnow
 from app.config import Settings
 from app.mailmodo.client import MailmodoClient
+from app.outbox import repository
 from app.outbox.policy import RetryPolicy
 from app.security import fingerprint
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.ratelimit import SharedRateLimiter
+from app.worker.upload import CleverTapUploader
 
 log = structlog.get_logger(__name__)
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_clevertap_uploader(
+    engine: Engine, settings: Settings, worker_id: str, client: CleverTapClient | None = None
+) -> CleverTapUploader | None:
+    """None when the CleverTap project is not configured: events wait, readiness says why."""
+    if not (settings.clevertap_account_id and settings.clevertap_passcode):
+        return None
+    client = client or CleverTapClient(
+        base_url=settings.clevertap_base_url,
+        account_id=settings.clevertap_account_id,
+        passcode=settings.clevertap_passcode,
+        timeout=settings.clevertap_timeout_seconds,
+        max_connections=settings.clevertap_max_concurrency,
+    )
+    return CleverTapUploader(
+        engine=engine,
+        client=client,
+        policy=RetryPolicy(
+            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
+        ),
+        worker_id=worker_id,
+        lease_seconds=settings.lease_seconds,
+        batch_size=settings.clevertap_batch_size,
+        key_fingerprint=fingerprint(
+            f"{settings.clevertap_account_id}:{settings.clevertap_passcode}:"
+            f"{settings.clevertap_base_url}"
+        ),
+        pause_probe_seconds=settings.pause_probe_seconds,
+    )
 
 
 def build_mailmodo_deliverer(
@@ -66,22 +101,35 @@ class WorkerRunner:
         engine: Engine,
         settings: Settings,
         mailmodo: MailmodoDeliverer | None,
+        clevertap: CleverTapUploader | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.mailmodo = mailmodo
+        self.clevertap = clevertap
         self.worker_id = worker_id or new_worker_id()
         self.started_at = utcnow()
-        self._wake = asyncio.Event()
+        self._wakes: list[asyncio.Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def aclose(self) -> None:
+        """Close the upstream clients (after ``run`` has returned)."""
+        if self.mailmodo is not None:
+            await self.mailmodo.client.aclose()
+        if self.clevertap is not None:
+            await self.clevertap.client.aclose()
 
     def wake_threadsafe(self) -> None:
         """Called by the ingest writer after a commit: new work may be due now."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for event in self._wakes:
+            event.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -96,6 +144,12 @@ class WorkerRunner:
                 asyncio.create_task(
                     self._deliver_loop(self.mailmodo, self.settings.mailmodo_max_concurrency, stop),
                     name="mailmodo-deliveries",
+                )
+            )
+        if self.clevertap is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self._upload_loop(self.clevertap, stop), name="clevertap-uploads"
                 )
             )
         try:
@@ -125,24 +179,42 @@ class WorkerRunner:
                 now=now,
             )
 
+    def _maintain(self) -> None:
+        """Housekeeping every worker may do (idempotent): parked events."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            released = repository.release_resolvable_parked(conn, now=now)
+            expired = repository.expire_parked(
+                conn, now=now, ttl_hours=self.settings.park_ttl_hours
+            )
+        if released or expired:
+            log.info("parked events", released=released, expired_to_dead=expired)
+
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                await asyncio.to_thread(self._beat)
-            except Exception:
-                log.exception("heartbeat failed")
+            for job in (self._beat, self._maintain):
+                try:
+                    await asyncio.to_thread(job)
+                except Exception:
+                    log.exception("periodic job failed", job=job.__name__)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.heartbeat_seconds)
+
+    def _new_wake(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._wakes.append(event)
+        return event
 
     async def _deliver_loop(
         self, deliverer: MailmodoDeliverer, concurrency: int, stop: asyncio.Event
     ) -> None:
         inflight: set[asyncio.Task[object]] = set()
+        wake = self._new_wake()
         # Claim no more than about two seconds of rate at once, so leases stay short.
         burst = max(1, int(self.settings.mailmodo_rate_per_second * 2))
-        poll = self.settings.worker_poll_seconds
         try:
             while not stop.is_set():
+                wake.clear()
                 free = concurrency - len(inflight)
                 claimed_full = False
                 if free > 0:
@@ -154,22 +226,58 @@ class WorkerRunner:
                         log.exception("claiming deliveries failed; will try again")
                         rows, slots = [], []
                     for row, slot in zip(rows, slots, strict=True):
-                        task = asyncio.create_task(deliverer.deliver(row, slot, stop))
-                        inflight.add(task)
-                        task.add_done_callback(inflight.discard)
+                        self._spawn(inflight, deliverer.deliver(row, slot, stop))
                     claimed_full = len(rows) == limit
                 if claimed_full and len(inflight) < concurrency:
                     continue
-                await self._idle(stop, inflight, poll)
+                await self._idle(stop, wake, inflight)
         finally:
             await self._drain(inflight)
 
+    async def _upload_loop(self, uploader: CleverTapUploader, stop: asyncio.Event) -> None:
+        """Full batches go at once; a partial batch waits ``linger`` so a burst can fill it."""
+        inflight: set[asyncio.Task[object]] = set()
+        wake = self._new_wake()
+        concurrency = self.settings.clevertap_max_concurrency
+        linger = self.settings.clevertap_linger_ms / 1000
+        batch = uploader.batch_size
+        last_full = False
+        try:
+            while not stop.is_set():
+                wake.clear()
+                if len(inflight) < concurrency:
+                    if not last_full and linger > 0:
+                        with suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), linger)
+                        if stop.is_set():
+                            break
+                    try:
+                        rows = await asyncio.to_thread(uploader.claim, batch)
+                    except Exception:
+                        log.exception("claiming uploads failed; will try again")
+                        rows = []
+                    if rows:
+                        self._spawn(inflight, uploader.upload(rows))
+                    last_full = len(rows) == batch
+                    if last_full:
+                        continue
+                await self._idle(stop, wake, inflight)
+        finally:
+            await self._drain(inflight)
+
+    @staticmethod
+    def _spawn(inflight: set[asyncio.Task[object]], work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work)
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+        task.add_done_callback(_log_crash)
+
     async def _idle(
-        self, stop: asyncio.Event, inflight: set[asyncio.Task[object]], wait_s: float
+        self, stop: asyncio.Event, wake: asyncio.Event, inflight: set[asyncio.Task[object]]
     ) -> None:
-        self._wake.clear()
+        """Until new work is committed, a call finishes, we stop, or the poll interval."""
         waiters: set[asyncio.Future[object]] = {
-            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(wake.wait()),
             asyncio.ensure_future(stop.wait()),
         }
         if inflight:
@@ -179,7 +287,11 @@ class WorkerRunner:
                 )
             )
         try:
-            await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters,
+                timeout=self.settings.worker_poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -196,3 +308,11 @@ class WorkerRunner:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             log.warning("released deliveries still in flight at shutdown", count=len(pending))
+
+
+def _log_crash(task: asyncio.Task[object]) -> None:
+    """A delivery task must never die silently; its row comes back after the lease."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "delivery task crashed; its items return after the lease", error=repr(task.exception())
+        )

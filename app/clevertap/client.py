@@ -1,0 +1,50 @@
+"""Typed client for CleverTap's upload API (``POST /1/upload``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from app import __version__
+from app.upstream import UpstreamResponse, send
+
+
+class CleverTapClient:
+    """One pooled ``AsyncClient`` for one CleverTap project; never retries by itself."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        account_id: str,
+        passcode: str,
+        timeout: float = 30.0,
+        max_connections: int = 5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "X-CleverTap-Account-Id": account_id,
+                "X-CleverTap-Passcode": passcode,
+                "Content-Type": "application/json",
+                "User-Agent": f"ctmm-bridge/{__version__}",
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def upload(self, records: list[dict[str, Any]]) -> UpstreamResponse:
+        """Upload up to 1000 records; per-record results are in the 200 answer's body."""
+        request = self._client.build_request(
+            "POST", "/1/upload", content=orjson.dumps({"d": records})
+        )
+        return await send(self._client, request)

@@ -1,0 +1,172 @@
+"""Uploading due Mailmodo activity to CleverTap in batches of up to 1000 records.
+
+One claim takes a whole batch; one ``/1/upload`` request carries it; the answer is read record
+by record, so an invalid record fails alone (with CleverTap's code) and never blocks or
+repeats, while its neighbours are delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy.engine import Engine
+
+from app.clevertap.client import CleverTapClient
+from app.clock import utcnow
+from app.outbox import repository
+from app.outbox.models import AttemptOutcome, Upstream
+from app.outbox.policy import (
+    Outcome,
+    RetryPolicy,
+    Transition,
+    classify_error,
+    classify_upload,
+)
+from app.outbox.repository import Claimed
+from app.upstream import UpstreamError
+from app.worker.delivery import RunStats
+from app.worker.pause import PauseGate
+
+log = structlog.get_logger(__name__)
+
+
+def upload_record(row: Claimed) -> dict[str, Any] | None:
+    """The upload record of a row, keyed by ``objectId``, else ``identity`` = email."""
+    event = orjson.loads(row.payload)
+    record: dict[str, Any] = {"type": "event", **event}
+    if row.clevertap_id:
+        record["objectId"] = row.clevertap_id
+    elif row.email:
+        record["identity"] = row.email
+    else:
+        return None
+    return record
+
+
+class CleverTapUploader:
+    upstream = Upstream.CLEVERTAP
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        client: CleverTapClient,
+        policy: RetryPolicy,
+        worker_id: str,
+        lease_seconds: float,
+        batch_size: int,
+        key_fingerprint: str | None,
+        pause_probe_seconds: float,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.policy = policy
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.batch_size = batch_size
+        self.gate = PauseGate(
+            engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
+        )
+
+    def claim(self, limit: int | None = None) -> list[Claimed]:
+        allowed = self.gate.allowed_batch(limit or self.batch_size)
+        if allowed <= 0:
+            return []
+        with self.engine.begin() as conn:
+            return repository.claim_due(
+                conn,
+                upstream=self.upstream,
+                limit=allowed,
+                now=utcnow(),
+                lease_seconds=self.lease_seconds,
+                worker_id=self.worker_id,
+            )
+
+    async def run_once(self, limit: int | None = None) -> RunStats:
+        """Claim one batch and upload it (tests and the runner both use this path)."""
+        rows = await asyncio.to_thread(self.claim, limit)
+        stats = RunStats(claimed=len(rows))
+        for transition in await self.upload(rows):
+            key = transition.state.value
+            stats.outcomes[key] = stats.outcomes.get(key, 0) + 1
+        return stats
+
+    async def upload(self, rows: list[Claimed]) -> list[Transition]:
+        if not rows:
+            return []
+        sendable: list[tuple[Claimed, dict[str, Any]]] = []
+        unsendable: list[Claimed] = []
+        for row in rows:
+            record = upload_record(row)
+            if record is None:
+                unsendable.append(row)
+            else:
+                sendable.append((row, record))
+        results: list[tuple[Claimed, Outcome]] = [
+            (row, Outcome(AttemptOutcome.FAILED, None, "no CleverTap ID and no email", 0.0))
+            for row in unsendable
+        ]
+        if sendable:
+            records = [record for _, record in sendable]
+            try:
+                response = await self.client.upload(records)
+                outcomes = classify_upload(response, records)
+            except UpstreamError as exc:
+                outcomes = [classify_error(exc, "CleverTap")] * len(records)
+            except asyncio.CancelledError:
+                await asyncio.shield(asyncio.to_thread(self.release, [r for r, _ in sendable]))
+                raise
+            results.extend(
+                (row, outcome) for (row, _), outcome in zip(sendable, outcomes, strict=True)
+            )
+        return await asyncio.to_thread(self.record, results)
+
+    def record(self, results: list[tuple[Claimed, Outcome]]) -> list[Transition]:
+        """Attempts and transitions of a whole batch in one transaction, each under its lease."""
+        now = utcnow()
+        transitions = [self.policy.transition(row, outcome, now) for row, outcome in results]
+        attempts = [
+            {
+                "delivery_id": row.id,
+                "number": t.attempt_number,
+                "started_at": now,
+                "duration_ms": outcome.duration_ms,
+                "status_code": outcome.status_code,
+                "outcome": outcome.kind.value,
+                "error": outcome.reason,
+                "response_body": outcome.response_body,
+                "worker_id": self.worker_id,
+            }
+            for (row, outcome), t in zip(results, transitions, strict=True)
+        ]
+        with self.engine.begin() as conn:
+            repository.add_attempts(conn, attempts)
+            kept = repository.finish_many(
+                conn, [(row, t.values) for (row, _), t in zip(results, transitions, strict=True)]
+            )
+            batch_outcome = next(
+                (o for _, o in results if o.kind is AttemptOutcome.AUTH_ERROR),
+                next((o for _, o in results if o.status_code), None),
+            )
+            if batch_outcome is not None:
+                self.gate.observe(conn, batch_outcome, now)
+        counts: dict[str, int] = {}
+        for t in transitions:
+            counts[t.state.value] = counts.get(t.state.value, 0) + 1
+        log.info(
+            "uploaded to CleverTap",
+            records=len(results),
+            status_code=next((o.status_code for _, o in results if o.status_code), None),
+            outcome=counts,
+            lease_lost=len(results) - kept,
+        )
+        return transitions
+
+    def release(self, rows: list[Claimed]) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for row in rows:
+                repository.update_leased(conn, row, self.policy.release(now))
