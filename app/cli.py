@@ -48,6 +48,11 @@ def banner(settings: Settings, credentials: Credentials) -> str:
         if "clevertap_webhook_secret" in credentials.generated
         else "(the first value of BRIDGE_CLEVERTAP_WEBHOOK_SECRETS)"
     )
+    mm_secret = (
+        credentials.mailmodo_secrets[0]
+        if "mailmodo_webhook_secret" in credentials.generated
+        else "<BRIDGE_MAILMODO_WEBHOOK_SECRETS>"
+    )
     admin = (
         credentials.admin_token
         if "admin_token" in credentials.generated
@@ -63,9 +68,20 @@ def banner(settings: Settings, credentials: Credentials) -> str:
         f"  Authentication: Basic Authorization, user name: clevertap, password: {shown}",
         f"  (or no authentication plus the header  X-Bridge-Secret: {shown})",
         "",
+        "Mailmodo → CleverTap: in a Mailmodo journey, a Webhook card (after a condition card) to",
+        f"  {base}/mailmodo/{mm_secret}/events/<opened|clicked|form_submitted|bounced|"
+        "unsubscribed|spam>",
+        f"  form-submission webhooks and other callbacks: {base}/mailmodo/{mm_secret}/events",
+        "",
         f"Admin token (Authorization: Bearer …): {admin}",
         f"Health: {base}/healthz   Readiness: {base}/readyz",
     ]
+    if not (settings.clevertap_account_id and settings.clevertap_passcode):
+        lines += [
+            "",
+            "BRIDGE_CLEVERTAP_ACCOUNT_ID / BRIDGE_CLEVERTAP_PASSCODE are not set: Mailmodo "
+            "activity is stored but not uploaded until they are.",
+        ]
     if not settings.mailmodo_api_key:
         lines += [
             "",

@@ -63,4 +63,20 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
             "paused_since": paused.paused_at.isoformat() if paused.paused_at else None,
         }
     checks["mailmodo"] = mailmodo
+    ct_configured = bool(settings.clevertap_account_id and settings.clevertap_passcode)
+    clevertap: dict[str, Any] = {"ok": ct_configured, "configured": ct_configured}
+    if not ct_configured:
+        clevertap["hint"] = (
+            "set BRIDGE_CLEVERTAP_ACCOUNT_ID and BRIDGE_CLEVERTAP_PASSCODE; events are kept "
+            "until then"
+        )
+    ct_paused = upstreams.get("clevertap")
+    if ct_paused is not None and ct_paused.paused:
+        clevertap |= {
+            "ok": False,
+            "paused": True,
+            "reason": ct_paused.reason,
+            "paused_since": ct_paused.paused_at.isoformat() if ct_paused.paused_at else None,
+        }
+    checks["clevertap"] = clevertap
     return all(c["ok"] for c in checks.values()), checks
