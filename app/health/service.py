@@ -9,6 +9,8 @@ from sqlalchemy import text
 
 from app.clock import utcnow
 from app.db import read_only
+from app.outbox import repository
+from app.outbox.models import Upstream
 from app.state import BridgeState
 from app.system import repository as system_repo
 from app.system.migrations import current_revision, head_revision
@@ -51,9 +53,13 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
             else "the embedded worker is not beating"
         )
 
+    with engine.connect() as conn:
+        waiting = {u: repository.has_waiting(conn, u) for u in Upstream}
+    # An unconfigured upstream only matters once something is waiting for it.
     mailmodo: dict[str, Any] = {"ok": True, "configured": bool(settings.mailmodo_api_key)}
     if not settings.mailmodo_api_key:
-        mailmodo |= {"ok": False, "hint": "set BRIDGE_MAILMODO_API_KEY; calls are kept until then"}
+        mailmodo["hint"] = "set BRIDGE_MAILMODO_API_KEY; calls are kept until then"
+        mailmodo["ok"] = not waiting[Upstream.MAILMODO]
     paused = upstreams.get("mailmodo")
     if paused is not None and paused.paused:
         mailmodo |= {
@@ -64,7 +70,10 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
         }
     checks["mailmodo"] = mailmodo
     ct_configured = bool(settings.clevertap_account_id and settings.clevertap_passcode)
-    clevertap: dict[str, Any] = {"ok": ct_configured, "configured": ct_configured}
+    clevertap: dict[str, Any] = {
+        "ok": ct_configured or not waiting[Upstream.CLEVERTAP],
+        "configured": ct_configured,
+    }
     if not ct_configured:
         clevertap["hint"] = (
             "set BRIDGE_CLEVERTAP_ACCOUNT_ID and BRIDGE_CLEVERTAP_PASSCODE; events are kept "

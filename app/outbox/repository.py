@@ -481,3 +481,16 @@ def expire_parked(conn: Executor, *, now: datetime, ttl_hours: float) -> int:
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def has_waiting(conn: Executor, upstream: Upstream) -> bool:
+    """Whether any item for ``upstream`` is waiting to be sent (pending or parked)."""
+    row = conn.execute(
+        select(DELIVERIES.c.id)
+        .where(
+            DELIVERIES.c.upstream == upstream.value,
+            DELIVERIES.c.state.in_([State.PENDING.value, State.PARKED.value]),
+        )
+        .limit(1)
+    ).first()
+    return row is not None
