@@ -23,6 +23,15 @@ _SECRET_KEYS = {
     "x-bridge-secret",
 }
 _PATH_SECRET = re.compile(r"(/mailmodo/)[^/\s?]+")
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(@[A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+
+#: Credentials in force; any log value containing one has it replaced (see ``add_secrets``).
+_known_secrets: set[str] = set()
+
+
+def add_secrets(*values: str | None) -> None:
+    """Register credentials so that no log line can carry them, whatever the field."""
+    _known_secrets.update(v for v in values if v and len(v) >= 6)
 
 
 def mask_path(path: str) -> str:
@@ -30,13 +39,29 @@ def mask_path(path: str) -> str:
     return _PATH_SECRET.sub(r"\1***", path)
 
 
-def _redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event):
-        if key.lower() in _SECRET_KEYS:
-            event[key] = "***"
-        elif key == "path" and isinstance(event[key], str):
-            event[key] = mask_path(event[key])
-    return event
+def mask_email(text: str) -> str:
+    """``ann@example.com`` -> ``a***@example.com``: enough to tell recipients apart."""
+    return _EMAIL.sub(r"\1***\2", text)
+
+
+def _scrub(value: str, log_pii: bool) -> str:
+    for secret in _known_secrets:
+        if secret in value:
+            value = value.replace(secret, "***")
+    value = mask_path(value)
+    return value if log_pii else mask_email(value)
+
+
+def redactor(log_pii: bool) -> Any:
+    def _redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in list(event.items()):
+            if key.lower() in _SECRET_KEYS:
+                event[key] = "***"
+            elif isinstance(value, str):
+                event[key] = _scrub(value, log_pii)
+        return event
+
+    return _redact
 
 
 def configure_logging(settings: Settings) -> None:
@@ -50,10 +75,17 @@ def configure_logging(settings: Settings) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
     ]
+    redact = redactor(settings.log_pii)
+    add_secrets(
+        settings.mailmodo_api_key,
+        settings.clevertap_passcode,
+        settings.admin_token,
+        *settings.clevertap_webhook_secrets,
+        *settings.mailmodo_webhook_secrets,
+    )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

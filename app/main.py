@@ -20,6 +20,7 @@ from app.db import create_db_engine, create_session_factory
 from app.health.router import router as health_router
 from app.inbound.service import json_response
 from app.mailmodo.router import router as mailmodo_router
+from app.metrics import app_registry
 from app.outbox.writer import IngestWriter
 from app.security import load_credentials
 from app.state import BridgeState
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             credentials=credentials,
             writer=writer,
             runner=runner,
+            metrics=app_registry(engine),
         )
         if runner is not None:
             state.stop = asyncio.Event()

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.config import Settings
+from app.logging import add_secrets
 from app.system import repository
 
 
@@ -44,4 +45,5 @@ def load_credentials(engine: Engine, settings: Settings) -> Credentials:
     clevertap = tuple(settings.clevertap_webhook_secrets) or (stored("clevertap_webhook_secret"),)
     mailmodo = tuple(settings.mailmodo_webhook_secrets) or (stored("mailmodo_webhook_secret"),)
     admin = settings.admin_token or stored("admin_token")
+    add_secrets(*clevertap, *mailmodo, admin)
     return Credentials(clevertap, mailmodo, admin, frozenset(generated))

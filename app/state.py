@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,7 @@ class BridgeState:
     session_factory: sessionmaker[Session]
     credentials: Credentials
     writer: IngestWriter
+    metrics: CollectorRegistry
     runner: WorkerRunner | None = None
     runner_task: asyncio.Task[None] | None = None
     stop: asyncio.Event | None = None

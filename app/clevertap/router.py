@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.clevertap.service import ROUTES, accept_call
 from app.inbound.service import (
-    BodyTooLarge,
     InboundError,
-    check_content_type,
     clevertap_credential,
     dedup_key,
-    json_response,
-    keep_rejected,
-    parse_json,
-    read_body,
+    handle_webhook,
     request_id,
     secret_matches,
 )
 from app.outbox.models import Operation, Source
-from app.outbox.writer import WriterUnavailable
 from app.state import bridge
 
 router = APIRouter(prefix="/clevertap", tags=["CleverTap webhooks"])
@@ -36,15 +32,10 @@ UNAUTHORIZED = InboundError(
 async def handle(request: Request, operation: Operation, target: str) -> Response:
     state = bridge(request)
     settings = state.settings
-    if not secret_matches(clevertap_credential(request), state.credentials.clevertap_secrets):
-        return UNAUTHORIZED.response()
-    body = b""
     route = ROUTES[operation]
-    try:
-        body = await read_body(request, settings.max_body_bytes)
-        content_type = check_content_type(request)
-        payload = parse_json(body)
-        answer = await accept_call(
+
+    async def accept(body: bytes, payload: Any, content_type: str | None) -> dict[str, Any]:
+        return await accept_call(
             state.writer,
             operation=operation,
             target=target,
@@ -58,25 +49,20 @@ async def handle(request: Request, operation: Operation, target: str) -> Respons
             ),
             request_id=request_id(request),
         )
-    except InboundError as exc:
-        if isinstance(exc, BodyTooLarge):
-            body = exc.partial
-        await keep_rejected(
-            state.writer,
-            source=Source.CLEVERTAP,
-            route=route,
-            target=target,
-            request=request,
-            body=body,
-            error=exc,
-            max_bytes=settings.rejected_body_bytes,
-        )
-        return exc.response()
-    except WriterUnavailable as exc:
-        return json_response(
-            {"error": "temporarily unavailable", "detail": str(exc)}, 503, {"Retry-After": "5"}
-        )
-    return json_response(answer)
+
+    return await handle_webhook(
+        request,
+        writer=state.writer,
+        settings=settings,
+        source=Source.CLEVERTAP,
+        route=route,
+        target=target,
+        authenticated=secret_matches(
+            clevertap_credential(request), state.credentials.clevertap_secrets
+        ),
+        unauthorized=UNAUTHORIZED,
+        accept=accept,
+    )
 
 
 _RESPONSES: dict[int | str, dict[str, str]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import Response
 
 from app import __version__
@@ -30,3 +31,13 @@ async def readyz(request: Request) -> Response:
     return json_response(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    state = bridge(request)
+
+    def render() -> bytes:
+        return generate_latest(REGISTRY) + generate_latest(state.metrics)
+
+    return Response(await asyncio.to_thread(render), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.clock import utcnow
+from app.config import Settings
+from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord
 from app.outbox.writer import IngestWriter, WriterUnavailable
@@ -172,3 +174,59 @@ async def keep_rejected(
 def _short(detail: Any, limit: int = 2000) -> str:
     text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+Accept = Callable[[bytes, Any, str | None], Awaitable[dict[str, Any]]]
+
+
+async def handle_webhook(
+    request: Request,
+    *,
+    writer: IngestWriter,
+    settings: Settings,
+    source: Source,
+    route: str,
+    target: str | None,
+    authenticated: bool,
+    unauthorized: InboundError,
+    accept: Accept,
+) -> Response:
+    """The pipeline every webhook route shares: auth (401, nothing kept), bounded read (413),
+    media type (415), JSON (400), then ``accept`` (422 or the 200 answer). Refusals after
+    authentication are kept for the operator; a database failure is a 503 so the sender
+    retries."""
+    if not authenticated:
+        observe_inbound(route, 401)
+        return unauthorized.response()
+    body = b""
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        content_type = check_content_type(request)
+        payload = parse_json(body)
+        answer = await accept(body, payload, content_type)
+    except InboundError as exc:
+        if isinstance(exc, BodyTooLarge):
+            body = exc.partial
+        await keep_rejected(
+            writer,
+            source=source,
+            route=route,
+            target=target,
+            request=request,
+            body=body,
+            error=exc,
+            max_bytes=settings.rejected_body_bytes,
+        )
+        observe_inbound(route, exc.status)
+        log.info("inbound call rejected", route=route, status=exc.status, error=exc.error)
+        return exc.response()
+    except WriterUnavailable as exc:
+        observe_inbound(route, 503)
+        log.error("inbound call not stored", route=route, error=str(exc))
+        return json_response(
+            {"error": "temporarily unavailable", "detail": "the database is not available"},
+            503,
+            {"Retry-After": "5"},
+        )
+    observe_inbound(route, 200, answer)
+    return json_response(answer)

@@ -3,23 +3,14 @@ parameters, so the secret is a path segment (masked wherever a path is logged)."
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from app.inbound.service import (
-    BodyTooLarge,
-    InboundError,
-    check_content_type,
-    json_response,
-    keep_rejected,
-    parse_json,
-    read_body,
-    request_id,
-    secret_matches,
-)
+from app.inbound.service import InboundError, handle_webhook, request_id, secret_matches
 from app.mailmodo.service import ROUTE, accept_callback
 from app.outbox.models import Source
-from app.outbox.writer import WriterUnavailable
 from app.state import bridge
 
 router = APIRouter(prefix="/mailmodo", tags=["Mailmodo callbacks"])
@@ -41,42 +32,29 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
 
 async def handle(request: Request, secret: str, path_event: str | None) -> Response:
     state = bridge(request)
-    settings = state.settings
-    if not secret_matches(secret, state.credentials.mailmodo_secrets):
-        return UNAUTHORIZED.response()
-    body = b""
-    try:
-        body = await read_body(request, settings.max_body_bytes)
-        content_type = check_content_type(request)
-        payload = parse_json(body)
-        answer = await accept_callback(
+
+    async def accept(body: bytes, payload: Any, content_type: str | None) -> dict[str, Any]:
+        return await accept_callback(
             state.writer,
-            settings,
+            state.settings,
             payload=payload,
             path_event=path_event,
             body=body,
             content_type=content_type,
             request_id=request_id(request),
         )
-    except InboundError as exc:
-        if isinstance(exc, BodyTooLarge):
-            body = exc.partial
-        await keep_rejected(
-            state.writer,
-            source=Source.MAILMODO,
-            route=ROUTE,
-            target=path_event,
-            request=request,
-            body=body,
-            error=exc,
-            max_bytes=settings.rejected_body_bytes,
-        )
-        return exc.response()
-    except WriterUnavailable as exc:
-        return json_response(
-            {"error": "temporarily unavailable", "detail": str(exc)}, 503, {"Retry-After": "5"}
-        )
-    return json_response(answer)
+
+    return await handle_webhook(
+        request,
+        writer=state.writer,
+        settings=state.settings,
+        source=Source.MAILMODO,
+        route=ROUTE,
+        target=path_event,
+        authenticated=secret_matches(secret, state.credentials.mailmodo_secrets),
+        unauthorized=UNAUTHORIZED,
+        accept=accept,
+    )
 
 
 SecretPath = Path(description="One of BRIDGE_MAILMODO_WEBHOOK_SECRETS")

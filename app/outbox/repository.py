@@ -494,3 +494,39 @@ def has_waiting(conn: Executor, upstream: Upstream) -> bool:
         .limit(1)
     ).first()
     return row is not None
+
+
+def prune_delivered(conn: Executor, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` delivered rows finished before ``before`` (attempts cascade)."""
+    ids = (
+        select(DELIVERIES.c.id)
+        .where(DELIVERIES.c.state == State.DELIVERED.value, DELIVERIES.c.updated_at < before)
+        .limit(limit)
+    )
+    doomed = [row[0] for row in conn.execute(ids).all()]
+    if not doomed:
+        return 0
+    conn.execute(ATTEMPTS.delete().where(ATTEMPTS.c.delivery_id.in_(doomed)))
+    conn.execute(DELIVERIES.delete().where(DELIVERIES.c.id.in_(doomed)))
+    return len(doomed)
+
+
+def prune_finished_calls(conn: Executor, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` old inbound calls that have nothing left to explain: accepted,
+    duplicate or test calls with no deliveries. Rejected calls stay until purged."""
+    has_rows = select(DELIVERIES.c.id).where(DELIVERIES.c.inbound_call_id == CALLS.c.id)
+    ids = (
+        select(CALLS.c.id)
+        .where(
+            CALLS.c.received_at < before,
+            CALLS.c.status.in_(
+                [CallStatus.ACCEPTED.value, CallStatus.DUPLICATE.value, CallStatus.TEST.value]
+            ),
+            ~has_rows.exists(),
+        )
+        .limit(limit)
+    )
+    doomed = [row[0] for row in conn.execute(ids).all()]
+    if doomed:
+        conn.execute(CALLS.delete().where(CALLS.c.id.in_(doomed)))
+    return len(doomed)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.clock import utcnow
+from app.metrics import INGEST_BATCH
 from app.outbox import repository
 from app.outbox.schemas import IngestRecord, IngestResult
 
@@ -130,6 +131,7 @@ class IngestWriter:
                 self._write([job])
             return
         self._resolve(jobs, results, None)
+        INGEST_BATCH.observe(len(jobs))
         if self._on_commit is not None:
             self._on_commit()
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.mailmodo.client import MailmodoClient
+from app.metrics import observe_attempt
 from app.outbox import repository
 from app.outbox.models import AttemptOutcome, Operation, State, Upstream
 from app.outbox.policy import Outcome, RetryPolicy, Transition, classify_error, classify_mailmodo
@@ -141,6 +142,9 @@ class MailmodoDeliverer:
             )
             kept = repository.update_leased(conn, row, transition.values)
             self.gate.observe(conn, outcome, now)
+        observe_attempt(
+            self.upstream.value, outcome.kind.value, transition.state.value, outcome.duration_ms
+        )
         _log_outcome(row, outcome, transition, lease_kept=kept)
         return transition
 

@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Coroutine
 from contextlib import suppress
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -180,7 +181,7 @@ class WorkerRunner:
             )
 
     def _maintain(self) -> None:
-        """Housekeeping every worker may do (idempotent): parked events."""
+        """Housekeeping every worker may do (idempotent): parked events and retention."""
         now = utcnow()
         with self.engine.begin() as conn:
             released = repository.release_resolvable_parked(conn, now=now)
@@ -189,6 +190,27 @@ class WorkerRunner:
             )
         if released or expired:
             log.info("parked events", released=released, expired_to_dead=expired)
+        self.prune(now)
+
+    def prune(self, now: datetime, *, batch: int = 500, max_batches: int = 20) -> int:
+        """Retention in small transactions, so ingest never waits long behind it; what is
+        left over is taken at the next tick."""
+        before = now - timedelta(days=self.settings.retention_days)
+        pruned = 0
+        for prune in (repository.prune_delivered, repository.prune_finished_calls):
+            for _ in range(max_batches):
+                with self.engine.begin() as conn:
+                    count = prune(conn, before=before, limit=batch)
+                pruned += count
+                if count < batch:
+                    break
+        if pruned:
+            log.info(
+                "retention pruned old delivered items",
+                rows=pruned,
+                retention_days=self.settings.retention_days,
+            )
+        return pruned
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from app.clevertap.client import CleverTapClient
 from app.clock import utcnow
+from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository
 from app.outbox.models import AttemptOutcome, Upstream
 from app.outbox.policy import (
@@ -119,6 +120,8 @@ class CleverTapUploader:
             except asyncio.CancelledError:
                 await asyncio.shield(asyncio.to_thread(self.release, [r for r, _ in sendable]))
                 raise
+            UPLOAD_BATCH.observe(len(records))
+            UPSTREAM_LATENCY.labels(self.upstream.value).observe(outcomes[0].duration_ms / 1000)
             results.extend(
                 (row, outcome) for (row, _), outcome in zip(sendable, outcomes, strict=True)
             )
@@ -154,7 +157,8 @@ class CleverTapUploader:
             if batch_outcome is not None:
                 self.gate.observe(conn, batch_outcome, now)
         counts: dict[str, int] = {}
-        for t in transitions:
+        for (_, outcome), t in zip(results, transitions, strict=True):
+            observe_attempt(self.upstream.value, outcome.kind.value, t.state.value, None)
             counts[t.state.value] = counts.get(t.state.value, 0) + 1
         log.info(
             "uploaded to CleverTap",
