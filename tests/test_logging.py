@@ -1,0 +1,93 @@
+"""Logs never carry a credential or, unless BRIDGE_LOG_PII=true, an unmasked email."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+import structlog
+from asgi_lifespan import LifespanManager
+
+from app.logging import configure_logging, mask_email, mask_path
+from app.main import create_app
+from app.worker.runner import build_mailmodo_deliverer
+from tests.conftest import CT_SECRET, MAILMODO_KEY, MM_SECRET, make_settings, profiles_body
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state; give the next test what it had."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def test_mask_helpers() -> None:
+    assert mask_email("to ann.lee@example.com now") == "to a***@example.com now"
+    assert mask_path("/mailmodo/s3cr3t/events/opened") == "/mailmodo/***/events/opened"
+
+
+@pytest.mark.parametrize("log_pii", [False, True])
+async def test_no_secret_or_unmasked_email_reaches_the_logs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], log_pii: bool
+) -> None:
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'b.db'}", log_format="json", log_pii=log_pii, log_level="DEBUG"
+    )
+    configure_logging(settings)
+    app = create_app(settings)
+    email = "secret.person@example.com"
+    with respx.mock(base_url=settings.mailmodo_api_url) as mm:
+        # Mailmodo echoes the email and we log its message; the key must not leak either.
+        mm.post("/api/v1/triggerCampaign/c1").mock(
+            return_value=httpx.Response(
+                400, json={"message": f"bad {email} with key {MAILMODO_KEY}"}
+            )
+        )
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.post(
+                    "/clevertap/campaigns/c1",
+                    json=profiles_body(email),
+                    auth=("clevertap", CT_SECRET),
+                    headers={"X-Request-ID": "req-123"},
+                )
+                assert r.status_code == 200
+                assert r.headers["x-request-id"] == "req-123"
+                # A rejected call with the path secret and an email in the body.
+                r = await client.post(
+                    f"/mailmodo/{MM_SECRET}/events", json={"email": email, "x": 1}
+                )
+                assert r.status_code == 422
+                deliverer = build_mailmodo_deliverer(app.state.bridge.engine, settings, "log-test")
+                assert deliverer is not None
+                await deliverer.run_once(5)
+                structlog.get_logger("test").warning(
+                    "explicit",
+                    email=email,
+                    url=f"http://x/mailmodo/{MM_SECRET}/events",
+                    api_key=MAILMODO_KEY,
+                )
+                logging.getLogger("stdlib").warning("stdlib line %s", CT_SECRET)
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines, err
+    for secret in (CT_SECRET, MM_SECRET, MAILMODO_KEY, "admin-test-token"):
+        assert secret not in err
+    assert (email in err) is log_pii
+    if not log_pii:
+        assert "s***@example.com" in err
+    rejected = [line for line in lines if line.get("event") == "inbound call rejected"]
+    assert rejected
+    assert rejected[0]["request_id"]
+    delivery_lines = [line for line in lines if "delivery_id" in line]
+    assert delivery_lines

@@ -1,0 +1,113 @@
+"""/metrics: present, Prometheus-named, and moving with what the bridge does."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import respx
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.state import BridgeState
+from app.worker.runner import build_mailmodo_deliverer
+from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+async def test_metric_names_follow_prometheus_conventions(client: httpx.AsyncClient) -> None:
+    text = await scrape(client)
+    names = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("ctmm")}
+    for expected in (
+        "ctmm_bridge_inbound_requests",
+        "ctmm_bridge_inbound_items",
+        "ctmm_bridge_deliveries",
+        "ctmm_bridge_upstream_attempts",
+        "ctmm_bridge_upstream_request_duration_seconds",
+        "ctmm_bridge_outbox_items",
+        "ctmm_bridge_outbox_oldest_pending_age_seconds",
+        "ctmm_bridge_clevertap_upload_batch_records",
+        "ctmm_bridge_parked_identities",
+        "ctmm_bridge_upstream_paused",
+        "ctmm_bridge_ingest_commit_batch_calls",
+    ):
+        assert expected in names, expected
+    assert all(re.fullmatch(r"ctmm_bridge_[a-z0-9_]+", n) for n in names)
+
+
+async def test_metrics_move_with_ingest_and_delivery(
+    client: httpx.AsyncClient, state: BridgeState, mailmodo: respx.MockRouter
+) -> None:
+    route = "clevertap.campaign"
+    before = await scrape(client)
+    body = profiles_body("a@example.com", "b@example.com", None)
+    assert (await client.post("/clevertap/campaigns/c1", json=body, headers=CT_AUTH)).is_success
+    await client.post("/clevertap/campaigns/c1", json=body, headers=CT_AUTH)  # duplicate
+    await client.post("/clevertap/campaigns/c1", content=b"{", headers=CT_AUTH)  # 400
+    await client.post("/clevertap/campaigns/c1", json=body)  # 401
+    after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("ctmm_bridge_inbound_requests_total", route=route, status="200") == 2
+    assert delta("ctmm_bridge_inbound_requests_total", route=route, status="400") == 1
+    assert delta("ctmm_bridge_inbound_requests_total", route=route, status="401") == 1
+    assert delta("ctmm_bridge_inbound_items_total", route=route, result="accepted") == 2
+    assert delta("ctmm_bridge_inbound_items_total", route=route, result="duplicate") == 2
+    assert delta("ctmm_bridge_inbound_items_total", route=route, result="skipped") == 2
+    assert delta("ctmm_bridge_inbound_items_total", route=route, result="rejected") == 1
+    assert value(after, "ctmm_bridge_outbox_items", upstream="mailmodo", state="pending") == 2
+    assert value(after, "ctmm_bridge_outbox_oldest_pending_age_seconds", upstream="mailmodo") >= 0
+
+    mailmodo.post("/api/v1/triggerCampaign/c1").mock(
+        side_effect=[
+            httpx.Response(200, json={"success": True, "ref": "r1"}),
+            httpx.Response(503, json={"message": "down"}),
+        ]
+    )
+    deliverer = build_mailmodo_deliverer(state.engine, state.settings, "metrics-test")
+    assert deliverer is not None
+    await deliverer.run_once(10)
+    final = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(final, name, **labels) - value(after, name, **labels)
+
+    assert (
+        moved("ctmm_bridge_upstream_attempts_total", upstream="mailmodo", outcome="delivered") == 1
+    )
+    assert moved("ctmm_bridge_upstream_attempts_total", upstream="mailmodo", outcome="retry") == 1
+    assert moved("ctmm_bridge_deliveries_total", upstream="mailmodo", outcome="delivered") == 1
+    assert moved("ctmm_bridge_upstream_request_duration_seconds_count", upstream="mailmodo") == 2
+    assert value(final, "ctmm_bridge_outbox_items", upstream="mailmodo", state="delivered") == 1
+    assert value(final, "ctmm_bridge_outbox_items", upstream="mailmodo", state="pending") == 1
+
+
+async def test_parked_identities_gauge(client: httpx.AsyncClient) -> None:
+    for n, email in enumerate(["p@example.com", "p@example.com", "q@example.com"]):
+        r = await client.post(
+            f"/mailmodo/{MM_SECRET}/events",
+            json={"event": "opened", "email": email, "event_id": f"e{n}"},
+        )
+        assert r.status_code == 200
+    text = await scrape(client)
+    assert value(text, "ctmm_bridge_parked_identities") == 2
+    assert value(text, "ctmm_bridge_outbox_items", upstream="clevertap", state="parked") == 3
