@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
+from app.db import read_only
 from app.outbox.models import AttemptOutcome, Upstream
 from app.outbox.policy import Outcome
 from app.system import repository as system_repo
@@ -32,6 +33,10 @@ class PauseGate:
 
     def allowed_batch(self, limit: int) -> int:
         """How many items may be claimed now: 0 while paused, 1 to probe, else ``limit``."""
+        with read_only(self.engine).connect() as conn:
+            state = system_repo.get_upstream_state(conn, self.upstream.value)
+        if state is None or not state.paused:
+            return limit  # the common case takes no write lock
         now = utcnow()
         with self.engine.begin() as conn:
             state = system_repo.get_upstream_state(conn, self.upstream.value)
