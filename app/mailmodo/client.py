@@ -29,6 +29,7 @@ class MailmodoClient:
         max_connections: int = 20,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self.timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={

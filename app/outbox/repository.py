@@ -331,6 +331,8 @@ class Claimed:
     attempts: int
     deferrals: int
     lease_token: str
+    #: After this the row may be claimed by another worker: never start a call this late.
+    leased_until: datetime | None = None
 
 
 def claim_due(
@@ -390,6 +392,7 @@ def claim_due(
             attempts=r.attempts,
             deferrals=r.deferrals,
             lease_token=token,
+            leased_until=now + timedelta(seconds=lease_seconds),
         )
         for r in rows
     ]

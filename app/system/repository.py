@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, delete, func, select, text, update
@@ -61,17 +62,33 @@ def prune_heartbeats(conn: Executor, older_than: datetime) -> None:
     conn.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < older_than))
 
 
-def get_upstream_state(conn: Executor, upstream: str) -> UpstreamState | None:
-    row = conn.execute(select(UpstreamState).where(UpstreamState.upstream == upstream)).first()
-    if row is None:
-        return None
-    state: UpstreamState = row[0]
-    return state
+@dataclass(frozen=True, slots=True)
+class PauseState:
+    upstream: str
+    paused: bool
+    reason: str | None
+    paused_at: datetime | None
+    probe_at: datetime | None
+    key_fingerprint: str | None
 
 
-def upstream_states(conn: Executor) -> dict[str, UpstreamState]:
-    rows = conn.execute(select(UpstreamState)).scalars().all()
-    return {row.upstream: row for row in rows}
+_PAUSE_COLUMNS = (
+    UpstreamState.upstream,
+    UpstreamState.paused,
+    UpstreamState.reason,
+    UpstreamState.paused_at,
+    UpstreamState.probe_at,
+    UpstreamState.key_fingerprint,
+)
+
+
+def get_upstream_state(conn: Executor, upstream: str) -> PauseState | None:
+    row = conn.execute(select(*_PAUSE_COLUMNS).where(UpstreamState.upstream == upstream)).first()
+    return None if row is None else PauseState(*row)
+
+
+def upstream_states(conn: Executor) -> dict[str, PauseState]:
+    return {row[0]: PauseState(*row) for row in conn.execute(select(*_PAUSE_COLUMNS)).all()}
 
 
 def set_paused(

@@ -104,11 +104,25 @@ class MailmodoDeliverer:
             if not await wait_until(slot, stop):
                 await asyncio.to_thread(self.release, [row])
                 return None
+            if not self._time_left(row):
+                # Another worker may own it by the time our answer is written: do not send.
+                log.warning(
+                    "lease ran out while waiting for a rate slot; not sent", delivery_id=row.id
+                )
+                await asyncio.to_thread(self.release, [row])
+                return None
             outcome = await self.attempt(row)
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.release, [row]))
             raise
         return await asyncio.to_thread(self.record, row, outcome)
+
+    def _time_left(self, row: Claimed) -> bool:
+        """Whether the lease outlasts a whole call (its timeout) with a margin."""
+        if row.leased_until is None:
+            return True
+        margin = timedelta(seconds=self.client.timeout + 5)
+        return utcnow() + margin < row.leased_until
 
     async def attempt(self, row: Claimed) -> Outcome:
         assert row.target is not None
