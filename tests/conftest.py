@@ -151,13 +151,20 @@ def clevertap_api() -> Iterator[respx.MockRouter]:
 CT_AUTH = {"X-Bridge-Secret": CT_SECRET}
 
 
-def profiles_body(*emails: str | None, key_values: dict[str, Any] | None = None,
-                  single: bool = False, **profile_extra: Any) -> dict[str, Any]:
+def profiles_body(
+    *emails: str | None,
+    key_values: dict[str, Any] | None = None,
+    single: bool = False,
+    **profile_extra: Any,
+) -> dict[str, Any]:
     """CleverTap's default 'profile variables' body, one profile per email."""
     profiles = []
     for i, email in enumerate(emails):
-        profile: dict[str, Any] = {"Identity": f"user-{i}", "ObjectId": f"__obj{i}",
-                                   "ProfileData": {"First Name": f"Name{i}"}}
+        profile: dict[str, Any] = {
+            "Identity": f"user-{i}",
+            "ObjectId": f"__obj{i}",
+            "ProfileData": {"First Name": f"Name{i}"},
+        }
         if email is not None:
             profile["Email"] = email
         profile.update(profile_extra)
