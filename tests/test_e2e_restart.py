@@ -196,3 +196,56 @@ def test_crash_loses_nothing(bridge: Bridge, fake_mailmodo: FakeMailmodo) -> Non
     counts = Counter(fake_mailmodo.received)
     repeats = sum(n - 1 for n in counts.values())
     assert repeats <= CONCURRENCY, counts  # at most the calls in flight at the kill
+
+
+@pytest.mark.postgres
+def test_scale_out_on_postgres_delivers_each_item_once(
+    tmp_path: Path, fake_mailmodo: FakeMailmodo, postgres_server: str
+) -> None:
+    """One API replica without a worker and two `ctmm-bridge worker` processes sharing
+    PostgreSQL: SKIP LOCKED claiming means every trigger goes out exactly once."""
+    from tests.conftest import _reset_postgres
+
+    _reset_postgres(postgres_server)
+    api = Bridge(tmp_path, fake_mailmodo.url)
+    api.env |= {"BRIDGE_DATABASE_URL": postgres_server, "BRIDGE_EMBEDDED_WORKER": "false"}
+    fake_mailmodo.delay = 0.05
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "db", "upgrade"],
+        env=api.env,
+        check=True,
+        capture_output=True,
+    )
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        api.start()
+        emails = [f"scale{i}@example.com" for i in range(60)]
+        with httpx.Client(timeout=10) as client:
+            for email in emails:
+                assert api.post(client, email).status_code == 200
+            for n in range(2):
+                with (tmp_path / f"worker{n}.log").open("wb") as out:
+                    workers.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "app.cli", "worker"],
+                            env=api.env,
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                        )
+                    )
+            wait_for(lambda: len(fake_mailmodo.received) >= len(emails), 40, "all deliveries")
+            time.sleep(0.5)
+            ready = client.get(f"{api.url}/readyz").json()
+            assert ready["checks"]["worker"]["ok"], ready
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            proc.wait(timeout=30)
+        if api.proc is not None:
+            api.stop(signal.SIGTERM)
+    counts = Counter(fake_mailmodo.received)
+    assert set(counts) == set(emails)
+    assert max(counts.values()) == 1, counts
+    logs = "".join((tmp_path / f"worker{n}.log").read_text() for n in range(2))
+    assert logs.count("worker started") == 2
