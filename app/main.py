@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.admin.router import router as admin_router
 from app.clevertap.router import router as clevertap_router
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.include_router(health_router)
     app.include_router(clevertap_router)
     app.include_router(mailmodo_router)
+    app.include_router(admin_router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

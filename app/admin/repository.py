@@ -1,0 +1,407 @@
+"""All SQL of the operator's tools: listing, one delivery in full, replay, cancel, purge, stats.
+
+Functions take a ``Connection`` opened by the caller and never commit, like the outbox
+repository. Every state change is guarded in its ``WHERE`` clause (state, no live lease), so
+an operator racing a worker never overwrites the worker's result nor sends an item twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    delete,
+    exists,
+    func,
+    not_,
+    select,
+    update,
+)
+
+from app.outbox.models import CallStatus, State
+from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES
+from app.system import repository as system_repo
+from app.system.models import UpstreamState, WorkerHeartbeat
+
+REPLAYED_REASON = "replayed by operator"
+CANCELLED_REASON = "cancelled by operator"
+
+#: Columns shown in listings: everything but the payload, which only the detail view carries.
+LIST_COLUMNS = [c for c in DELIVERIES.c if c.name != "payload"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries an operator means; every field left empty matches everything."""
+
+    direction: str | None = None
+    upstream: str | None = None
+    states: tuple[str, ...] = ()
+    email: str | None = None
+    target: str | None = None
+    operation: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    #: On ``updated_at``: for a failed, dead or delivered item, when it got there.
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+    @property
+    def narrows_deliveries(self) -> bool:
+        """Whether it picks deliveries by what they are, not only by state and time."""
+        return any(
+            v is not None
+            for v in (self.direction, self.upstream, self.email, self.target, self.operation)
+        )
+
+    @property
+    def has_time_range(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.created_after,
+                self.created_before,
+                self.updated_after,
+                self.updated_before,
+            )
+        )
+
+
+def conditions(f: DeliveryFilter) -> list[ColumnElement[bool]]:
+    c = DELIVERIES.c
+    where: list[ColumnElement[bool]] = []
+    if f.direction is not None:
+        where.append(c.direction == f.direction)
+    if f.upstream is not None:
+        where.append(c.upstream == f.upstream)
+    if f.states:
+        where.append(c.state.in_(f.states))
+    if f.email is not None:
+        # Stored lower-cased, so the plain index on email serves the lookup.
+        where.append(c.email == f.email.strip().lower())
+    if f.target is not None:
+        where.append(c.target == f.target)
+    if f.operation is not None:
+        where.append(c.operation == f.operation)
+    if f.created_after is not None:
+        where.append(c.created_at >= f.created_after)
+    if f.created_before is not None:
+        where.append(c.created_at < f.created_before)
+    if f.updated_after is not None:
+        where.append(c.updated_at >= f.updated_after)
+    if f.updated_before is not None:
+        where.append(c.updated_at < f.updated_before)
+    return where
+
+
+def in_flight(now: datetime) -> ColumnElement[bool]:
+    """A worker holds a live lease: the call may be on the wire right now."""
+    c = DELIVERIES.c
+    return and_(c.state == State.PENDING.value, c.lease_token.is_not(None), c.next_attempt_at > now)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def list_deliveries(
+    conn: Connection, f: DeliveryFilter, *, limit: int, before_id: int | None
+) -> Sequence[Row[Any]]:
+    """Newest first, keyset on id, so a page costs the same however deep the cursor."""
+    where = conditions(f)
+    if before_id is not None:
+        where.append(DELIVERIES.c.id < before_id)
+    stmt = select(*LIST_COLUMNS).where(*where).order_by(DELIVERIES.c.id.desc()).limit(limit)
+    return conn.execute(stmt).all()
+
+
+def count_deliveries(conn: Connection, f: DeliveryFilter) -> int:
+    stmt = select(func.count()).select_from(DELIVERIES).where(*conditions(f))
+    return int(conn.execute(stmt).scalar_one())
+
+
+def get_delivery(conn: Connection, delivery_id: int) -> Row[Any] | None:
+    return conn.execute(select(DELIVERIES).where(DELIVERIES.c.id == delivery_id)).first()
+
+
+def get_call(conn: Connection, call_id: int) -> Row[Any] | None:
+    return conn.execute(select(CALLS).where(CALLS.c.id == call_id)).first()
+
+
+def attempts_of(conn: Connection, delivery_id: int) -> Sequence[Row[Any]]:
+    """In the order they were made (numbers restart at 1 after a replay)."""
+    stmt = select(ATTEMPTS).where(ATTEMPTS.c.delivery_id == delivery_id).order_by(ATTEMPTS.c.id)
+    return conn.execute(stmt).all()
+
+
+def list_rejected(
+    conn: Connection,
+    *,
+    source: str | None,
+    received_after: datetime | None,
+    received_before: datetime | None,
+    limit: int,
+    before_id: int | None,
+) -> Sequence[Row[Any]]:
+    c = CALLS.c
+    where: list[ColumnElement[bool]] = [c.status == CallStatus.REJECTED.value]
+    if source is not None:
+        where.append(c.source == source)
+    if received_after is not None:
+        where.append(c.received_at >= received_after)
+    if received_before is not None:
+        where.append(c.received_at < received_before)
+    if before_id is not None:
+        where.append(c.id < before_id)
+    return conn.execute(select(CALLS).where(*where).order_by(c.id.desc()).limit(limit)).all()
+
+
+# -- changing one -------------------------------------------------------------------------------
+
+
+def replay_values(now: datetime) -> dict[str, Any]:
+    """Due now with a fresh schedule: attempts and deferrals start again from zero."""
+    return {
+        "state": State.PENDING.value,
+        "attempts": 0,
+        "deferrals": 0,
+        "next_attempt_at": now,
+        "lease_token": None,
+        "leased_by": None,
+        "reason": REPLAYED_REASON,
+        "finished_at": None,
+        "updated_at": now,
+    }
+
+
+def replay_one(
+    conn: Connection, delivery_id: int, *, from_states: Sequence[str], now: datetime
+) -> bool:
+    """False when the row left ``from_states`` or a worker leased it meanwhile."""
+    result = conn.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.id == delivery_id,
+            DELIVERIES.c.state.in_(list(from_states)),
+            not_(in_flight(now)),
+        )
+        .values(**replay_values(now))
+    )
+    return bool(result.rowcount)
+
+
+def cancel_one(
+    conn: Connection, delivery_id: int, *, from_states: Sequence[str], now: datetime
+) -> bool:
+    result = conn.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.id == delivery_id,
+            DELIVERIES.c.state.in_(list(from_states)),
+            not_(in_flight(now)),
+        )
+        .values(
+            state=State.CANCELLED.value,
+            lease_token=None,
+            leased_by=None,
+            reason=CANCELLED_REASON,
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+# -- changing many, in batches --------------------------------------------------------------------
+
+
+def replay_batch(
+    conn: Connection, f: DeliveryFilter, *, after_id: int, limit: int, now: datetime
+) -> tuple[int, int, int | None]:
+    """Replay the next ``limit`` matching rows after ``after_id``.
+
+    Returns (rows matched, rows replayed, last id seen or None when there are no more).
+    Rows in flight are matched but left alone.
+    """
+    ids = (
+        conn.execute(
+            select(DELIVERIES.c.id)
+            .where(*conditions(f), DELIVERIES.c.id > after_id)
+            .order_by(DELIVERIES.c.id)
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+    if not ids:
+        return 0, 0, None
+    result = conn.execute(
+        update(DELIVERIES)
+        .where(DELIVERIES.c.id.in_(ids), *conditions(f), not_(in_flight(now)))
+        .values(**replay_values(now))
+    )
+    return len(ids), int(result.rowcount or 0), ids[-1]
+
+
+def count_purgeable(conn: Connection, f: DeliveryFilter, cutoff: datetime) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(DELIVERIES)
+        .where(*conditions(f), DELIVERIES.c.updated_at < cutoff)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def count_calls_orphaned_by(conn: Connection, f: DeliveryFilter, cutoff: datetime) -> int:
+    """Inbound calls every one of whose deliveries the purge would delete."""
+    d = DELIVERIES.c
+    matched = (
+        select(d.inbound_call_id.label("call_id"), func.count().label("n"))
+        .where(*conditions(f), d.updated_at < cutoff, d.inbound_call_id.is_not(None))
+        .group_by(d.inbound_call_id)
+        .subquery()
+    )
+    total = (
+        select(d.inbound_call_id.label("call_id"), func.count().label("n"))
+        .where(d.inbound_call_id.in_(select(matched.c.call_id)))
+        .group_by(d.inbound_call_id)
+        .subquery()
+    )
+    stmt = (
+        select(func.count())
+        .select_from(matched.join(total, matched.c.call_id == total.c.call_id))
+        .where(matched.c.n == total.c.n)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def _without_deliveries() -> ColumnElement[bool]:
+    return ~exists().where(DELIVERIES.c.inbound_call_id == CALLS.c.id)
+
+
+def count_standalone_calls(conn: Connection, cutoff: datetime) -> int:
+    """Calls older than the cut with no delivery: rejected, duplicate, test, or emptied."""
+    stmt = (
+        select(func.count())
+        .select_from(CALLS)
+        .where(CALLS.c.received_at < cutoff, _without_deliveries())
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def purge_batch(
+    conn: Connection, f: DeliveryFilter, *, cutoff: datetime, after_id: int, limit: int
+) -> tuple[int, int, int | None]:
+    """Delete the next ``limit`` matching deliveries (their attempts cascade) and the inbound
+    calls they leave without any delivery.
+
+    Returns (deliveries deleted, calls deleted, last id seen or None when there are no more).
+    """
+    rows = conn.execute(
+        select(DELIVERIES.c.id, DELIVERIES.c.inbound_call_id)
+        .where(*conditions(f), DELIVERIES.c.updated_at < cutoff, DELIVERIES.c.id > after_id)
+        .order_by(DELIVERIES.c.id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return 0, 0, None
+    ids = [r.id for r in rows]
+    call_ids = {r.inbound_call_id for r in rows if r.inbound_call_id is not None}
+    # Attempts go explicitly too: it costs little and does not rely on the cascade.
+    conn.execute(delete(ATTEMPTS).where(ATTEMPTS.c.delivery_id.in_(ids)))
+    deleted = conn.execute(
+        delete(DELIVERIES).where(
+            DELIVERIES.c.id.in_(ids), *conditions(f), DELIVERIES.c.updated_at < cutoff
+        )
+    ).rowcount
+    calls = 0
+    if call_ids:
+        calls = conn.execute(
+            delete(CALLS).where(CALLS.c.id.in_(call_ids), _without_deliveries())
+        ).rowcount
+    return int(deleted or 0), int(calls or 0), ids[-1]
+
+
+def purge_standalone_calls_batch(conn: Connection, *, cutoff: datetime, limit: int) -> int:
+    ids = (
+        conn.execute(
+            select(CALLS.c.id)
+            .where(CALLS.c.received_at < cutoff, _without_deliveries())
+            .order_by(CALLS.c.id)
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+    if not ids:
+        return 0
+    result = conn.execute(delete(CALLS).where(CALLS.c.id.in_(ids), _without_deliveries()))
+    return int(result.rowcount or 0)
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+
+def counts_by_direction_and_state(conn: Connection) -> list[tuple[str, str, int]]:
+    d = DELIVERIES.c
+    rows = conn.execute(
+        select(d.direction, d.state, func.count()).group_by(d.direction, d.state)
+    ).all()
+    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def oldest_pending_created_at(conn: Connection) -> datetime | None:
+    value = conn.execute(
+        select(func.min(DELIVERIES.c.created_at)).where(DELIVERIES.c.state == State.PENDING.value)
+    ).scalar()
+    return _aware(value)
+
+
+def delivered_since(conn: Connection, since: datetime) -> int:
+    """Uses the (state, updated_at) index: a delivered row is last updated when delivered."""
+    stmt = (
+        select(func.count())
+        .select_from(DELIVERIES)
+        .where(DELIVERIES.c.state == State.DELIVERED.value, DELIVERIES.c.updated_at >= since)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def parked_counts(conn: Connection) -> tuple[int, int]:
+    """(parked rows, distinct emails they wait for)."""
+    row = conn.execute(
+        select(func.count(), func.count(func.distinct(DELIVERIES.c.email))).where(
+            DELIVERIES.c.state == State.PARKED.value
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def paused_upstreams(conn: Connection) -> Sequence[Row[Any]]:
+    us = UpstreamState
+    stmt = select(us.upstream, us.reason, us.paused_at, us.probe_at).where(us.paused.is_(True))
+    return cast("Sequence[Row[Any]]", conn.execute(stmt).all())
+
+
+def heartbeats(conn: Connection) -> Sequence[Row[Any]]:
+    hb = WorkerHeartbeat
+    stmt = select(hb.worker_id, hb.hostname, hb.pid, hb.started_at, hb.beat_at).order_by(
+        hb.beat_at.desc()
+    )
+    return cast("Sequence[Row[Any]]", conn.execute(stmt).all())
+
+
+def resume_upstream(conn: Connection, upstream: str, now: datetime) -> bool:
+    return system_repo.clear_paused(conn, upstream, now)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value

@@ -1,0 +1,245 @@
+"""``/admin``: the operator's HTTP API, behind ``Authorization: Bearer <BRIDGE_ADMIN_TOKEN>``.
+
+Handlers are plain ``def``: FastAPI runs them in its thread pool, where the synchronous
+engine belongs. Every refusal, including FastAPI's own parameter validation, is answered as
+``{"error", "detail"}`` like the webhook routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import Response
+
+from app.admin import service
+from app.admin.schemas import (
+    ActionResult,
+    DeliveryDetail,
+    DeliveryPage,
+    ErrorBody,
+    Filters,
+    PurgeRequest,
+    PurgeResult,
+    RejectedPage,
+    ReplayRequest,
+    ReplayResult,
+    ResumeResult,
+    Stats,
+)
+from app.admin.service import AdminError
+from app.inbound.service import secret_matches
+from app.outbox.models import Direction, Operation, Source, State, Upstream
+from app.state import bridge
+
+
+class AdminRoute(APIRoute):
+    """Turns ``AdminError`` and request validation errors into the bridge's JSON errors."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def admin_handler(request: Request) -> Response:
+            try:
+                # Before FastAPI reads the body: a bad token gets 401 even with bad JSON.
+                check_token(request)
+                return await handler(request)
+            except AdminError as exc:
+                return exc.response()
+            except RequestValidationError as exc:
+                return service.invalid(_validation_detail(exc)).response()
+
+        return admin_handler
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": [str(part) for part in err.get("loc", ())], "msg": str(err.get("msg", ""))}
+        for err in exc.errors()
+    ]
+
+
+_bearer = HTTPBearer(auto_error=False, description="BRIDGE_ADMIN_TOKEN")
+
+
+def require_admin(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Declares the bearer scheme in OpenAPI; the route class has checked it already."""
+    check_token(request)
+
+
+def check_token(request: Request) -> None:
+    """Constant-time check of the bearer token in force (configured or generated)."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else None
+    if not secret_matches(given, (bridge(request).credentials.admin_token,)):
+        raise AdminError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <BRIDGE_ADMIN_TOKEN> "
+            "(`ctmm-bridge credentials` shows a generated one)",
+            {"WWW-Authenticate": 'Bearer realm="ctmm-bridge admin"'},
+        )
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        401: "Missing or wrong bearer token",
+        404: "No such delivery",
+        409: "The delivery's state does not allow it",
+        422: "Invalid filter, body, cursor or parameter",
+    }
+    return {c: {"model": ErrorBody, "description": text[c]} for c in (401, *codes)}
+
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    route_class=AdminRoute,
+    dependencies=[Depends(require_admin)],
+)
+
+Limit = Annotated[int, Query(ge=1, le=service.MAX_LIMIT, description="Page size")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
+
+
+@router.get(
+    "/deliveries",
+    summary="List deliveries, newest first, by filter",
+    responses=_errors(422),
+)
+def list_deliveries(
+    request: Request,
+    direction: Direction | None = None,
+    upstream: Upstream | None = None,
+    state: Annotated[list[State] | None, Query(description="Repeatable")] = None,
+    email: Annotated[str | None, Query(description="Recipient (case-insensitive)")] = None,
+    target: Annotated[str | None, Query(description="Campaign/journey id or event name")] = None,
+    operation: Operation | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    updated_after: Annotated[
+        datetime | None, Query(description="Last changed at or after (a dead item: when it died)")
+    ] = None,
+    updated_before: datetime | None = None,
+    limit: Limit = service.DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> DeliveryPage:
+    spec = Filters(
+        direction=direction,
+        upstream=upstream,
+        states=state,
+        email=email,
+        target=target,
+        operation=operation,
+        created_after=created_after,
+        created_before=created_before,
+        updated_after=updated_after,
+        updated_before=updated_before,
+    )
+    return service.list_deliveries(bridge(request).engine, spec, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/deliveries/{delivery_id}",
+    summary="One delivery with its inbound call and every attempt",
+    responses=_errors(404, 422),
+)
+def get_delivery(request: Request, delivery_id: int) -> DeliveryDetail:
+    return service.delivery_detail(bridge(request).engine, delivery_id)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    summary="Send one delivery again, due now, on a fresh retry schedule",
+    description="Failed, dead, cancelled, dropped, parked or pending items become pending with "
+    "their attempts reset to 0. A delivered item is sent again only with `force=true`.",
+    responses=_errors(404, 409, 422),
+)
+def retry_delivery(
+    request: Request,
+    delivery_id: int,
+    force: Annotated[bool, Query(description="Also re-send a delivered item")] = False,
+) -> ActionResult:
+    return service.retry_delivery(bridge(request).engine, delivery_id, force=force)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/cancel",
+    summary="Cancel a pending or parked delivery",
+    responses=_errors(404, 409, 422),
+)
+def cancel_delivery(request: Request, delivery_id: int) -> ActionResult:
+    return service.cancel_delivery(bridge(request).engine, delivery_id)
+
+
+@router.post(
+    "/replay",
+    summary="Replay every delivery matching the filters (default states: failed, dead)",
+    description="Requires `states` or a time range, so that an empty body never replays "
+    "everything. Matching items become pending, due now, with attempts reset to 0; items a "
+    "worker is sending at that moment are left alone. `dry_run` only counts.",
+    responses=_errors(422),
+)
+def replay(request: Request, body: ReplayRequest) -> ReplayResult:
+    return service.replay(bridge(request).engine, body)
+
+
+@router.post(
+    "/purge",
+    summary="Delete finished deliveries older than `older_than`, in batches",
+    description="States default to delivered, failed, dead, cancelled and dropped; age is "
+    "the time since the item last changed. Attempts go with their delivery; inbound calls left "
+    "without deliveries are deleted too. `dry_run` only counts.",
+    responses=_errors(422),
+)
+def purge(request: Request, body: PurgeRequest) -> PurgeResult:
+    return service.purge(bridge(request).engine, body)
+
+
+@router.get(
+    "/rejected",
+    summary="Inbound calls that were refused, with the reason, newest first",
+    responses=_errors(422),
+)
+def list_rejected(
+    request: Request,
+    source: Source | None = None,
+    received_after: datetime | None = None,
+    received_before: datetime | None = None,
+    limit: Limit = service.DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> RejectedPage:
+    return service.list_rejected(
+        bridge(request).engine,
+        source=source.value if source else None,
+        received_after=received_after,
+        received_before=received_before,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get(
+    "/stats",
+    summary="Queue depth by direction and state, lag, throughput, parked, pauses, workers",
+    responses=_errors(),
+)
+def stats(request: Request) -> Stats:
+    return service.stats(bridge(request).engine)
+
+
+@router.post(
+    "/upstreams/{upstream}/resume",
+    summary="Clear the pause of an upstream whose credentials were fixed",
+    responses=_errors(422),
+)
+def resume_upstream(request: Request, upstream: Upstream) -> ResumeResult:
+    return service.resume_upstream(bridge(request).engine, upstream)

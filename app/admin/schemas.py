@@ -1,0 +1,214 @@
+"""What the admin API answers and accepts; pydantic so that OpenAPI describes every field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.outbox.models import Direction, Operation, State, Upstream
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a short phrase and what to do about it."""
+
+    error: str
+    detail: Any = None
+
+
+class DeliveryItem(_Out):
+    """One outbox row, without its payload."""
+
+    id: int
+    inbound_call_id: int | None
+    direction: str
+    upstream: str
+    operation: str
+    target: str | None
+    email: str | None
+    clevertap_id: str | None
+    state: str
+    attempts: int = Field(description="Attempts used on the current retry schedule")
+    deferrals: int = Field(description="Rate-limit and paused-upstream deferrals (no attempt)")
+    next_attempt_at: datetime
+    leased_by: str | None
+    last_status_code: int | None
+    reason: str | None
+    upstream_ref: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryItem]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page"
+    )
+
+
+class DeliveryFull(DeliveryItem):
+    payload: Any = Field(description="The JSON body sent upstream")
+
+
+class InboundCallItem(_Out):
+    """The HTTP call a delivery came from, as it arrived."""
+
+    id: int
+    source: str
+    route: str
+    target: str | None
+    received_at: datetime
+    status: str
+    http_status: int
+    reason: str | None
+    request_id: str | None
+    content_type: str | None
+    body: str
+    body_truncated: bool
+    item_count: int
+    skipped_count: int
+
+
+class AttemptItem(_Out):
+    number: int
+    started_at: datetime
+    status_code: int | None
+    outcome: str
+    duration_ms: float
+    error: str | None
+    response_body: str | None = Field(description="The first 2 KB of the answer")
+    worker_id: str | None
+
+
+class DeliveryDetail(BaseModel):
+    delivery: DeliveryFull
+    inbound_call: InboundCallItem | None
+    attempts: list[AttemptItem]
+    reason: str | None = Field(description="Why the delivery is in its current state")
+
+
+class ActionResult(BaseModel):
+    id: int
+    previous_state: str
+    state: str
+    reason: str | None
+
+
+class Filters(BaseModel):
+    """The same filters as ``GET /admin/deliveries``; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    direction: Direction | None = None
+    upstream: Upstream | None = None
+    states: list[State] | None = Field(default=None, description="Default depends on the action")
+    email: str | None = None
+    target: str | None = Field(default=None, description="Campaign/journey id or event name")
+    operation: Operation | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = Field(
+        default=None, description="Last changed at or after (for a dead item: when it died)"
+    )
+    updated_before: datetime | None = None
+    dry_run: bool = False
+
+
+class ReplayRequest(Filters):
+    """States default to failed and dead; give `states` or a time range (never neither)."""
+
+
+class ReplayResult(BaseModel):
+    matched: int
+    replayed: int
+    dry_run: bool
+
+
+class PurgeRequest(Filters):
+    """States default to delivered, failed, dead, cancelled and dropped."""
+
+    older_than: str = Field(
+        description="Age of the last change, e.g. `30d`, `12h`, `90m`, `3600s`",
+        examples=["30d"],
+    )
+    include_calls: bool = Field(
+        default=True,
+        description="Also delete inbound calls that have no delivery (rejected, duplicate, "
+        "test) older than the cut; only when the purge is not narrowed to some deliveries",
+    )
+
+
+class PurgeResult(BaseModel):
+    matched: int
+    deleted: int
+    calls_deleted: int
+    cutoff: datetime
+    dry_run: bool
+
+
+class RejectedItem(_Out):
+    id: int
+    source: str
+    route: str
+    target: str | None
+    received_at: datetime
+    http_status: int
+    reason: str | None
+    content_type: str | None
+    request_id: str | None
+    body: str = Field(description="The body as kept, cut to 2000 characters here")
+    body_truncated: bool
+
+
+class RejectedPage(BaseModel):
+    items: list[RejectedItem]
+    next_cursor: str | None
+
+
+class Rates(BaseModel):
+    last_5_minutes: float = Field(description="Delivered per minute over the last 5 minutes")
+    last_60_minutes: float = Field(description="Delivered per minute over the last hour")
+
+
+class ParkedStats(BaseModel):
+    count: int
+    distinct_emails: int
+
+
+class UpstreamStatus(BaseModel):
+    paused: bool
+    reason: str | None = None
+    since: datetime | None = None
+    next_probe_at: datetime | None = None
+
+
+class WorkerBeat(BaseModel):
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_beat_at: datetime
+    age_seconds: float
+
+
+class Stats(BaseModel):
+    generated_at: datetime
+    counts: dict[str, dict[str, int]] = Field(description="direction → state → deliveries")
+    totals: dict[str, int] = Field(description="state → deliveries, every direction")
+    oldest_pending_age_seconds: float | None
+    deliveries_per_minute: Rates
+    parked: ParkedStats
+    upstreams: dict[str, UpstreamStatus]
+    workers: list[WorkerBeat]
+
+
+class ResumeResult(BaseModel):
+    upstream: str
+    resumed: bool
+    detail: str

@@ -1,0 +1,89 @@
+"""Helpers for the admin tests: deliveries created the real way (the webhook routes), then moved
+to the state a test needs by updating their rows, as a worker would have."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from app.clock import utcnow
+from app.outbox.models import Attempt, Delivery, InboundCall
+from app.state import BridgeState
+from tests.conftest import ADMIN_TOKEN, CT_AUTH, MM_SECRET, profiles_body
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def post_campaign(client: httpx.AsyncClient, campaign: str, *emails: str) -> list[int]:
+    """One CleverTap call for ``emails``; returns the ids of the deliveries it made."""
+    resp = await client.post(
+        f"/clevertap/campaigns/{campaign}", json=profiles_body(*emails), headers=CT_AUTH
+    )
+    assert resp.status_code == 200, resp.text
+    ids: list[int] = resp.json()["ids"]
+    return ids
+
+
+async def post_activity(client: httpx.AsyncClient, email: str, event: str = "opened") -> list[int]:
+    """A Mailmodo callback with no CleverTap ID: parked until the email's ID is learnt."""
+    resp = await client.post(
+        f"/mailmodo/{MM_SECRET}/events", json={"event": event, "email": email, "timestamp": 1}
+    )
+    assert resp.status_code == 200, resp.text
+    ids: list[int] = resp.json()["ids"]
+    return ids
+
+
+def set_rows(engine: Engine, ids: list[int], **values: Any) -> None:
+    """Move deliveries as a worker (or time) would have: state, timestamps, lease."""
+    values.setdefault("updated_at", utcnow())
+    with engine.begin() as conn:
+        conn.execute(update(Delivery).where(Delivery.id.in_(ids)).values(**values))
+
+
+def age_rows(engine: Engine, ids: list[int], days: float) -> datetime:
+    """Make deliveries and their inbound calls look ``days`` old; returns that moment."""
+    then = utcnow() - timedelta(days=days)
+    with engine.begin() as conn:
+        conn.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(created_at=then, updated_at=then, next_attempt_at=then)
+        )
+        calls = select(Delivery.inbound_call_id).where(Delivery.id.in_(ids))
+        conn.execute(update(InboundCall).where(InboundCall.id.in_(calls)).values(received_at=then))
+    return then
+
+
+def add_attempt(engine: Engine, delivery_id: int, number: int = 1, **values: Any) -> None:
+    row: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "number": number,
+        "started_at": utcnow(),
+        "duration_ms": 12.5,
+        "status_code": 500,
+        "outcome": "retry",
+        "error": "Mailmodo unavailable: HTTP 500",
+        "response_body": '{"message": "boom"}',
+        "worker_id": "test-worker",
+    }
+    row.update(values)
+    with engine.begin() as conn:
+        conn.execute(Attempt.__table__.insert(), [row])
+
+
+def row_of(engine: Engine, delivery_id: int) -> Any:
+    """The delivery's row as stored (attribute access by column name)."""
+    with engine.connect() as conn:
+        return conn.execute(select(Delivery.__table__).where(Delivery.id == delivery_id)).one()
+
+
+@pytest.fixture
+def engine_of(state: BridgeState) -> Engine:
+    """The running app's engine."""
+    return state.engine
