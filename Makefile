@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck fmt bench clean
+.PHONY: run sandbox test lint typecheck fmt bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/ctmm-bridge serve
+
+sandbox: $(VENV)/.installed
+	$(BIN)/ctmm-bridge sandbox
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -196,6 +196,23 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
 
 
 @cli.command()
+def sandbox(
+    port: int | None = typer.Option(None, help="Bridge port (default BRIDGE_PORT, else free)."),
+    mailmodo_port: int = typer.Option(8081, help="Fake Mailmodo port (else a free one)."),
+    clevertap_port: int = typer.Option(8082, help="Fake CleverTap port (else a free one)."),
+) -> None:
+    """Try the bridge with fake CleverTap and Mailmodo APIs on loopback: no accounts needed."""
+    from app.sandbox.service import run_sandbox
+
+    run_sandbox(
+        _settings(),
+        bridge_port=port,
+        mailmodo_port=mailmodo_port,
+        clevertap_port=clevertap_port,
+    )
+
+
+@cli.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
