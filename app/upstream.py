@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
+from app import __version__
 from app.clock import utcnow
 
 MAX_KEPT_BODY = 2048
@@ -74,6 +75,26 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, (when - utcnow()).total_seconds())
+
+
+def pooled_client(
+    *,
+    base_url: str,
+    headers: dict[str, str],
+    timeout: float,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client per upstream with explicit timeouts (connect at most 5 s)."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers={"User-Agent": f"ctmm-bridge/{__version__}", **headers},
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        transport=transport,
+    )
 
 
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> UpstreamResponse:

@@ -7,8 +7,7 @@ from typing import Any
 import httpx
 import orjson
 
-from app import __version__
-from app.upstream import UpstreamResponse, send
+from app.upstream import UpstreamResponse, pooled_client, send
 
 
 class CleverTapClient:
@@ -24,18 +23,15 @@ class CleverTapClient:
         max_connections: int = 5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
+        self._client = pooled_client(
+            base_url=base_url,
             headers={
                 "X-CleverTap-Account-Id": account_id,
                 "X-CleverTap-Passcode": passcode,
                 "Content-Type": "application/json",
-                "User-Agent": f"ctmm-bridge/{__version__}",
             },
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            timeout=timeout,
+            max_connections=max_connections,
             transport=transport,
         )
 

@@ -6,9 +6,8 @@ from urllib.parse import quote
 
 import httpx
 
-from app import __version__
 from app.outbox.models import Operation
-from app.upstream import UpstreamResponse, send
+from app.upstream import UpstreamResponse, pooled_client, send
 
 PATHS: dict[Operation, str] = {
     Operation.CAMPAIGN_TRIGGER: "/api/v1/triggerCampaign/{target}",
@@ -30,17 +29,11 @@ class MailmodoClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeout = timeout
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={
-                "mmApiKey": api_key,
-                "Accept": "application/json",
-                "User-Agent": f"ctmm-bridge/{__version__}",
-            },
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+        self._client = pooled_client(
+            base_url=base_url,
+            headers={"mmApiKey": api_key, "Accept": "application/json"},
+            timeout=timeout,
+            max_connections=max_connections,
             transport=transport,
         )
 

@@ -7,7 +7,6 @@ that decides *what happens to a row* is here, so tests drive it directly.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
@@ -21,20 +20,13 @@ from app.outbox.models import AttemptOutcome, Operation, State, Upstream
 from app.outbox.policy import Outcome, RetryPolicy, Transition, classify_error, classify_mailmodo
 from app.outbox.repository import Claimed
 from app.upstream import UpstreamError
-from app.worker.pause import PauseGate
+from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True)
-class RunStats:
-    claimed: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
-    released: int = 0
-
-
-class MailmodoDeliverer:
+class MailmodoDeliverer(OutboxConsumer):
     """Delivers Mailmodo outbox rows; one instance per worker process."""
 
     upstream = Upstream.MAILMODO
@@ -51,31 +43,18 @@ class MailmodoDeliverer:
         key_fingerprint: str | None,
         pause_probe_seconds: float,
     ) -> None:
-        self.engine = engine
-        self.client = client
-        self.policy = policy
-        self.limiter = limiter
-        self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
-        self.gate = PauseGate(
-            engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
+        super().__init__(
+            engine=engine,
+            policy=policy,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            key_fingerprint=key_fingerprint,
+            pause_probe_seconds=pause_probe_seconds,
         )
+        self.client = client
+        self.limiter = limiter
 
     # -- one round --------------------------------------------------------------------------
-
-    def claim(self, limit: int) -> list[Claimed]:
-        allowed = self.gate.allowed_batch(limit)
-        if allowed <= 0:
-            return []
-        with self.engine.begin() as conn:
-            return repository.claim_due(
-                conn,
-                upstream=self.upstream,
-                limit=allowed,
-                now=utcnow(),
-                lease_seconds=self.lease_seconds,
-                worker_id=self.worker_id,
-            )
 
     async def run_once(self, limit: int, stop: asyncio.Event | None = None) -> RunStats:
         """Claim up to ``limit`` due rows and deliver them concurrently."""
@@ -93,7 +72,7 @@ class MailmodoDeliverer:
             if result is None:
                 stats.released += 1
             else:
-                stats.outcomes[result.state.value] = stats.outcomes.get(result.state.value, 0) + 1
+                stats.count(result.state.value)
         return stats
 
     async def deliver(
@@ -161,12 +140,6 @@ class MailmodoDeliverer:
         )
         _log_outcome(row, outcome, transition, lease_kept=kept)
         return transition
-
-    def release(self, rows: list[Claimed]) -> None:
-        now = utcnow()
-        with self.engine.begin() as conn:
-            for row in rows:
-                repository.update_leased(conn, row, self.policy.release(now))
 
 
 def _log_outcome(

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Coroutine
 from contextlib import suppress
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -37,6 +37,26 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class _ConsumerSettings(TypedDict):
+    policy: RetryPolicy
+    worker_id: str
+    lease_seconds: float
+    key_fingerprint: str | None
+    pause_probe_seconds: float
+
+
+def _consumer_settings(settings: Settings, worker_id: str, key: str) -> _ConsumerSettings:
+    return {
+        "policy": RetryPolicy(
+            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
+        ),
+        "worker_id": worker_id,
+        "lease_seconds": settings.lease_seconds,
+        "key_fingerprint": fingerprint(key),
+        "pause_probe_seconds": settings.pause_probe_seconds,
+    }
+
+
 def build_clevertap_uploader(
     engine: Engine, settings: Settings, worker_id: str, client: CleverTapClient | None = None
 ) -> CleverTapUploader | None:
@@ -53,17 +73,14 @@ def build_clevertap_uploader(
     return CleverTapUploader(
         engine=engine,
         client=client,
-        policy=RetryPolicy(
-            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
-        ),
-        worker_id=worker_id,
-        lease_seconds=settings.lease_seconds,
         batch_size=settings.clevertap_batch_size,
-        key_fingerprint=fingerprint(
+        **_consumer_settings(
+            settings,
+            worker_id,
+            # A new passcode, account or region resumes a pause at once.
             f"{settings.clevertap_account_id}:{settings.clevertap_passcode}:"
-            f"{settings.clevertap_base_url}"
+            f"{settings.clevertap_base_url}",
         ),
-        pause_probe_seconds=settings.pause_probe_seconds,
     )
 
 
@@ -82,14 +99,8 @@ def build_mailmodo_deliverer(
     return MailmodoDeliverer(
         engine=engine,
         client=client,
-        policy=RetryPolicy(
-            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
-        ),
         limiter=SharedRateLimiter(engine, "mailmodo", settings.mailmodo_rate_per_second),
-        worker_id=worker_id,
-        lease_seconds=settings.lease_seconds,
-        key_fingerprint=fingerprint(settings.mailmodo_api_key),
-        pause_probe_seconds=settings.pause_probe_seconds,
+        **_consumer_settings(settings, worker_id, settings.mailmodo_api_key),
     )
 
 

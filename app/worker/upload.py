@@ -28,8 +28,7 @@ from app.outbox.policy import (
 )
 from app.outbox.repository import Claimed
 from app.upstream import UpstreamError
-from app.worker.delivery import RunStats
-from app.worker.pause import PauseGate
+from app.worker.consumer import OutboxConsumer, RunStats
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +46,7 @@ def upload_record(row: Claimed) -> dict[str, Any] | None:
     return record
 
 
-class CleverTapUploader:
+class CleverTapUploader(OutboxConsumer):
     upstream = Upstream.CLEVERTAP
 
     def __init__(
@@ -62,37 +61,26 @@ class CleverTapUploader:
         key_fingerprint: str | None,
         pause_probe_seconds: float,
     ) -> None:
-        self.engine = engine
-        self.client = client
-        self.policy = policy
-        self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
-        self.batch_size = batch_size
-        self.gate = PauseGate(
-            engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
+        super().__init__(
+            engine=engine,
+            policy=policy,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            key_fingerprint=key_fingerprint,
+            pause_probe_seconds=pause_probe_seconds,
         )
+        self.client = client
+        self.batch_size = batch_size
 
     def claim(self, limit: int | None = None) -> list[Claimed]:
-        allowed = self.gate.allowed_batch(limit or self.batch_size)
-        if allowed <= 0:
-            return []
-        with self.engine.begin() as conn:
-            return repository.claim_due(
-                conn,
-                upstream=self.upstream,
-                limit=allowed,
-                now=utcnow(),
-                lease_seconds=self.lease_seconds,
-                worker_id=self.worker_id,
-            )
+        return super().claim(limit or self.batch_size)
 
     async def run_once(self, limit: int | None = None) -> RunStats:
         """Claim one batch and upload it (tests and the runner both use this path)."""
         rows = await asyncio.to_thread(self.claim, limit)
         stats = RunStats(claimed=len(rows))
         for transition in await self.upload(rows):
-            key = transition.state.value
-            stats.outcomes[key] = stats.outcomes.get(key, 0) + 1
+            stats.count(transition.state.value)
         return stats
 
     async def upload(self, rows: list[Claimed]) -> list[Transition]:
@@ -168,9 +156,3 @@ class CleverTapUploader:
             lease_lost=len(results) - kept,
         )
         return transitions
-
-    def release(self, rows: list[Claimed]) -> None:
-        now = utcnow()
-        with self.engine.begin() as conn:
-            for row in rows:
-                repository.update_leased(conn, row, self.policy.release(now))
