@@ -1,0 +1,344 @@
+"""The pieces every webhook route shares: credentials, bounded reads, content types, JSON,
+dedup keys and keeping rejected calls."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import pytest
+from starlette.requests import Request
+from starlette.types import Message
+
+from app.inbound.service import (
+    BodyTooLarge,
+    InboundError,
+    check_content_type,
+    clevertap_credential,
+    dedup_key,
+    json_response,
+    keep_rejected,
+    parse_json,
+    read_body,
+    secret_matches,
+)
+from app.outbox.models import CallStatus, Source
+from app.outbox.schemas import IngestRecord, IngestResult
+from app.outbox.writer import WriterUnavailable
+
+
+def make_request(
+    headers: dict[str, str] | None = None,
+    chunks: Iterable[bytes] = (b"",),
+    *,
+    request_id: str | None = None,
+) -> Request:
+    pending = list(chunks)
+
+    async def receive() -> Message:
+        if not pending:
+            return {"type": "http.disconnect"}
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/clevertap/campaigns/c1",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "query_string": b"",
+        "state": {"request_id": request_id} if request_id else {},
+    }
+    return Request(scope, receive)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [
+        ("one", True),
+        ("two", True),
+        ("three", False),
+        ("on", False),
+        ("one ", False),
+        ("ONE", False),
+        ("", False),
+        (None, False),
+        ("ünïcode", False),
+    ],
+)
+def test_secret_matches_any_configured_secret(candidate: str | None, expected: bool) -> None:
+    assert secret_matches(candidate, ("one", "two")) is expected
+
+
+def test_secret_matches_nothing_when_no_secret_is_configured() -> None:
+    assert secret_matches("anything", ()) is False
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"X-Bridge-Secret": "s3cret"}, "s3cret"),
+        ({"X-Bridge-Secret": "  s3cret  "}, "s3cret"),
+        ({"Authorization": basic("anyone", "s3cret")}, "s3cret"),
+        ({"Authorization": basic("", "s3cret")}, "s3cret"),
+        ({"Authorization": basic("user", "pa:ss:word")}, "pa:ss:word"),
+        ({"Authorization": basic("user", "")}, ""),
+        ({"Authorization": "basic " + base64.b64encode(b"u:lower").decode()}, "lower"),
+        ({"Authorization": "BASIC " + base64.b64encode(b"u:upper").decode()}, "upper"),
+        # the header wins over Basic
+        ({"X-Bridge-Secret": "hdr", "Authorization": basic("u", "basic")}, "hdr"),
+        # an empty header falls back to Basic
+        ({"X-Bridge-Secret": "", "Authorization": basic("u", "basic")}, "basic"),
+        ({"Authorization": "Basic !!!not-base64!!!"}, None),
+        ({"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()}, None),
+        ({"Authorization": "Basic " + base64.b64encode(b"u:\xff\xfe").decode()}, None),
+        ({"Authorization": "Bearer s3cret"}, None),
+        ({"Authorization": "s3cret"}, None),
+        ({}, None),
+    ],
+)
+def test_clevertap_credential(headers: dict[str, str], expected: str | None) -> None:
+    assert clevertap_credential(make_request(headers)) == expected
+
+
+# --- bounded body reading ----------------------------------------------------------------------
+
+
+async def test_read_body_joins_chunks_under_the_limit() -> None:
+    request = make_request(chunks=[b"ab", b"cd", b"ef"])
+    assert await read_body(request, 6) == b"abcdef"
+
+
+async def test_read_body_refuses_a_declared_length_over_the_limit_without_reading() -> None:
+    request = make_request({"Content-Length": "11"}, [b"x" * 11])
+    with pytest.raises(BodyTooLarge) as info:
+        await read_body(request, 10)
+    assert info.value.status == 413
+    assert info.value.partial == b""
+    assert info.value.detail == {"limit_bytes": 10, "received_bytes_at_least": 11}
+
+
+async def test_read_body_refuses_a_streamed_body_once_it_passes_the_limit() -> None:
+    request = make_request(chunks=[b"a" * 6, b"b" * 6, b"c" * 6])
+    with pytest.raises(BodyTooLarge) as info:
+        await read_body(request, 10)
+    assert info.value.partial == b"a" * 6 + b"b" * 6
+    assert info.value.detail == {"limit_bytes": 10, "received_bytes_at_least": 12}
+
+
+async def test_read_body_exactly_at_the_limit_is_fine() -> None:
+    request = make_request({"Content-Length": "10"}, [b"0123456789"])
+    assert await read_body(request, 10) == b"0123456789"
+
+
+async def test_read_body_ignores_a_non_numeric_content_length() -> None:
+    request = make_request({"Content-Length": "lots"}, [b"abc"])
+    assert await read_body(request, 10) == b"abc"
+
+
+# --- content type ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.clevertap+json",
+        " application/json ;charset=UTF-8",
+    ],
+)
+def test_json_content_types_are_accepted(content_type: str) -> None:
+    assert check_content_type(make_request({"Content-Type": content_type})) == content_type
+
+
+def test_missing_content_type_gets_the_benefit_of_the_doubt() -> None:
+    assert check_content_type(make_request()) is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
+)
+def test_other_content_types_are_415(content_type: str) -> None:
+    with pytest.raises(InboundError) as info:
+        check_content_type(make_request({"Content-Type": content_type}))
+    assert info.value.status == 415
+    assert info.value.detail == {"content_type": content_type, "expected": "application/json"}
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"", b"   ", b"\n\t"])
+def test_empty_body_is_malformed(body: bytes) -> None:
+    with pytest.raises(InboundError) as info:
+        parse_json(body)
+    assert (info.value.status, info.value.error, info.value.detail) == (
+        400,
+        "malformed JSON",
+        "the body is empty",
+    )
+
+
+@pytest.mark.parametrize("body", [b"{", b"{'a': 1}", b'{"a": 1,}', b"\xff\xfe", b"nul"])
+def test_malformed_json_is_400_with_the_parser_message(body: bytes) -> None:
+    with pytest.raises(InboundError) as info:
+        parse_json(body)
+    assert info.value.status == 400
+    assert info.value.error == "malformed JSON"
+    assert isinstance(info.value.detail, str)
+    assert info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("body", "value"), [(b'{"a": [1, null]}', {"a": [1, None]}), (b"[]", []), (b"3", 3)]
+)
+def test_valid_json_is_parsed(body: bytes, value: Any) -> None:
+    assert parse_json(body) == value
+
+
+# --- dedup keys ------------------------------------------------------------------------------
+
+
+def test_dedup_key_hashes_the_exact_body() -> None:
+    request = make_request()
+    a = dedup_key("clevertap.campaign:c1", request, b'{"a":1}')
+    assert a == dedup_key("clevertap.campaign:c1", request, b'{"a":1}')
+    assert a.startswith("clevertap.campaign:c1:sha256:")
+    assert len(a.rsplit(":", 1)[1]) == 64
+    assert a != dedup_key("clevertap.campaign:c1", request, b'{"a": 1}')
+    assert a != dedup_key("clevertap.campaign:c2", request, b'{"a":1}')
+
+
+def test_idempotency_key_replaces_the_body_hash() -> None:
+    request = make_request({"Idempotency-Key": "  retry-7  "})
+    assert dedup_key("s", request, b"one") == "s:idem:retry-7"
+    assert dedup_key("s", request, b"two") == "s:idem:retry-7"
+
+
+def test_idempotency_key_is_bounded() -> None:
+    key = dedup_key("s", make_request({"Idempotency-Key": "k" * 1000}), b"")
+    assert key == "s:idem:" + "k" * 200
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def test_error_response_is_json_and_401_asks_for_basic() -> None:
+    response = InboundError(401, "unauthorized", "nope").response()
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Basic realm="ctmm-bridge"'
+    assert response.headers["content-type"] == "application/json"
+    assert orjson.loads(bytes(response.body)) == {"error": "unauthorized", "detail": "nope"}
+    other = InboundError(415, "unsupported media type").response()
+    assert "www-authenticate" not in other.headers
+    assert orjson.loads(bytes(other.body)) == {"error": "unsupported media type", "detail": None}
+
+
+def test_json_response_headers() -> None:
+    response = json_response({"x": 1}, 503, {"Retry-After": "5"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+
+
+# --- keeping rejected calls --------------------------------------------------------------------
+
+
+class RecordingWriter:
+    def __init__(self, fail: bool = False) -> None:
+        self.records: list[IngestRecord] = []
+        self.fail = fail
+
+    async def submit(self, record: IngestRecord) -> IngestResult:
+        if self.fail:
+            raise WriterUnavailable("down")
+        self.records.append(record)
+        return IngestResult(call_id=1, duplicate=False, delivery_ids=[])
+
+
+async def keep(
+    writer: RecordingWriter, body: bytes, error: InboundError, max_bytes: int = 16
+) -> IngestRecord | None:
+    request = make_request({"Content-Type": "text/plain"}, request_id="req-1")
+    await keep_rejected(
+        writer,  # type: ignore[arg-type]
+        source=Source.CLEVERTAP,
+        route="clevertap.campaign",
+        target="c1",
+        request=request,
+        body=body,
+        error=error,
+        max_bytes=max_bytes,
+    )
+    return writer.records[-1] if writer.records else None
+
+
+async def test_keep_rejected_stores_reason_status_and_request_data() -> None:
+    writer = RecordingWriter()
+    record = await keep(writer, b"hello", InboundError(415, "unsupported media type", {"a": 1}))
+    assert record is not None
+    assert record.status is CallStatus.REJECTED
+    assert record.http_status == 415
+    assert record.body == "hello"
+    assert record.body_truncated is False
+    assert record.reason == 'unsupported media type: {"a":1}'
+    assert record.content_type == "text/plain"
+    assert record.request_id == "req-1"
+    assert (record.source, record.route, record.target) == (
+        Source.CLEVERTAP,
+        "clevertap.campaign",
+        "c1",
+    )
+    assert record.dedup_key is None
+    assert record.deliveries == []
+
+
+async def test_keep_rejected_truncates_long_bodies() -> None:
+    writer = RecordingWriter()
+    record = await keep(writer, b"x" * 40, InboundError(400, "malformed JSON", "bad"))
+    assert record is not None
+    assert record.body == "x" * 16
+    assert record.body_truncated is True
+    assert record.reason == "malformed JSON: bad"
+
+
+async def test_keep_rejected_marks_a_413_truncated_even_when_short() -> None:
+    writer = RecordingWriter()
+    record = await keep(writer, b"", BodyTooLarge(10, 11, b""))
+    assert record is not None
+    assert record.body == ""
+    assert record.body_truncated is True
+    assert record.http_status == 413
+
+
+async def test_keep_rejected_bounds_the_reason_and_survives_bad_utf8() -> None:
+    writer = RecordingWriter()
+    record = await keep(writer, b"\xff\xfeok", InboundError(422, "unknown body shape", "d" * 5000))
+    assert record is not None
+    assert record.body == "\ufffd\ufffdok"
+    assert record.reason is not None
+    assert record.reason == "unknown body shape: " + "d" * 2000 + "…"
+
+
+async def test_keep_rejected_without_detail_and_with_a_failing_writer() -> None:
+    writer = RecordingWriter()
+    record = await keep(writer, b"{}", InboundError(422, "no valid recipient"))
+    assert record is not None
+    assert record.reason == "no valid recipient"
+    # A database failure while keeping a rejection is logged, not raised.
+    failing = RecordingWriter(fail=True)
+    assert await keep(failing, b"{}", InboundError(422, "x")) is None
