@@ -14,11 +14,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import orjson
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from app import __version__
@@ -51,6 +53,7 @@ from app.config import Settings
 from app.db import create_db_engine, read_only
 from app.inbound.service import json_response
 from app.outbox.models import Direction, State, Upstream
+from app.system.migrations import current_revision, head_revision, upgrade
 
 BATCH_SIZE = 1000
 MAX_LIMIT = 500
@@ -531,21 +534,27 @@ class CheckResult:
     message: str
 
 
+def _shown_url(settings: Settings) -> str:
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def _sqlite_file_missing(settings: Settings) -> bool:
+    """Opening a missing SQLite file would create it; a check or a read must not."""
+    if not settings.is_sqlite:
+        return False
+    path = make_url(settings.database_url).database
+    return path not in (None, "", ":memory:") and not Path(str(path)).exists()
+
+
 def check_database(settings: Settings) -> CheckResult:
     """The database answers and its schema is at the latest migration."""
-    from app.system.migrations import current_revision, head_revision
-
-    url = make_url(settings.database_url)
-    shown = url.render_as_string(hide_password=True)
-    if settings.is_sqlite and url.database not in (None, "", ":memory:"):
-        from pathlib import Path
-
-        if not Path(url.database).exists():
-            return CheckResult(
-                "database",
-                "warn",
-                f"{shown} does not exist yet; `ctmm-bridge serve` creates and migrates it",
-            )
+    shown = _shown_url(settings)
+    if _sqlite_file_missing(settings):
+        return CheckResult(
+            "database",
+            "warn",
+            f"{shown} does not exist yet; `ctmm-bridge serve` creates and migrates it",
+        )
     engine = create_db_engine(settings)
     try:
         current = current_revision(read_only(engine))
@@ -833,3 +842,36 @@ def format_detail(d: DeliveryDetail) -> str:
         if a.response_body:
             lines.append(f"     answer: {a.response_body[:300]}")
     return "\n".join(lines)
+
+
+# -- the CLI's database -------------------------------------------------------------------------
+
+
+def open_database(settings: Settings) -> Engine:
+    """The database named by the settings, for an operator command.
+
+    A missing SQLite file is an error, not created empty (a wrong working directory would
+    otherwise show an empty bridge); a SQLite schema behind is migrated as ``serve`` does.
+    """
+    shown = _shown_url(settings)
+    if _sqlite_file_missing(settings):
+        raise AdminError(
+            404,
+            "no database",
+            f"{shown} does not exist; run where `serve` runs or set BRIDGE_DATABASE_URL",
+        )
+    engine = create_db_engine(settings)
+    try:
+        if current_revision(engine) != head_revision():
+            if not settings.is_sqlite:
+                raise AdminError(
+                    503, "database not migrated", f"{shown}: run `ctmm-bridge db upgrade`"
+                )
+            upgrade(settings, engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise AdminError(503, "database unavailable", f"{shown}: {_short_error(exc)}") from None
+    except AdminError:
+        engine.dispose()
+        raise
+    return engine
