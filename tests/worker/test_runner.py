@@ -1,0 +1,405 @@
+"""The worker loop: delivering, heartbeats, the concurrency cap, the rate limit, graceful
+shutdown, and the end-to-end promise (outages and 429 storms: delivered exactly once)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import respx
+from asgi_lifespan import LifespanManager
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.main import create_app
+from app.outbox.models import State
+from app.state import BridgeState
+from app.system.models import WorkerHeartbeat
+from app.worker.delivery import MailmodoDeliverer
+from app.worker.runner import WorkerRunner
+from tests.conftest import CT_AUTH, make_settings, profiles_body
+from tests.worker.conftest import (
+    DelivererFactory,
+    FakeClock,
+    all_deliveries,
+    any_call,
+    attempts_of,
+    get_delivery,
+    mm_ok,
+    mm_status,
+    post_campaign,
+    wait_for,
+)
+
+
+@asynccontextmanager
+async def running(
+    state: BridgeState,
+    deliverer: MailmodoDeliverer | None,
+    *,
+    settings: Settings | None = None,
+    worker_id: str = "runner-1",
+) -> AsyncIterator[tuple[WorkerRunner, asyncio.Event]]:
+    """A ``WorkerRunner`` running as a task until the block ends (then stopped and awaited)."""
+    runner = WorkerRunner(
+        engine=state.engine,
+        settings=settings or state.settings,
+        mailmodo=deliverer,
+        worker_id=worker_id,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield runner, stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def heartbeat(state: BridgeState, worker_id: str) -> WorkerHeartbeat | None:
+    with Session(state.engine) as session:
+        row = session.get(WorkerHeartbeat, worker_id)
+        if row is not None:
+            session.expunge(row)
+        return row
+
+
+def states(state: BridgeState) -> list[str]:
+    return [row.state for row in all_deliveries(state.engine)]
+
+
+def all_in(state: BridgeState, wanted: State) -> Callable[[], bool]:
+    return lambda: all(s == wanted for s in states(state))
+
+
+def reached(state: BridgeState, ids: list[int], column: str, n: int) -> Callable[[], bool]:
+    """Every row has at least ``n`` attempts (or deferrals) recorded."""
+    return lambda: all(getattr(get_delivery(state.engine, i), column) >= n for i in ids)
+
+
+def assert_released_unsent(state: BridgeState, ids: list[int]) -> None:
+    """Given back as it was: pending, unleased, due now, no attempt used or recorded."""
+    now = datetime.now(UTC)
+    for delivery_id in ids:
+        row = get_delivery(state.engine, delivery_id)
+        assert row.state == State.PENDING
+        assert row.lease_token is None
+        assert row.leased_by is None
+        assert (row.attempts, row.deferrals) == (0, 0)
+        assert row.next_attempt_at <= now
+        assert attempts_of(state.engine, delivery_id) == []
+
+
+async def test_runner_delivers_pending_rows_and_beats(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    deliverer: MailmodoDeliverer,
+    mailmodo: respx.MockRouter,
+) -> None:
+    ids = await post_campaign(client, *(f"u{i}@example.com" for i in range(4)))
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+
+    async with running(state, deliverer) as (runner, _stop):
+        await wait_for(all_in(state, State.DELIVERED))
+        beat = heartbeat(state, "runner-1")
+        assert beat is not None
+        assert (datetime.now(UTC) - beat.beat_at).total_seconds() < 5
+        first_beat = beat.beat_at
+        # Work committed while the runner runs is picked up too.
+        [late] = await post_campaign(client, "late@example.com", campaign_id="camp-2")
+        runner.wake_threadsafe()
+        await wait_for(lambda: get_delivery(state.engine, late).state == State.DELIVERED)
+        # It keeps beating.
+        await wait_for(
+            lambda: (b := heartbeat(state, "runner-1")) is not None and b.beat_at > first_beat
+        )
+
+    assert route.call_count == 5  # exactly once each
+    for delivery_id in [*ids, late]:
+        assert len(attempts_of(state.engine, delivery_id)) == 1
+    # A stopped worker takes its heartbeat away.
+    assert heartbeat(state, "runner-1") is None
+
+
+async def test_runner_without_mailmodo_key_keeps_rows_waiting(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    mailmodo: respx.MockRouter,
+) -> None:
+    ids = await post_campaign(client, "a@example.com")
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+
+    async with running(state, None):
+        await wait_for(lambda: heartbeat(state, "runner-1") is not None)
+        await asyncio.sleep(0.2)
+
+    assert route.call_count == 0
+    assert get_delivery(state.engine, ids[0]).state == State.PENDING
+
+
+async def test_concurrency_cap_bounds_calls_in_flight(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+) -> None:
+    cap = 3
+    await post_campaign(client, *(f"u{i}@example.com" for i in range(9)))
+    in_flight = 0
+    most = 0
+
+    async def slow_ok(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.1)
+        in_flight -= 1
+        return mm_ok()
+
+    route = any_call(mailmodo).mock(side_effect=slow_ok)
+    deliverer = make_deliverer(mailmodo_max_concurrency=cap)
+
+    async with running(state, deliverer, settings=settings_for(mailmodo_max_concurrency=cap)):
+        await wait_for(all_in(state, State.DELIVERED))
+
+    assert route.call_count == 9
+    assert most == cap
+
+
+async def test_rate_limit_spaces_calls_and_waiting_uses_no_attempt(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+) -> None:
+    rate = 20.0
+    ids = await post_campaign(client, *(f"u{i}@example.com" for i in range(8)))
+    sent_at: list[float] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent_at.append(time.time())
+        return mm_ok()
+
+    any_call(mailmodo).mock(side_effect=record)
+    deliverer = make_deliverer(mailmodo_rate_per_second=rate)
+
+    async with running(state, deliverer, settings=settings_for(mailmodo_rate_per_second=rate)):
+        await wait_for(all_in(state, State.DELIVERED))
+
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert len(sent_at) == 8
+    assert sent_at[-1] - sent_at[0] >= 7 / rate * 0.9
+    assert min(gaps) >= 0.5 / rate
+    for delivery_id in ids:
+        row = get_delivery(state.engine, delivery_id)
+        assert (row.attempts, row.deferrals) == (1, 0)
+        assert len(attempts_of(state.engine, delivery_id)) == 1
+
+
+# --- graceful shutdown ----------------------------------------------------------------------
+
+
+async def test_shutdown_releases_calls_still_in_flight_after_the_grace(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    mailmodo: respx.MockRouter,
+) -> None:
+    grace = state.settings.shutdown_grace_seconds
+    ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
+
+    started: list[str] = []
+
+    async def hangs(request: httpx.Request) -> httpx.Response:
+        started.append(orjson.loads(request.content)["email"])
+        await asyncio.sleep(grace + 2)
+        return mm_ok("too-late")
+
+    route = any_call(mailmodo).mock(side_effect=hangs)
+    first = make_deliverer("runner-1")
+
+    async with running(state, first) as (_runner, stop):
+        await wait_for(lambda: len(started) == 3)
+        began = time.monotonic()
+        stop.set()
+    took = time.monotonic() - began
+
+    assert grace * 0.9 <= took < grace + 1.5
+    assert_released_unsent(state, ids)
+
+    # Nothing lost: the next worker (a restart) delivers every row, once.
+    route.side_effect = None
+    route.return_value = mm_ok("after-restart")
+    async with running(state, make_deliverer("runner-2"), worker_id="runner-2"):
+        await wait_for(all_in(state, State.DELIVERED))
+    for delivery_id in ids:
+        row = get_delivery(state.engine, delivery_id)
+        assert (row.attempts, row.upstream_ref) == (1, "after-restart")
+        [attempt] = attempts_of(state.engine, delivery_id)
+        assert attempt.worker_id == "runner-2"
+
+
+async def test_shutdown_lets_quick_calls_in_flight_finish(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    deliverer: MailmodoDeliverer,
+    mailmodo: respx.MockRouter,
+) -> None:
+    ids = await post_campaign(client, "a@example.com", "b@example.com")
+
+    started: list[str] = []
+
+    async def quick(request: httpx.Request) -> httpx.Response:
+        started.append(orjson.loads(request.content)["email"])
+        await asyncio.sleep(0.3)
+        return mm_ok("finished")
+
+    any_call(mailmodo).mock(side_effect=quick)
+
+    async with running(state, deliverer) as (_runner, stop):
+        await wait_for(lambda: len(started) == 2)
+        stop.set()
+
+    for delivery_id in ids:
+        row = get_delivery(state.engine, delivery_id)
+        assert (row.state, row.upstream_ref, row.attempts) == (State.DELIVERED, "finished", 1)
+
+
+async def test_rows_waiting_for_a_rate_slot_at_stop_are_released_unsent(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    deliverer: MailmodoDeliverer,
+    mailmodo: respx.MockRouter,
+) -> None:
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    await deliverer.limiter.reserve(1)
+    await deliverer.limiter.hold_off(30)  # as after a 429 with Retry-After: 30
+    ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
+
+    async with running(state, deliverer) as (_runner, stop):
+        await wait_for(
+            lambda: all(get_delivery(state.engine, i).leased_by == deliverer.worker_id for i in ids)
+        )
+        began = time.monotonic()
+        stop.set()
+    took = time.monotonic() - began
+
+    assert took < state.settings.shutdown_grace_seconds  # released at once, not after grace
+    assert route.call_count == 0
+    assert_released_unsent(state, ids)
+
+
+# --- the end-to-end promise -----------------------------------------------------------------
+
+
+def per_email(
+    script: list[httpx.Response], then: Callable[[str], httpx.Response]
+) -> tuple[Callable[[httpx.Request], httpx.Response], Counter[str]]:
+    """A side effect answering each recipient with ``script`` in turn, then ``then``."""
+    calls: Counter[str] = Counter()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        email = orjson.loads(request.content)["email"]
+        calls[email] += 1
+        n = calls[email]
+        return script[n - 1] if n <= len(script) else then(email)
+
+    return answer, calls
+
+
+async def test_outage_then_recovery_delivers_exactly_once(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    deliverer: MailmodoDeliverer,
+    mailmodo: respx.MockRouter,
+    clock: FakeClock,
+) -> None:
+    emails = ["a@example.com", "b@example.com", "c@example.com"]
+    ids = await post_campaign(client, *emails)
+    answer, calls = per_email([mm_status(503), mm_status(503)], lambda email: mm_ok(f"ref-{email}"))
+    any_call(mailmodo).mock(side_effect=answer)
+
+    async with running(state, deliverer):
+        for done in (1, 2):
+            await wait_for(reached(state, ids, "attempts", done))
+            clock.advance(10)  # past the backoff
+        await wait_for(all_in(state, State.DELIVERED))
+        # CleverTap retries the same call meanwhile: a duplicate, not forwarded again.
+        again = await client.post(
+            "/clevertap/campaigns/camp-1", json=profiles_body(*emails), headers=CT_AUTH
+        )
+        assert again.json()["duplicates"] == 3
+        clock.advance(3600)
+        await asyncio.sleep(0.2)
+
+    assert calls == dict.fromkeys(emails, 3)
+    assert len(all_deliveries(state.engine)) == 3
+    for delivery_id, email in zip(ids, emails, strict=True):
+        row = get_delivery(state.engine, delivery_id)
+        assert (row.state, row.attempts, row.upstream_ref) == (
+            State.DELIVERED,
+            3,
+            f"ref-{email}",
+        )
+        outcomes = [a.outcome for a in attempts_of(state.engine, delivery_id)]
+        assert outcomes == ["retry", "retry", "delivered"]
+
+
+async def test_429_storm_then_recovery_delivers_without_using_attempts(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    deliverer: MailmodoDeliverer,
+    mailmodo: respx.MockRouter,
+    clock: FakeClock,
+) -> None:
+    emails = ["a@example.com", "b@example.com"]
+    ids = await post_campaign(client, *emails)
+    storm = [mm_status(429, {"message": "Too many requests"}) for _ in range(6)]
+    answer, calls = per_email(storm, lambda email: mm_ok(f"ref-{email}"))
+    any_call(mailmodo).mock(side_effect=answer)
+
+    async with running(state, deliverer):
+        for done in range(1, 7):
+            await wait_for(reached(state, ids, "deferrals", done))
+            clock.advance(1000)  # past the longest 429 back-off
+        await wait_for(all_in(state, State.DELIVERED))
+
+    assert calls == dict.fromkeys(emails, 7)
+    for delivery_id in ids:
+        row = get_delivery(state.engine, delivery_id)
+        # Six 429s, more than the schedule's four attempts, and still only one attempt used.
+        assert (row.state, row.attempts, row.deferrals) == (State.DELIVERED, 1, 6)
+
+
+async def test_embedded_worker_delivers_what_the_app_accepts(
+    sqlite_url: str, mailmodo: respx.MockRouter
+) -> None:
+    """``serve`` with BRIDGE_EMBEDDED_WORKER: a commit wakes the worker; shutdown is clean."""
+    route = any_call(mailmodo).mock(return_value=mm_ok("embedded"))
+    settings = make_settings(sqlite_url, embedded_worker=True, worker_poll_seconds=30.0)
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        bridge: BridgeState = app.state.bridge
+        runner = bridge.runner
+        assert runner is not None
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as c:
+            # Let the worker reach its idle wait (a 30 s poll): only the commit can wake it.
+            await wait_for(lambda: heartbeat(bridge, runner.worker_id) is not None)
+            await asyncio.sleep(0.1)
+            ids = await post_campaign(c, "a@example.com", "b@example.com")
+            await wait_for(all_in(bridge, State.DELIVERED), within=3.0)
+        engine_state = [get_delivery(bridge.engine, i) for i in ids]
+    assert route.call_count == 2
+    assert {row.upstream_ref for row in engine_state} == {"embedded"}
+    assert bridge.runner_task is not None
+    assert bridge.runner_task.done()
