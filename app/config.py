@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CLEVERTAP_REGIONS: dict[str, str] = {
@@ -147,6 +147,18 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_calls(self) -> Settings:
+        # A worker only starts a call its lease will outlast (timeout + 5 s), so a lease
+        # shorter than that would claim and release rows forever without sending them.
+        longest = max(self.mailmodo_timeout_seconds, self.clevertap_timeout_seconds) + 5
+        if self.lease_seconds <= longest:
+            raise ValueError(
+                f"BRIDGE_LEASE_SECONDS ({self.lease_seconds:g}) must be longer than the longest "
+                f"upstream timeout plus 5 s ({longest:g})"
+            )
+        return self
 
     @property
     def clevertap_base_url(self) -> str:

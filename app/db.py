@@ -110,7 +110,7 @@ def read_only(engine: Engine) -> Engine:
 
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request; the route that opens it commits it."""
-    factory: sessionmaker[Session] = request.app.state.session_factory
+    factory: sessionmaker[Session] = request.app.state.bridge.session_factory
     with factory() as session:
         yield session
 

@@ -106,6 +106,7 @@ class Bridge:
             "BRIDGE_MAILMODO_TIMEOUT_SECONDS": "2",
             "BRIDGE_RETRY_SCHEDULE_SECONDS": "0.3,0.3,0.3,0.3,0.3",
             "BRIDGE_LEASE_SECONDS": "8",
+            "BRIDGE_CLEVERTAP_TIMEOUT_SECONDS": "2",
             "BRIDGE_WORKER_POLL_SECONDS": "0.1",
             "BRIDGE_HEARTBEAT_SECONDS": "0.5",
             "BRIDGE_SHUTDOWN_GRACE_SECONDS": "5",

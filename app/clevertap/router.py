@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app.clevertap.service import ROUTES, accept_call
 from app.inbound.service import (
     InboundError,
+    check_target,
     clevertap_credential,
     dedup_key,
     handle_webhook,
@@ -35,6 +36,7 @@ async def handle(request: Request, operation: Operation, target: str) -> Respons
     route = ROUTES[operation]
 
     async def accept(body: bytes, payload: Any, content_type: str | None) -> dict[str, Any]:
+        check_target(target, "journey id" if "journey" in route else "campaign id")
         return await accept_call(
             state.writer,
             operation=operation,

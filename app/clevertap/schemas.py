@@ -14,23 +14,25 @@ Three shapes are understood:
 * **Test call**: ``"is_test": true`` (sent when a webhook template is saved).
 
 Personalisation keys: CleverTap property names such as ``"First Name"`` or
-``"customer type"`` become Mailmodo variables by lower-casing them and turning every run of
-characters other than letters and digits into one underscore (``first_name``,
-``customer_type``). Nested objects are flattened with ``_`` (``address_city``), lists are
-joined with ``", "``, CleverTap dates (``"$D_1664890781"``) become ISO 8601 UTC strings, and
-``null`` values are left out. Precedence, lowest first: profile data, the campaign's
-``key_values``, the profile's own ``key_values``; ``clevertap_id`` is always the profile's
-``objectId``.
+``"customer type"`` become Mailmodo variables by lower-casing them, folding accents
+(``é`` -> ``e``) and turning every run of characters other than ASCII letters and digits into
+one underscore (``first_name``, ``customer_type``). Nested objects are flattened with ``_``
+(``address_city``), lists are joined with ``", "``, CleverTap dates (``"$D_1664890781"``)
+become ISO 8601 UTC strings, and ``null`` values are left out. Precedence, lowest first:
+profile data, the campaign's ``key_values``, the profile's own ``key_values``;
+``clevertap_id`` is always the profile's ``objectId``.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+_EMAIL_CHAR = r"[^@\s<>()\[\],;:\"\x00-\x1f\x7f]"
+EMAIL_RE = re.compile(rf"^{_EMAIL_CHAR}+@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}+$")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _CT_DATE = re.compile(r"^\$D_(-?\d+)$")
 _PLACEHOLDER = re.compile(r"(\$\{|\{\{|\{%|@\{)")
@@ -114,14 +116,20 @@ def clean_clevertap_id(value: Any) -> str | None:
 
 
 def personalisation_key(key: str) -> str:
-    return _NON_ALNUM.sub("_", key.strip().lower()).strip("_") or "_"
+    """``"Prénom d'usage"`` -> ``prenom_d_usage``: accents folded, then ASCII snake_case."""
+    folded = unicodedata.normalize("NFKD", key.strip().lower())
+    ascii_key = "".join(c for c in folded if not unicodedata.combining(c))
+    return _NON_ALNUM.sub("_", ascii_key).strip("_") or "_"
 
 
 def _value(value: Any) -> Any:
     if isinstance(value, str):
         match = _CT_DATE.match(value)
         if match:
-            stamp = datetime.fromtimestamp(int(match.group(1)), UTC)
+            try:
+                stamp = datetime.fromtimestamp(int(match.group(1)), UTC)
+            except (ValueError, OverflowError, OSError):
+                return value  # outside what a date can be: keep CleverTap's text
             return stamp.isoformat().replace("+00:00", "Z")
         return value
     if isinstance(value, list):

@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from app.config import Settings
 from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord
-from app.outbox.writer import IngestWriter, WriterUnavailable
+from app.outbox.writer import IngestWriter, UnstorableRecord, WriterUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -74,22 +75,29 @@ def clevertap_credential(request: Request) -> str | None:
     return None
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, keep_bytes: int = 16_384) -> bytes:
     """The body, refusing (413) as soon as it is known to exceed ``max_bytes``.
 
     The partial body read so far travels with the error so the rejection can be kept.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge(max_bytes, int(declared), b"")
+    too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
+    # When the declared size is already too large, read only what will be kept of it.
+    cap = min(max_bytes, keep_bytes) if too_large else max_bytes
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
-            chunks.append(chunk)
-            raise BodyTooLarge(max_bytes, size, b"".join(chunks))
         chunks.append(chunk)
+        if size > cap:
+            break
+    if too_large or size > max_bytes:
+        # Keep no more than the limit itself, however much the caller sent.
+        raise BodyTooLarge(
+            max_bytes,
+            int(declared) if too_large and declared else size,
+            b"".join(chunks)[: min(max_bytes, keep_bytes)],
+        )
     return b"".join(chunks)
 
 
@@ -125,12 +133,47 @@ def parse_json(body: bytes) -> Any:
         raise InboundError(400, "malformed JSON", str(exc)) from None
 
 
+MAX_DEDUP_KEY = 200
+
+
 def dedup_key(scope: str, request: Request, body: bytes) -> str:
-    """``Idempotency-Key`` when given, else a hash of the exact body (retries repeat it)."""
+    """``Idempotency-Key`` when given, else a hash of the exact body (retries repeat it).
+
+    Short keys stay readable; a longer one is hashed whole, so it always fits its column and
+    two long keys never collide by sharing a prefix.
+    """
     given = request.headers.get("idempotency-key")
     if given:
-        return f"{scope}:idem:{given.strip()[:200]}"
-    return f"{scope}:sha256:{hashlib.sha256(body).hexdigest()}"
+        key = f"{scope}:idem:{given.strip()}"
+    else:
+        key = f"{scope}:sha256:{hashlib.sha256(body).hexdigest()}"
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    return f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_TARGET = 256
+
+
+def check_target(target: str, what: str) -> str:
+    """A path id we can store and put in an upstream URL (422 otherwise)."""
+    if not target or len(target) > MAX_TARGET or _CONTROL.search(target) or not target.strip("."):
+        raise InboundError(
+            422,
+            f"invalid {what}",
+            {"hint": f"1 to {MAX_TARGET} characters, no control characters, not only dots"},
+        )
+    return target
+
+
+def storable(text: str | None, limit: int | None = None) -> str | None:
+    """Text every database can hold: NUL replaced, optionally cut to ``limit`` characters."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text if limit is None else text[:limit]
 
 
 def request_id(request: Request) -> str | None:
@@ -150,24 +193,24 @@ async def keep_rejected(
     max_bytes: int,
 ) -> None:
     """Store an authenticated call we refused, truncated, with the reason we gave."""
-    text = body[:max_bytes].decode("utf-8", errors="replace")
+    text = storable(body[:max_bytes].decode("utf-8", errors="replace")) or ""
     reason = error.error if error.detail is None else f"{error.error}: {_short(error.detail)}"
     record = IngestRecord(
         source=source,
         route=route,
-        target=target,
+        target=storable(_CONTROL.sub("", target), MAX_TARGET) if target else None,
         status=CallStatus.REJECTED,
         http_status=error.status,
         received_at=utcnow(),
         body=text,
         body_truncated=len(body) > max_bytes or isinstance(error, BodyTooLarge),
-        content_type=request.headers.get("content-type"),
-        reason=reason,
+        content_type=storable(request.headers.get("content-type"), 128),
+        reason=storable(reason),
         request_id=request_id(request),
     )
     try:
         await writer.submit(record)
-    except WriterUnavailable:
+    except (WriterUnavailable, UnstorableRecord):
         log.error("could not keep a rejected call", route=route, status=error.status)
 
 
@@ -200,26 +243,17 @@ async def handle_webhook(
         return unauthorized.response()
     body = b""
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes, settings.rejected_body_bytes)
         content_type = check_content_type(request)
         payload = parse_json(body)
         answer = await accept(body, payload, content_type)
+    except UnstorableRecord as exc:
+        error = InboundError(422, "the call holds values that cannot be stored", str(exc))
+        return await _refuse(request, writer, settings, source, route, target, body, error)
     except InboundError as exc:
         if isinstance(exc, BodyTooLarge):
             body = exc.partial
-        await keep_rejected(
-            writer,
-            source=source,
-            route=route,
-            target=target,
-            request=request,
-            body=body,
-            error=exc,
-            max_bytes=settings.rejected_body_bytes,
-        )
-        observe_inbound(route, exc.status)
-        log.info("inbound call rejected", route=route, status=exc.status, error=exc.error)
-        return exc.response()
+        return await _refuse(request, writer, settings, source, route, target, body, exc)
     except WriterUnavailable as exc:
         observe_inbound(route, 503)
         log.error("inbound call not stored", route=route, error=str(exc))
@@ -230,3 +264,28 @@ async def handle_webhook(
         )
     observe_inbound(route, 200, answer)
     return json_response(answer)
+
+
+async def _refuse(
+    request: Request,
+    writer: IngestWriter,
+    settings: Settings,
+    source: Source,
+    route: str,
+    target: str | None,
+    body: bytes,
+    error: InboundError,
+) -> Response:
+    await keep_rejected(
+        writer,
+        source=source,
+        route=route,
+        target=target,
+        request=request,
+        body=body,
+        error=error,
+        max_bytes=settings.rejected_body_bytes,
+    )
+    observe_inbound(route, error.status)
+    log.info("inbound call rejected", route=route, status=error.status, error=error.error)
+    return error.response()

@@ -42,7 +42,14 @@ class MailmodoClient:
 
     async def call(self, operation: Operation, target: str, payload: str) -> UpstreamResponse:
         """POST an already-serialised JSON ``payload`` for ``operation`` on ``target``."""
-        path = PATHS[operation].format(target=quote(target, safe=""))
+        # Dots are unreserved, so quote() keeps "." and ".." — which URL normalisation would
+        # then remove as path segments; encode them so the id stays an id.
+        segment = (
+            quote(target, safe="").replace(".", "%2E")
+            if not target.strip(".")
+            else quote(target, safe="")
+        )
+        path = PATHS[operation].format(target=segment)
         request = self._client.build_request(
             "POST",
             path,

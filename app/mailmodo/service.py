@@ -64,7 +64,8 @@ def build_record(
     record = IngestRecord(
         source=Source.MAILMODO,
         route=ROUTE,
-        target=path_event,
+        # The normalised type, not the raw path segment (which may be any text).
+        target=events[0].type.value if path_event else None,
         status=CallStatus.ACCEPTED,
         http_status=200,
         received_at=now,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from app.clock import utcnow
 from app.metrics import INGEST_BATCH
@@ -32,6 +32,11 @@ MAX_BATCH = 512
 
 class WriterUnavailable(RuntimeError):
     """The writer is stopped or the database failed; the caller answers 503."""
+
+
+class UnstorableRecord(ValueError):
+    """The database refused this record's values for good (e.g. too long for a column on
+    PostgreSQL): retrying cannot help, so the caller answers 422, not 503."""
 
 
 @dataclass(slots=True)
@@ -142,6 +147,8 @@ class IngestWriter:
                     return repository.ingest_batch(
                         conn, records, dedup_window_seconds=self._dedup_window, now=utcnow()
                     )
+            except DataError:
+                raise  # the values themselves are the problem: no retry will fix them
             except IntegrityError:
                 # Another replica inserted the same dedup key first; the retry sees it.
                 if attempt == 2:
@@ -168,7 +175,9 @@ def _settle(pairs: list[tuple[_Job, IngestResult | None]], error: BaseException 
     for job, result in pairs:
         if job.future.done():
             continue
-        if error is not None or result is None:
+        if isinstance(error, DataError):
+            job.future.set_exception(UnstorableRecord(str(error.orig)[:300]))
+        elif error is not None or result is None:
             job.future.set_exception(WriterUnavailable(f"database write failed: {error!r}"))
         else:
             job.future.set_result(result)

@@ -374,11 +374,6 @@ async def test_personalisation_mapping_and_precedence(bridge: Bridge) -> None:
     assert delivery.clevertap_id == "__real"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a CleverTap date outside datetime's range ('$D_99999999999999') raises "
-    "ValueError in app/clevertap/schemas.py _value() -> 500 and the call is not kept",
-    strict=True,
-)
 async def test_out_of_range_clevertap_date_does_not_fail_the_call(
     bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -738,11 +733,6 @@ async def test_body_over_the_limit_is_413_and_kept_truncated(small: Bridge) -> N
     assert call.reason.startswith("body too large")
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_body() in app/inbound/service.py refuses on the declared Content-Length "
-    "before reading a byte, so the kept 413 call has an empty body instead of a truncated one",
-    strict=True,
-)
 async def test_a_413_with_content_length_keeps_the_start_of_the_body(small: Bridge) -> None:
     r = await small.post(CAMPAIGN.format("c"), profiles_body("a@x.io", Pad="x" * 3000))
     assert r.status_code == 413
@@ -793,13 +783,6 @@ async def test_writer_down_is_503_with_retry_after(bridge: Bridge) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    reason="BUG: on PostgreSQL a value the columns cannot hold (campaign id > 256 chars, dedup "
-    "key > 300 chars via a long Idempotency-Key, a NUL character in the id or the email) raises "
-    "DataError -> 503 with Retry-After, so CleverTap retries in vain and nothing is kept; "
-    "SQLite accepts the same call",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("target", "headers", "email"),
     [
