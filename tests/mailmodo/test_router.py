@@ -685,29 +685,23 @@ async def test_body_at_the_limit_is_accepted(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize(
-    ("path", "raw", "content_type"),
+    ("raw", "content_type", "status"),
     [
-        (events_path("opened" + "-" * 300), b'{"email": "a@x.io"}', "application/json"),
-        (events_path(), b'{"event": "opened", "email": "a\\u0000b@x.io"}', "application/json"),
+        (b'{"event": "opened", "email": "a\\u0000b@x.io"}', "application/json", 422),
         (
-            events_path(),
             b'{"event": "opened", "email": "a@x.io", "clevertap_id": "__a\\u0000"}',
             "application/json",
+            422,
         ),
         (
-            events_path(),
             b'{"event": "opened", "email": "a@x.io", "event_id": "e\\u0000"}',
             "application/json",
+            422,
         ),
-        (
-            events_path(),
-            b'{"event": "opened", "email": "a@x.io"}',
-            "application/json; profile=" + "p" * 200,
-        ),
-        (events_path(), b'{"event": "opened",\x00 "email": "a@x.io"}', "application/json"),
+        (b'{"event": "opened", "email": "a@x.io"}', "application/json; p=" + "p" * 200, 422),
+        (b'{"event": "opened",\x00 "email": "a@x.io"}', "application/json", 400),
     ],
     ids=[
-        "long-path-event",
         "nul-in-email",
         "nul-in-clevertap-id",
         "nul-in-event-id",
@@ -715,11 +709,34 @@ async def test_body_at_the_limit_is_accepted(
         "nul-byte-in-rejected-body",
     ],
 )
-async def test_unstorable_values_are_not_a_retryable_503_on_postgres(
-    postgres_server: str, path: str, raw: bytes, content_type: str
+async def test_unstorable_values_are_refused_and_kept_on_postgres(
+    postgres_server: str, raw: bytes, content_type: str, status: int
 ) -> None:
+    """Not a 503 (the sender would retry in vain): a 4xx, with the call kept for the operator."""
     _reset_postgres(postgres_server)
     async with running_app(make_settings(postgres_server)) as (client, state):
-        resp = await client.post(path, content=raw, headers={"Content-Type": content_type})
-        assert resp.status_code < 500, resp.text
-        assert len(calls(state.engine)) == 1  # accepted, or rejected and kept
+        resp = await client.post(events_path(), content=raw, headers={"Content-Type": content_type})
+        assert resp.status_code == status, resp.text
+        [call] = calls(state.engine)
+        assert (call.status, call.http_status) == (CallStatus.REJECTED.value, status)
+        assert deliveries(state.engine) == []
+
+
+@pytest.mark.xfail(
+    reason="BUG: app/mailmodo/service.py callback_dedup_key builds the body-hash key from the raw "
+    "{event} path segment (f'{ROUTE}:{path_event}:sha256:...') instead of the normalised event "
+    "type: the same body on /events/opened and /events/Opened (or email_opened) is two events, "
+    "and the key grows with the segment, so on PostgreSQL a long segment that still names "
+    "'opened' overflows dedup_key VARCHAR(300) and is refused with 422 while SQLite accepts it. "
+    "Fix: use events[0].type.value (as the journey key already does), e.g. "
+    "f'{ROUTE}:{events[0].type.value if path_event else ''}:sha256:{digest}'",
+    strict=True,
+)
+async def test_body_hash_key_names_the_normalised_path_event(database_url: str) -> None:
+    async with running_app(make_settings(database_url)) as (client, state):
+        body = {"email": "a@x.io", "clevertap_id": "__a"}  # no ids: the body hash decides
+        first = await post_mm(client, body, "opened")
+        for spelling in ("Opened", "email_opened", "opened" + "-" * 300):
+            answer = await post_mm(client, body, spelling)
+            assert answer == {"accepted": 0, "duplicates": 1, "skipped": 0, "ids": first["ids"]}
+        assert len(deliveries(state.engine)) == 1
