@@ -186,6 +186,9 @@ class RetryPolicy:
             "updated_at": now,
             "lease_token": None,
             "leased_by": None,
+            # Final states keep "now" here, not the lease deadline, which would read as a
+            # next attempt; pending states below set their real due time.
+            "next_attempt_at": now,
         }
         kind = outcome.kind
         if kind is AttemptOutcome.DELIVERED:
