@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Durable ingest vs a bare FastAPI endpoint, side by side, with wrk.  See bench/README.md.
+#
+#   make bench            # or: bash bench/run.sh
+#
+# Settings (environment):
+#   PYTHON               interpreter with the bridge installed (default .venv/bin/python)
+#   BENCH_DURATION       measured wrk run per endpoint (default 20s)
+#   BENCH_WARMUP         warm-up wrk run before it, not counted (default 3s)
+#   BENCH_CONNECTIONS    concurrent connections (default 32)
+#   BENCH_THREADS        wrk threads (default 2)
+#   BENCH_AUTH           basic (Basic-auth password) or header (X-Bridge-Secret); default basic
+#   BENCH_BRIDGE_PORT    default 18181;  BENCH_BARE_PORT  default 18182
+#   BENCH_SYNCHRONOUS    BRIDGE_SQLITE_SYNCHRONOUS for the bridge (default FULL, durable)
+#   BENCH_OUT            where databases, logs and wrk output go (default bench/out/<time>)
+#
+# Nothing is installed by this script; it needs wrk and a Python with the bridge (make bench
+# creates .venv).  Exit status 0 means the run completed and the durability check passed;
+# whether the throughput target was met is printed (and written to summary.md).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+PYTHON=${PYTHON:-.venv/bin/python}
+DURATION=${BENCH_DURATION:-20s}
+WARMUP=${BENCH_WARMUP:-3s}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+THREADS=${BENCH_THREADS:-2}
+AUTH=${BENCH_AUTH:-basic}
+BRIDGE_PORT=${BENCH_BRIDGE_PORT:-18181}
+BARE_PORT=${BENCH_BARE_PORT:-18182}
+SYNCHRONOUS=${BENCH_SYNCHRONOUS:-FULL}
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+OUT=${BENCH_OUT:-bench/out/$STAMP}
+SECRET="bench-secret-$STAMP"
+RUN_TAG="run-$STAMP"
+CAMPAIGN="bench-campaign"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    cat >&2 <<'EOF'
+wrk is not installed. Install it, then run again:
+  Debian/Ubuntu:  sudo apt-get update && sudo apt-get install -y wrk
+  macOS:          brew install wrk
+EOF
+    exit 2
+fi
+if [ ! -x "$PYTHON" ]; then
+    echo "no Python at $PYTHON; run 'make bench' (it creates .venv) or set PYTHON=..." >&2
+    exit 2
+fi
+if ! "$PYTHON" -c 'import uvloop, httptools, app' 2>/dev/null; then
+    echo "$PYTHON lacks the bridge or uvloop/httptools (uvicorn[standard]); run 'make bench'" >&2
+    exit 2
+fi
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+DB="$OUT/bridge.db"
+rm -f "$DB" "$DB-wal" "$DB-shm"
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+wait_port() {  # wait_port PORT PID LOG
+    for _ in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "the server on port $1 exited; its log ($3):" >&2
+            tail -n 40 "$3" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "nothing listens on port $1 after 30 s" >&2
+    exit 1
+}
+
+event_loop_of() {  # what the process really runs on, from its memory map
+    local maps="/proc/$1/maps" loop=asyncio http=h11
+    if [ -r "$maps" ]; then
+        grep -q 'uvloop/loop' "$maps" && loop=uvloop
+        grep -q 'httptools/parser' "$maps" && http=httptools
+        echo "$loop/$http"
+    else
+        echo "unknown"
+    fi
+}
+
+cpu_snapshot() {  # cpu_snapshot PID -> "machine_total machine_idle process_ticks"
+    local proc
+    proc=$(awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0)
+    awk -v p="$proc" '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6, p; exit }' /proc/stat
+}
+
+# run_wrk NAME PORT PID TAG DURATION [IDS_FILE] -> writes $OUT/NAME.{txt,result,cpu}
+# NAME.cpu: CPU cores busy on average during the run: server, wrk, everything else.
+run_wrk() {
+    local name=$1 port=$2 pid=$3 tag=$4 duration=$5 ids=${6:-} before after wrk_cpu
+    local TIMEFORMAT='%U %S'
+    before=$(cpu_snapshot "$pid")
+    wrk_cpu=$( { time BENCH_TAG=$tag BENCH_AUTH=$AUTH BENCH_SECRET=$SECRET \
+        BENCH_BASIC=$(printf 'clevertap:%s' "$SECRET" | base64 | tr -d '\n') \
+        BENCH_CAMPAIGN=$CAMPAIGN BENCH_IDS_FILE=$ids BENCH_RESULT_FILE="$OUT/$name.result" \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout 10s --latency \
+        -s bench/campaign.lua "http://127.0.0.1:$port/clevertap/campaigns/$CAMPAIGN" \
+        >"$OUT/$name.txt" 2>&1; } 2>&1) || {
+        cat "$OUT/$name.txt" >&2
+        exit 1
+    }
+    after=$(cpu_snapshot "$pid")
+    echo "$before $after $wrk_cpu $(getconf CLK_TCK) $(nproc)" | awk '{
+        wall = ($4 - $1) / $10                      # elapsed ticks per CPU
+        machine = ($4 - $1 - ($5 - $2)) / wall      # busy cores, all processes
+        server = ($6 - $3) / wall
+        client = ($7 + $8) * $9 / wall
+        printf "server=%.2f wrk=%.2f others=%.2f machine=%.2f\n", server, client, machine - server - client, machine
+    }' >"$OUT/$name.cpu"
+}
+
+field() {  # field NAME KEY -> value from the BENCH_RESULT line (or NAME.cpu)
+    cat "$OUT/$1.result" "$OUT/$1.cpu" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+report() {  # report NAME LABEL
+    printf '  %-24s %8s calls/s  p50 %6s ms  p99 %7s ms  2xx %7s  non-2xx %s  errors %s  cores: server %s wrk %s others %s\n' \
+        "$2" "$(field "$1" ok_rps)" "$(field "$1" p50_ms)" "$(field "$1" p99_ms)" \
+        "$(field "$1" ok)" "$(field "$1" non2xx)" "$(field "$1" errors)" \
+        "$(field "$1" server)" "$(field "$1" wrk)" "$(field "$1" others)"
+}
+
+echo "bench output: $OUT"
+echo "wrk: $THREADS threads, $CONNECTIONS connections, warm-up $WARMUP, measured $DURATION, auth $AUTH"
+
+# --- 1. the bare FastAPI endpoint --------------------------------------------------------------
+"$PYTHON" -m uvicorn bench.bare_app:app --host 127.0.0.1 --port "$BARE_PORT" --workers 1 \
+    --loop uvloop --http httptools --no-access-log --log-level warning \
+    >"$OUT/bare.log" 2>&1 &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+wait_port "$BARE_PORT" "$BARE_PID" "$OUT/bare.log"
+BARE_STACK=$(event_loop_of "$BARE_PID")
+echo "bare endpoint up (pid $BARE_PID, $BARE_STACK); warming up, then measuring..."
+run_wrk bare-warmup "$BARE_PORT" "$BARE_PID" "warm-bare-$STAMP" "$WARMUP"
+run_wrk bare "$BARE_PORT" "$BARE_PID" "bare-$STAMP" "$DURATION"
+kill "$BARE_PID"
+wait "$BARE_PID" 2>/dev/null || true
+
+# --- 2. the bridge: durable ingest into a fresh SQLite file ------------------------------------
+# `ctmm-bridge serve` runs uvicorn in one process with loop/http "auto" (uvloop and httptools
+# when installed, as they are with uvicorn[standard]) and no access log.  The embedded worker
+# is off, so this measures ingest alone: nothing reads the outbox while wrk writes to it.
+env BRIDGE_DATABASE_URL="sqlite:///$DB" \
+    BRIDGE_SQLITE_SYNCHRONOUS="$SYNCHRONOUS" \
+    BRIDGE_EMBEDDED_WORKER=false \
+    BRIDGE_LOG_FORMAT=json \
+    BRIDGE_LOG_LEVEL=INFO \
+    BRIDGE_CLEVERTAP_WEBHOOK_SECRETS="$SECRET" \
+    BRIDGE_MAILMODO_WEBHOOK_SECRETS="bench-mm-$STAMP" \
+    BRIDGE_ADMIN_TOKEN="bench-admin-$STAMP" \
+    BRIDGE_MAILMODO_API_KEY="bench-not-used" \
+    BRIDGE_DEDUP_WINDOW_SECONDS=3600 \
+    "$PYTHON" -m app.cli serve --host 127.0.0.1 --port "$BRIDGE_PORT" \
+    >"$OUT/bridge.log" 2>&1 &
+BRIDGE_PID=$!
+PIDS+=("$BRIDGE_PID")
+wait_port "$BRIDGE_PORT" "$BRIDGE_PID" "$OUT/bridge.log"
+BRIDGE_STACK=$(event_loop_of "$BRIDGE_PID")
+echo "bridge up (pid $BRIDGE_PID, $BRIDGE_STACK, synchronous=$SYNCHRONOUS, embedded worker off); warming up, then measuring..."
+run_wrk bridge-warmup "$BRIDGE_PORT" "$BRIDGE_PID" "warm-$STAMP" "$WARMUP"
+run_wrk bridge "$BRIDGE_PORT" "$BRIDGE_PID" "$RUN_TAG" "$DURATION" "$OUT/bridge.ids"
+# SIGKILL: no graceful shutdown may flush anything; what is on disk now is what was committed.
+kill -9 "$BRIDGE_PID"
+wait "$BRIDGE_PID" 2>/dev/null || true
+
+echo
+echo "durability check (bridge killed with SIGKILL, database reopened):"
+DURABLE=yes
+"$PYTHON" bench/verify.py "$DB" "$RUN_TAG" "$OUT/bridge.ids" "$OUT/bridge.result" \
+    | tee "$OUT/verify.txt" || DURABLE=no
+
+# --- 3. summary ---------------------------------------------------------------------------------
+BARE_RPS=$(field bare ok_rps)
+BRIDGE_RPS=$(field bridge ok_rps)
+BRIDGE_P99=$(field bridge p99_ms)
+RATIO=$(awk -v a="$BRIDGE_RPS" -v b="$BARE_RPS" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+MET=$(awk -v r="$RATIO" -v p="$BRIDGE_P99" -v d="$DURABLE" \
+    -v bad="$(($(field bridge non2xx) + $(field bridge errors) + $(field bridge not_accepted)))" \
+    'BEGIN { print ((r >= 0.8 && p < 50 && d == "yes" && bad == 0) ? "MET" : "NOT MET") }')
+
+# Other processes on the machine skew both numbers; say so rather than report them as clean.
+NOISY=$(for n in bare bridge; do
+    awk -v n="$n" '{ split($3, o, "="); if (o[2] > 0.15) printf "other processes kept %s cores busy during the %s run; ", o[2], n }' "$OUT/$n.cpu"
+done)
+
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
+{
+    echo "## Run $STAMP"
+    echo
+    echo "- machine: $(nproc) CPUs, ${CPU:-unknown CPU}, $(uname -sr), $("$PYTHON" -c 'import platform; print("Python", platform.python_version())')"
+    echo "- disk holding the database: $DISK"
+    echo "- $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2), $THREADS threads, $CONNECTIONS connections, warm-up $WARMUP, measured $DURATION per endpoint, auth $AUTH"
+    echo "- $("$PYTHON" -c 'import fastapi, starlette, uvicorn, sqlalchemy, uvloop; print(f"fastapi {fastapi.__version__}, starlette {starlette.__version__}, uvicorn {uvicorn.__version__}, uvloop {uvloop.__version__}, SQLAlchemy {sqlalchemy.__version__}")')"
+    echo "- servers: one uvicorn process each; bare $BARE_STACK, bridge $BRIDGE_STACK; no access log"
+    echo "- bridge: BRIDGE_SQLITE_SYNCHRONOUS=$SYNCHRONOUS, BRIDGE_EMBEDDED_WORKER=false (ingest only), BRIDGE_LOG_FORMAT=json, fresh database file"
+    echo
+    echo "| endpoint | 2xx calls/s | p50 ms | p99 ms | max ms | 2xx | non-2xx | socket errors | cores: server / wrk / others |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for n in bare bridge; do
+        label="bare FastAPI (\`bench/bare_app.py\`)"
+        [ "$n" = bridge ] && label="bridge, durable ingest"
+        echo "| $label | $(field $n ok_rps) | $(field $n p50_ms) | $(field $n p99_ms) | $(field $n max_ms) | $(field $n ok) | $(field $n non2xx) | $(field $n errors) | $(field $n server) / $(field $n wrk) / $(field $n others) |"
+    done
+    echo
+    echo "- ratio bridge / bare: **$RATIO** (target ≥ 0.8); bridge p99 $BRIDGE_P99 ms (target < 50 ms); not accepted as new: $(field bridge not_accepted)"
+    echo "- $(cat "$OUT/verify.txt" | tr '\n' ' ')"
+    echo "- target: **$MET**"
+    [ -z "$NOISY" ] || echo "- **noisy run**: $NOISY"
+} >"$OUT/summary.md"
+
+echo
+report bare "bare FastAPI endpoint"
+report bridge "bridge (durable ingest)"
+echo "  ratio $RATIO (target >= 0.8), bridge p99 $BRIDGE_P99 ms (target < 50): $MET"
+[ -z "$NOISY" ] || echo "  WARNING: $NOISY the numbers are not clean; run again on a quiet machine"
+echo
+echo "summary for bench/RESULTS.md: $OUT/summary.md"
+[ "$DURABLE" = yes ]
