@@ -292,6 +292,7 @@ def test_delivered_transition() -> None:
         "last_status_code": 200,
         "updated_at": NOW,
         **LEASE_CLEARED,
+        "next_attempt_at": NOW,  # not the old lease deadline
         "state": "delivered",
         "attempts": 2,
         "upstream_ref": "r-9",
@@ -311,7 +312,7 @@ def test_failed_transition() -> None:
     assert t.values["reason"] == "bad"
     assert t.values["finished_at"] == NOW
     assert t.values["last_status_code"] == 400
-    assert "next_attempt_at" not in t.values
+    assert t.values["next_attempt_at"] == NOW  # finished: no future attempt is implied
 
 
 def test_rate_limited_transition_uses_no_attempt() -> None:
