@@ -45,7 +45,9 @@ def callback_dedup_key(events: list[ActivityEvent], path_event: str | None, body
             joined = hashlib.sha256(joined.encode()).hexdigest()
         return f"{ROUTE}:id:{joined}"
     digest = hashlib.sha256(body).hexdigest()
-    return f"{ROUTE}:{path_event or ''}:sha256:{digest}"
+    # The normalised type, so /events/opened and /events/Opened are the same event.
+    named = events[0].type.value if path_event else ""
+    return f"{ROUTE}:{named}:sha256:{digest}"
 
 
 def build_record(

@@ -293,17 +293,37 @@ def classify_upload(resp: UpstreamResponse, sent: Sequence[dict[str, Any]]) -> l
         if index is None:
             continue
         taken.add(index)
-        code = item.get("code")
+        code = _int_code(item.get("code"))
         error = str(item.get("error") or item.get("status") or "unprocessed")
         reason = truncate_utf8(f"CleverTap skipped the record: {code}: {error}", REASON_LIMIT)
         kept = truncate_utf8(orjson.dumps(item).decode(), MAX_KEPT_BODY)
-        kind = (
-            AttemptOutcome.FAILED
-            if isinstance(code, int) and code in CLEVERTAP_PERMANENT_CODES
-            else AttemptOutcome.RETRY
-        )
+        kind = AttemptOutcome.FAILED if code in CLEVERTAP_PERMANENT_CODES else AttemptOutcome.RETRY
         outcomes[index] = Outcome(kind, reason=reason, response_body=kept, **common)
+    processed = body.get("processed")
+    unidentified = len(sent) - len(taken) - (processed if isinstance(processed, int) else 0)
+    if unidentified > 0 and len(taken) < len(unprocessed):
+        # CleverTap skipped records we cannot tell apart from the processed ones: resend the
+        # unidentified rest rather than risk losing one (at least once, never silently lost).
+        resend = Outcome(
+            AttemptOutcome.RETRY,
+            reason=f"CleverTap skipped {len(unprocessed) - len(taken)} record(s) it did not "
+            "identify; resent with the rest of the batch",
+            response_body=resp.kept_body,
+            **common,
+        )
+        outcomes = [resend if i not in taken else o for i, o in enumerate(outcomes)]
     return outcomes
+
+
+def _int_code(value: Any) -> int | None:
+    """CleverTap's per-record code, whether sent as a number or as text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 def _unprocessed_index(

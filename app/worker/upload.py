@@ -101,19 +101,28 @@ class CleverTapUploader(OutboxConsumer):
         if sendable:
             records = [record for _, record in sendable]
             try:
-                response = await self.client.upload(records)
-                outcomes = classify_upload(response, records)
-            except UpstreamError as exc:
-                outcomes = [classify_error(exc, "CleverTap")] * len(records)
+                outcomes = await self.send(records)
             except asyncio.CancelledError:
                 await asyncio.shield(asyncio.to_thread(self.release, [r for r, _ in sendable]))
                 raise
-            UPLOAD_BATCH.observe(len(records))
-            UPSTREAM_LATENCY.labels(self.upstream.value).observe(outcomes[0].duration_ms / 1000)
             results.extend(
                 (row, outcome) for (row, _), outcome in zip(sendable, outcomes, strict=True)
             )
         return await asyncio.to_thread(self.record, results)
+
+    async def send(self, records: list[dict[str, Any]]) -> list[Outcome]:
+        """One outcome per record. A whole-request refusal (400, 413) of several records is
+        bisected, so one bad record fails alone instead of taking its batch down with it."""
+        try:
+            response = await self.client.upload(records)
+        except UpstreamError as exc:
+            return [classify_error(exc, "CleverTap")] * len(records)
+        UPLOAD_BATCH.observe(len(records))
+        UPSTREAM_LATENCY.labels(self.upstream.value).observe(response.duration_ms / 1000)
+        if response.status_code in (400, 413) and len(records) > 1:
+            half = len(records) // 2
+            return [*await self.send(records[:half]), *await self.send(records[half:])]
+        return classify_upload(response, records)
 
     def record(self, results: list[tuple[Claimed, Outcome]]) -> list[Transition]:
         """Attempts and transitions of a whole batch in one transaction, each under its lease."""

@@ -722,16 +722,6 @@ async def test_unstorable_values_are_refused_and_kept_on_postgres(
         assert deliveries(state.engine) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: app/mailmodo/service.py callback_dedup_key builds the body-hash key from the raw "
-    "{event} path segment (f'{ROUTE}:{path_event}:sha256:...') instead of the normalised event "
-    "type: the same body on /events/opened and /events/Opened (or email_opened) is two events, "
-    "and the key grows with the segment, so on PostgreSQL a long segment that still names "
-    "'opened' overflows dedup_key VARCHAR(300) and is refused with 422 while SQLite accepts it. "
-    "Fix: use events[0].type.value (as the journey key already does), e.g. "
-    "f'{ROUTE}:{events[0].type.value if path_event else ''}:sha256:{digest}'",
-    strict=True,
-)
 async def test_body_hash_key_names_the_normalised_path_event(database_url: str) -> None:
     async with running_app(make_settings(database_url)) as (client, state):
         body = {"email": "a@x.io", "clevertap_id": "__a"}  # no ids: the body hash decides

@@ -21,6 +21,7 @@ from app.outbox.policy import (
     RetryPolicy,
     classify_error,
     classify_mailmodo,
+    classify_upload,
 )
 from app.outbox.repository import Claimed
 from app.upstream import MAX_KEPT_BODY, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
@@ -364,3 +365,34 @@ def test_retry_after_the_last_delay_is_dead() -> None:
 
 def test_release_gives_the_row_back_due_now() -> None:
     assert RetryPolicy.release(NOW) == {**LEASE_CLEARED, "next_attempt_at": NOW, "updated_at": NOW}
+
+
+# --- CleverTap per-record answers --------------------------------------------------------------
+
+SENT = [{"type": "event", "evtName": f"E{i}", "evtData": {}, "objectId": f"o{i}"} for i in range(3)]
+
+
+def test_upload_codes_sent_as_text_are_still_permanent() -> None:
+    answer = {
+        "status": "partial",
+        "processed": 2,
+        "unprocessed": [{"code": "509", "error": "Skipped record number : 2"}],
+    }
+    kinds = [o.kind for o in classify_upload(resp(200, answer), SENT)]
+    assert kinds == [AttemptOutcome.DELIVERED, AttemptOutcome.FAILED, AttemptOutcome.DELIVERED]
+
+
+def test_upload_skipped_records_we_cannot_identify_are_resent_not_lost() -> None:
+    answer = {"status": "partial", "processed": 2, "unprocessed": [{"code": 555, "error": "?"}]}
+    kinds = [o.kind for o in classify_upload(resp(200, answer), SENT)]
+    assert kinds == [AttemptOutcome.RETRY] * 3
+
+
+def test_upload_counts_that_add_up_need_no_identification() -> None:
+    answer = {
+        "status": "partial",
+        "processed": 2,
+        "unprocessed": [{"code": 512, "error": "x", "record": SENT[0]}],
+    }
+    kinds = [o.kind for o in classify_upload(resp(200, answer), SENT)]
+    assert kinds == [AttemptOutcome.FAILED, AttemptOutcome.DELIVERED, AttemptOutcome.DELIVERED]

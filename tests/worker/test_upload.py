@@ -5,6 +5,7 @@ kind of answer (per-record failures included), the pause on 401, and the runner 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -379,7 +380,7 @@ async def test_server_errors_and_timeouts_are_retried_with_an_attempt(
     assert all_sent(upload)[-1] == [record_for(0), record_for(1)]
 
 
-async def test_400_fails_the_batch_for_good(
+async def test_400_is_bisected_and_fails_only_what_it_refuses_for_good(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(
@@ -393,9 +394,34 @@ async def test_400_fails_the_batch_for_good(
         row = delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.last_status_code) == ("failed", 1, 400)
         assert row.reason == "CleverTap refused: HTTP 400: Malformed request"
+    # the pair, then each record alone
+    assert [len(batch) for batch in all_sent(upload)] == [2, 1, 1]
     make_due(state.engine)
     assert (await uploader.run_once()).claimed == 0
-    assert upload.call_count == 1
+    assert upload.call_count == 3
+
+
+async def test_one_refused_record_does_not_take_its_batch_down(
+    client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
+) -> None:
+    """CleverTap refusing a whole request (400/413) because of one record: halves are resent
+    until the bad record stands alone; every other record is delivered."""
+    bad = record_for(2)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        records = json.loads(request.content)["d"]
+        if bad in records:
+            return httpx.Response(400, json={"status": "fail", "error": "Malformed request"})
+        return httpx.Response(
+            200, json={"status": "success", "processed": len(records), "unprocessed": []}
+        )
+
+    upload.mock(side_effect=answer)
+    ids = await make_events(client, 8)
+    await uploader.run_once()
+    states = [delivery(state.engine, i).state for i in ids]
+    assert states == ["delivered"] * 2 + ["failed"] + ["delivered"] * 5
+    assert upload.call_count <= 1 + 2 * 3  # log2(8) levels, two halves each
 
 
 # --- 401: pause ------------------------------------------------------------------------------
