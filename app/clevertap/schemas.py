@@ -25,6 +25,7 @@ profile data, the campaign's ``key_values``, the profile's own ``key_values``;
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -115,8 +116,12 @@ def clean_clevertap_id(value: Any) -> str | None:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def personalisation_key(key: str) -> str:
-    """``"Prénom d'usage"`` -> ``prenom_d_usage``: accents folded, then ASCII snake_case."""
+    """``"Prénom d'usage"`` -> ``prenom_d_usage``: accents folded, then ASCII snake_case.
+
+    Cached: the same few property names arrive in every call, and folding them character by
+    character was a tenth of the CPU time of a call."""
     folded = unicodedata.normalize("NFKD", key.strip().lower())
     ascii_key = "".join(c for c in folded if not unicodedata.combining(c))
     return _NON_ALNUM.sub("_", ascii_key).strip("_") or "_"
