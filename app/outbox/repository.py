@@ -625,3 +625,19 @@ def prune_finished_calls(conn: Executor, *, before: datetime, limit: int) -> int
     if doomed:
         conn.execute(CALLS.delete().where(CALLS.c.id.in_(doomed)))
     return len(doomed)
+
+
+def resume_auth_deferred(conn: Executor, upstream: str, *, now: datetime) -> int:
+    """Rows held back because the upstream refused our credentials become due now."""
+    result = conn.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.upstream == upstream,
+            DELIVERIES.c.state == State.PENDING.value,
+            DELIVERIES.c.lease_token.is_(None),
+            DELIVERIES.c.last_status_code.in_([401, 403]),
+            DELIVERIES.c.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now, updated_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.outbox import repository as outbox_repository
 from app.system.models import GeneratedSecret, RateSlot, UpstreamState, WorkerHeartbeat
 
 Executor = Connection | Session
@@ -127,12 +128,16 @@ def set_probe_at(conn: Executor, upstream: str, probe_at: datetime, now: datetim
 
 
 def clear_paused(conn: Executor, upstream: str, now: datetime) -> bool:
+    """Lift a pause; the rows it held back become due at once, not after their deferral."""
     result = conn.execute(
         update(UpstreamState)
         .where(UpstreamState.upstream == upstream, UpstreamState.paused.is_(True))
         .values(paused=False, reason=None, paused_at=None, probe_at=None, updated_at=now)
     )
-    return bool(getattr(result, "rowcount", 0))
+    lifted = bool(getattr(result, "rowcount", 0))
+    if lifted:
+        outbox_repository.resume_auth_deferred(conn, upstream, now=now)
+    return lifted
 
 
 def reserve_rate_slot(conn: Executor, name: str, *, now: float, interval: float) -> float:
