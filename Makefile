@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run sandbox test lint typecheck fmt bench clean
+.PHONY: run sandbox test lint typecheck fmt bench bench-events clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ fmt: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	bash bench/run.sh
+
+bench-events: $(VENV)/.installed-dev
+	$(BIN)/python bench/events.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
