@@ -121,8 +121,22 @@ run_wrk() {
         machine = ($4 - $1 - ($5 - $2)) / wall      # busy cores, all processes
         server = ($6 - $3) / wall
         client = ($7 + $8) * $9 / wall
-        printf "server=%.2f wrk=%.2f others=%.2f machine=%.2f\n", server, client, machine - server - client, machine
+        others = machine - server - client
+        printf "server=%.2f wrk=%.2f others=%.2f machine=%.2f\n", server, client, (others > 0 ? others : 0), machine
     }' >"$OUT/$name.cpu"
+}
+
+commits() {  # commits PORT -> "<commits> <calls>" so far, from the bridge's /metrics
+    "$PYTHON" - "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+values = {}
+for line in text.splitlines():
+    name, _, value = line.partition(" ")
+    if name in ("ctmm_bridge_ingest_commit_batch_calls_count", "ctmm_bridge_ingest_commit_batch_calls_sum"):
+        values[name] = float(value)
+print(int(values.get("ctmm_bridge_ingest_commit_batch_calls_count", 0)), int(values.get("ctmm_bridge_ingest_commit_batch_calls_sum", 0)))
+PY
 }
 
 field() {  # field NAME KEY -> value from the BENCH_RESULT line (or NAME.cpu)
@@ -138,6 +152,10 @@ report() {  # report NAME LABEL
 
 echo "bench output: $OUT"
 echo "wrk: $THREADS threads, $CONNECTIONS connections, warm-up $WARMUP, measured $DURATION, auth $AUTH"
+
+# --- 0. the disk: one fsynced SQLite commit per call, for reference ----------------------------
+"$PYTHON" bench/disk_probe.py "$OUT" 3 >"$OUT/disk.txt"
+echo "disk: $(cut -d' ' -f2- "$OUT/disk.txt") (one durable SQLite commit per call)"
 
 # --- 1. the bare FastAPI endpoint --------------------------------------------------------------
 "$PYTHON" -m uvicorn bench.bare_app:app --host 127.0.0.1 --port "$BARE_PORT" --workers 1 \
@@ -175,7 +193,11 @@ wait_port "$BRIDGE_PORT" "$BRIDGE_PID" "$OUT/bridge.log"
 BRIDGE_STACK=$(event_loop_of "$BRIDGE_PID")
 echo "bridge up (pid $BRIDGE_PID, $BRIDGE_STACK, synchronous=$SYNCHRONOUS, embedded worker off); warming up, then measuring..."
 run_wrk bridge-warmup "$BRIDGE_PORT" "$BRIDGE_PID" "warm-$STAMP" "$WARMUP"
+COMMITS_BEFORE=$(commits "$BRIDGE_PORT")
 run_wrk bridge "$BRIDGE_PORT" "$BRIDGE_PID" "$RUN_TAG" "$DURATION" "$OUT/bridge.ids"
+COMMITS_AFTER=$(commits "$BRIDGE_PORT")
+echo "$COMMITS_BEFORE $COMMITS_AFTER" | awk '{ n = $3 - $1; c = $4 - $2;
+    printf "commits=%d calls=%d calls_per_commit=%.1f\n", n, c, (n > 0 ? c / n : 0) }' >"$OUT/commits.txt"
 # SIGKILL: no graceful shutdown may flush anything; what is on disk now is what was committed.
 kill -9 "$BRIDGE_PID"
 wait "$BRIDGE_PID" 2>/dev/null || true
@@ -206,7 +228,7 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
     echo "## Run $STAMP"
     echo
     echo "- machine: $(nproc) CPUs, ${CPU:-unknown CPU}, $(uname -sr), $("$PYTHON" -c 'import platform; print("Python", platform.python_version())')"
-    echo "- disk holding the database: $DISK"
+    echo "- disk holding the database: $DISK; one fsynced SQLite commit per call (\`bench/disk_probe.py\`): $(cut -d' ' -f2- "$OUT/disk.txt")"
     echo "- $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2), $THREADS threads, $CONNECTIONS connections, warm-up $WARMUP, measured $DURATION per endpoint, auth $AUTH"
     echo "- $("$PYTHON" -c 'import fastapi, starlette, uvicorn, sqlalchemy, uvloop; print(f"fastapi {fastapi.__version__}, starlette {starlette.__version__}, uvicorn {uvicorn.__version__}, uvloop {uvloop.__version__}, SQLAlchemy {sqlalchemy.__version__}")')"
     echo "- servers: one uvicorn process each; bare $BARE_STACK, bridge $BRIDGE_STACK; no access log"
@@ -216,10 +238,11 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for n in bare bridge; do
         label="bare FastAPI (\`bench/bare_app.py\`)"
-        [ "$n" = bridge ] && label="bridge, durable ingest"
+        [ "$n" = bridge ] && label="bridge, ingest with synchronous=$SYNCHRONOUS"
         echo "| $label | $(field $n ok_rps) | $(field $n p50_ms) | $(field $n p99_ms) | $(field $n max_ms) | $(field $n ok) | $(field $n non2xx) | $(field $n errors) | $(field $n server) / $(field $n wrk) / $(field $n others) |"
     done
     echo
+    echo "- bridge group commit during the measured run: $(cat "$OUT/commits.txt")"
     echo "- ratio bridge / bare: **$RATIO** (target ≥ 0.8); bridge p99 $BRIDGE_P99 ms (target < 50 ms); not accepted as new: $(field bridge not_accepted)"
     echo "- $(cat "$OUT/verify.txt" | tr '\n' ' ')"
     echo "- target: **$MET**"
@@ -228,7 +251,10 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
 
 echo
 report bare "bare FastAPI endpoint"
-report bridge "bridge (durable ingest)"
+BRIDGE_LABEL="bridge (durable ingest)"
+[ "$SYNCHRONOUS" = FULL ] || [ "$SYNCHRONOUS" = EXTRA ] || BRIDGE_LABEL="bridge (synchronous=$SYNCHRONOUS)"
+report bridge "$BRIDGE_LABEL"
+echo "  bridge group commit: $(cat "$OUT/commits.txt")"
 echo "  ratio $RATIO (target >= 0.8), bridge p99 $BRIDGE_P99 ms (target < 50): $MET"
 [ -z "$NOISY" ] || echo "  WARNING: $NOISY the numbers are not clean; run again on a quiet machine"
 echo
