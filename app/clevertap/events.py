@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from functools import lru_cache
 from typing import Any
 
 from app.mailmodo.callbacks import ActivityEvent, EventType, to_epoch_seconds
@@ -100,8 +101,12 @@ class CleverTapEvent:
 # --------------------------------------------------------------------------- names
 
 
+@lru_cache(maxsize=4096)
 def _clean_name(name: str, max_len: int) -> str:
-    """Forbidden and control characters removed, whitespace collapsed, cut; may be empty."""
+    """Forbidden and control characters removed, whitespace collapsed, cut; may be empty.
+
+    Cached: property and event names repeat across events, and this walks every character.
+    """
     cleaned = "".join(
         " " if ch.isspace() else ch
         for ch in name

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -157,10 +158,16 @@ _NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 def snake_key(key: object) -> str:
     """``campaignName``, ``Campaign Name`` and ``campaign-name`` all become ``campaign_name``."""
-    text = str(key).strip()
-    text = _CAMEL_2.sub("_", _CAMEL_1.sub("_", text))
+    return _snake(str(key))
+
+
+@lru_cache(maxsize=4096)
+def _snake(key: str) -> str:
+    # Cached: the same few dozen keys arrive in every callback, and the regexes dominated
+    # the cost of parsing one.
+    text = _CAMEL_2.sub("_", _CAMEL_1.sub("_", key.strip()))
     snake = _NON_WORD.sub("_", text.lower()).strip("_")
-    return snake or str(key)
+    return snake or key
 
 
 def _compact(key: object) -> str:

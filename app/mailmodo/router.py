@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
+from app.inbound.router import WebhookRoute
 from app.inbound.service import InboundError, handle_webhook, request_id, secret_matches
 from app.mailmodo.service import ROUTE, accept_callback
 from app.outbox.models import Source
 from app.state import bridge
 
-router = APIRouter(prefix="/mailmodo", tags=["Mailmodo callbacks"])
+router = APIRouter(prefix="/mailmodo", tags=["Mailmodo callbacks"], route_class=WebhookRoute)
 
 UNAUTHORIZED = InboundError(
     401, "unauthorized", "the path must carry one of BRIDGE_MAILMODO_WEBHOOK_SECRETS"
