@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -23,6 +25,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+_HOLDS_WRITE_LOCK = "ctmm_bridge_holds_write_lock"
 
 #: Integer primary keys: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -88,12 +92,41 @@ def create_db_engine(settings: Settings) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        # SQLite has one writer at a time. Threads of this process that wait for it queue on
+        # this lock, which hands over the moment a commit is on disk; waiting in SQLite's
+        # busy handler instead sleeps in growing steps (up to 100 ms) and made ingest wait
+        # behind the worker's upload batches for a second at a time.
+        write_lock = threading.Lock()
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front, so writers queue on busy_timeout
             # instead of failing with "database is locked" on lock upgrade.
-            deferred = conn.get_execution_options().get("sqlite_deferred", False)
-            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+            if conn.get_execution_options().get("sqlite_deferred", False):
+                conn.exec_driver_sql("BEGIN")
+                return
+            if not write_lock.acquire(timeout=30):
+                raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError("database busy"))
+            conn.info[_HOLDS_WRITE_LOCK] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(conn.info)
+                raise
+
+        def _release(info: dict[Any, Any]) -> None:
+            if info.pop(_HOLDS_WRITE_LOCK, False):
+                write_lock.release()
+
+        # Released when the connection goes back to the pool: after COMMIT (and its fsync)
+        # or ROLLBACK, not at SQLAlchemy's "commit" event, which comes before them.
+        @event.listens_for(engine, "checkin")
+        def _sqlite_checkin(_dbapi_conn: Any, record: Any) -> None:
+            _release(record.info)
+
+        @event.listens_for(engine, "invalidate")
+        def _sqlite_invalidate(_dbapi_conn: Any, record: Any, _exc: Any) -> None:
+            _release(record.info)
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
