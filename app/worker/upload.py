@@ -18,7 +18,7 @@ from app.clevertap.client import CleverTapClient
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository
-from app.outbox.models import AttemptOutcome, Upstream
+from app.outbox.models import AttemptOutcome, State, Upstream
 from app.outbox.policy import (
     Outcome,
     RetryPolicy,
@@ -160,8 +160,20 @@ class CleverTapUploader(OutboxConsumer):
         log.info(
             "uploaded to CleverTap",
             records=len(results),
+            first_delivery_id=results[0][0].id,
+            last_delivery_id=results[-1][0].id,
             status_code=next((o.status_code for _, o in results if o.status_code), None),
             outcome=counts,
             lease_lost=len(results) - kept,
         )
+        for (row, outcome), t in zip(results, transitions, strict=True):
+            if t.state in (State.FAILED, State.DEAD):
+                log.warning(
+                    "delivery failed for good",
+                    delivery_id=row.id,
+                    operation=row.operation,
+                    status_code=outcome.status_code,
+                    state=t.state.value,
+                    reason=outcome.reason,
+                )
         return transitions
