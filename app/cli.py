@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from sqlalchemy.engine import Engine, make_url
@@ -282,6 +282,25 @@ def _when(value: str | None) -> datetime | None:
         _admin_fail(exc)
 
 
+def _filters(
+    state: list[State] | None,
+    upstream: Upstream | None,
+    direction: Direction | None,
+    email: str | None,
+    target: str | None,
+    operation: Operation | None,
+) -> dict[str, Any]:
+    """The delivery filters every listing/bulk command shares, as schema fields."""
+    return {
+        "states": state or None,
+        "upstream": upstream,
+        "direction": direction,
+        "email": email,
+        "target": target,
+        "operation": operation,
+    }
+
+
 StateOpt = typer.Option(None, "--state", help="Repeatable.", show_default=False)
 UpstreamOpt = typer.Option(None, help="mailmodo or clevertap.")
 DirectionOpt = typer.Option(None, help="clevertap_to_mailmodo or mailmodo_to_clevertap.")
@@ -346,12 +365,7 @@ def deliveries(
     from app.admin.schemas import Filters
 
     spec = Filters(
-        states=state or None,
-        upstream=upstream,
-        direction=direction,
-        email=email,
-        target=target,
-        operation=operation,
+        **_filters(state, upstream, direction, email, target, operation),
         updated_after=_when(since),
         updated_before=_when(until),
     )
@@ -427,12 +441,7 @@ def replay(
     from app.admin.schemas import ReplayRequest
 
     request = ReplayRequest(
-        states=state or None,
-        upstream=upstream,
-        direction=direction,
-        email=email,
-        target=target,
-        operation=operation,
+        **_filters(state, upstream, direction, email, target, operation),
         updated_after=_when(since),
         updated_before=_when(until),
         dry_run=dry_run,
@@ -489,12 +498,7 @@ def purge(
 
     request = PurgeRequest(
         older_than=older_than,
-        states=state or None,
-        upstream=upstream,
-        direction=direction,
-        email=email,
-        target=target,
-        operation=operation,
+        **_filters(state, upstream, direction, email, target, operation),
         include_calls=not keep_calls,
         dry_run=dry_run,
     )
