@@ -72,6 +72,7 @@ def banner(settings: Settings, credentials: Credentials) -> str:
         f"  trigger a campaign   {base}/clevertap/campaigns/<MAILMODO_CAMPAIGN_ID>",
         f"  start a journey      {base}/clevertap/journeys/<MAILMODO_JOURNEY_ID>/start",
         f"  abort a journey      {base}/clevertap/journeys/<MAILMODO_JOURNEY_ID>/abort",
+        f"  sync contacts        {base}/clevertap/lists/<MAILMODO_LIST_NAME>/contacts",
         f"  Authentication: Basic Authorization, user name: clevertap, password: {shown}",
         f"  (or no authentication plus the header  X-Bridge-Secret: {shown})",
         "",

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     clevertap_timeout_seconds: float = Field(default=30.0, gt=0)
     clevertap_linger_ms: float = Field(default=250, ge=0, le=10_000)
 
+    contact_tag_prefix: str = "ct_"
+    contact_tags_field: str = "tags"
     park_ttl_hours: float = Field(default=72, gt=0)
     retention_days: float = Field(default=14, gt=0)
     log_format: LogFormat = LogFormat.JSON

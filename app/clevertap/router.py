@@ -21,6 +21,13 @@ from app.inbound.service import (
 from app.outbox.models import Operation, Source
 from app.state import bridge
 
+TARGET_NAMES = {
+    Operation.CAMPAIGN_TRIGGER: "campaign id",
+    Operation.JOURNEY_START: "journey id",
+    Operation.JOURNEY_ABORT: "journey id",
+    Operation.LIST_SYNC: "list name",
+}
+
 router = APIRouter(prefix="/clevertap", tags=["CleverTap webhooks"], route_class=WebhookRoute)
 
 UNAUTHORIZED = InboundError(
@@ -37,7 +44,7 @@ async def handle(request: Request, operation: Operation, target: str) -> Respons
     route = ROUTES[operation]
 
     async def accept(body: bytes, payload: Any, content_type: str | None) -> dict[str, Any]:
-        check_target(target, "journey id" if "journey" in route else "campaign id")
+        check_target(target, TARGET_NAMES[operation])
         return await accept_call(
             state.writer,
             operation=operation,
@@ -51,6 +58,8 @@ async def handle(request: Request, operation: Operation, target: str) -> Respons
                 else None
             ),
             request_id=request_id(request),
+            tag_prefix=settings.contact_tag_prefix,
+            tags_field=settings.contact_tags_field,
         )
 
     return await handle_webhook(
@@ -104,3 +113,12 @@ async def start_journey(journey_id: str, request: Request) -> Response:
 )
 async def abort_journey(journey_id: str, request: Request) -> Response:
     return await handle(request, Operation.JOURNEY_ABORT, journey_id)
+
+
+@router.post(
+    "/lists/{list_name}/contacts",
+    responses=_RESPONSES,
+    summary="Sync every profile in the call into a Mailmodo list (fill-blank rules)",
+)
+async def sync_contacts(list_name: str, request: Request) -> Response:
+    return await handle(request, Operation.LIST_SYNC, list_name)

@@ -67,6 +67,8 @@ class Recipient:
     data: dict[str, Any] = field(default_factory=dict)
     campaign_data: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: False for a guest: a profile with no identity at all, only a CleverTap ID.
+    identified: bool = True
 
 
 @dataclass(slots=True)
@@ -236,7 +238,13 @@ def _parse_profiles(top: dict[str, Any]) -> ParsedCall:
         if clevertap_id is not None:
             data["clevertap_id"] = clevertap_id
         campaign_data = personalisation(p.get("event_properties"))
-        recipients.append(Recipient(email, clevertap_id, data, campaign_data))
+        all_identities = p.get("all_identities")
+        identified = "identity" in data or (
+            isinstance(all_identities, list) and any(str(i).strip() for i in all_identities)
+        )
+        recipients.append(
+            Recipient(email, clevertap_id, data, campaign_data, identified=identified)
+        )
     return ParsedCall("profiles", recipients, skipped)
 
 

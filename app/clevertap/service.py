@@ -8,6 +8,7 @@ import orjson
 
 from app.clevertap.schemas import ParsedCall, Recipient, ShapeError, parse_call
 from app.clock import utcnow
+from app.contacts.service import skip_guests, sync_payload
 from app.inbound.service import InboundError
 from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
@@ -19,6 +20,7 @@ ROUTES: dict[Operation, str] = {
     Operation.CAMPAIGN_TRIGGER: "clevertap.campaign",
     Operation.JOURNEY_START: "clevertap.journey.start",
     Operation.JOURNEY_ABORT: "clevertap.journey.abort",
+    Operation.LIST_SYNC: "clevertap.list.sync",
 }
 
 
@@ -54,6 +56,8 @@ def build_record(
     content_type: str | None,
     dedup_key: str | None,
     request_id: str | None,
+    tag_prefix: str = "ct_",
+    tags_field: str = "tags",
 ) -> IngestRecord:
     """The inbound call, its deliveries and the identities it teaches us, as one record."""
     now = utcnow()
@@ -82,7 +86,11 @@ def build_record(
                 target=target,
                 email=email_key,
                 clevertap_id=recipient.clevertap_id,
-                payload=orjson.dumps(mailmodo_payload(operation, recipient)).decode(),
+                payload=orjson.dumps(
+                    sync_payload(recipient, target, tag_prefix=tag_prefix, tags_field=tags_field)
+                    if operation is Operation.LIST_SYNC
+                    else mailmodo_payload(operation, recipient)
+                ).decode(),
                 next_attempt_at=now,
             )
         )
@@ -93,12 +101,14 @@ def build_record(
     return record
 
 
-def parse_or_reject(body: Any) -> ParsedCall:
+def parse_or_reject(body: Any, operation: Operation | None = None) -> ParsedCall:
     """Parse, turning an unknown shape or a call without one valid recipient into a 422."""
     try:
         parsed = parse_call(body)
     except ShapeError as exc:
         raise InboundError(422, exc.message, exc.detail) from None
+    if operation is Operation.LIST_SYNC:
+        parsed = skip_guests(parsed)
     if parsed.kind != "test" and not parsed.recipients:
         raise InboundError(
             422, "no valid recipient", {"skipped": [s.as_dict() for s in parsed.skipped]}
@@ -116,9 +126,11 @@ async def accept_call(
     content_type: str | None,
     dedup_key: str | None,
     request_id: str | None,
+    tag_prefix: str = "ct_",
+    tags_field: str = "tags",
 ) -> dict[str, Any]:
     """Store the call and answer with what was accepted; raises ``InboundError`` (422)."""
-    parsed = parse_or_reject(payload)
+    parsed = parse_or_reject(payload, operation)
     record = build_record(
         operation=operation,
         target=target,
@@ -127,6 +139,8 @@ async def accept_call(
         content_type=content_type,
         dedup_key=dedup_key,
         request_id=request_id,
+        tag_prefix=tag_prefix,
+        tags_field=tags_field,
     )
     result: IngestResult = await writer.submit(record)
     return answer(result, parsed)

@@ -13,6 +13,8 @@ PATHS: dict[Operation, str] = {
     Operation.CAMPAIGN_TRIGGER: "/api/v1/triggerCampaign/{target}",
     Operation.JOURNEY_START: "/hooks/start/{target}",
     Operation.JOURNEY_ABORT: "/hooks/abort/{target}",
+    # The list is named in the body; the path has no target.
+    Operation.LIST_SYNC: "/api/v1/addToList",
 }
 
 
@@ -55,6 +57,13 @@ class MailmodoClient:
             path,
             content=payload.encode(),
             headers={"Content-Type": "application/json"},
+        )
+        return await send(self._client, request)
+
+    async def get_contact(self, email: str) -> UpstreamResponse:
+        """``GET /api/v1/getContactDetails``: the contact's properties are in ``data``."""
+        request = self._client.build_request(
+            "GET", "/api/v1/getContactDetails", params={"email": email}
         )
         return await send(self._client, request)
 

@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
+from app.contacts.service import add_to_list_body
 from app.mailmodo.client import MailmodoClient
 from app.metrics import observe_attempt
 from app.outbox import repository
 from app.outbox.models import AttemptOutcome, Operation, State, Upstream
-from app.outbox.policy import Outcome, RetryPolicy, Transition, classify_error, classify_mailmodo
+from app.outbox.policy import (
+    Outcome,
+    RetryPolicy,
+    Transition,
+    classify_error,
+    classify_http_error,
+    classify_mailmodo,
+)
 from app.outbox.repository import Claimed
-from app.upstream import UpstreamError
+from app.upstream import UpstreamError, UpstreamResponse
 from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 
@@ -106,13 +116,42 @@ class MailmodoDeliverer(OutboxConsumer):
     async def attempt(self, row: Claimed) -> Outcome:
         assert row.target is not None
         try:
-            response = await self.client.call(Operation(row.operation), row.target, row.payload)
+            if row.operation == Operation.LIST_SYNC.value:
+                read, response = await self._sync_contact(row)
+                if read is not None:
+                    return read
+                assert response is not None
+            else:
+                response = await self.client.call(Operation(row.operation), row.target, row.payload)
         except UpstreamError as exc:
             return classify_error(exc, "Mailmodo")
         outcome = classify_mailmodo(response)
         if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:
             await self.limiter.hold_off(outcome.retry_after)
         return outcome
+
+    async def _sync_contact(self, row: Claimed) -> tuple[Outcome | None, UpstreamResponse | None]:
+        """Read the contact, then write only what the fill-blank rules allow. A failed read
+        is the attempt's outcome (the write is not made); else the write's answer is."""
+        plan = orjson.loads(row.payload)
+        got = await self.client.get_contact(plan["email"])
+        if got.status_code in (401, 403, 408, 429) or got.status_code >= 500:
+            common = {
+                "status_code": got.status_code,
+                "duration_ms": got.duration_ms,
+                "response_body": got.kept_body,
+            }
+            return classify_http_error(got, "Mailmodo", common), None
+        existing: dict[str, Any] = {}
+        body = got.json
+        if got.status_code == 200 and isinstance(body, dict) and body.get("success") is not False:
+            data = body.get("data")
+            existing = data if isinstance(data, dict) else {}
+        # An unknown contact (any other answer) has nothing to keep: every field is written.
+        slot = (await self.limiter.reserve(1))[0]
+        await wait_until(slot)
+        payload = orjson.dumps(add_to_list_body(plan, existing)).decode()
+        return None, await self.client.call(Operation.LIST_SYNC, row.target or "", payload)
 
     def record(self, row: Claimed, outcome: Outcome) -> Transition:
         """Write the attempt and the transition in one transaction, under the lease."""

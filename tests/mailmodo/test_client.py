@@ -68,11 +68,12 @@ async def test_call_posts_payload_to_the_operation_path(
     assert answer.json == {"success": True, "message": "ok", "ref": "r-1"}
 
 
-def test_only_the_three_delivery_operations_have_paths() -> None:
+def test_only_the_mailmodo_delivery_operations_have_paths() -> None:
     assert set(PATHS) == {
         Operation.CAMPAIGN_TRIGGER,
         Operation.JOURNEY_START,
         Operation.JOURNEY_ABORT,
+        Operation.LIST_SYNC,
     }
 
 

@@ -4,7 +4,6 @@ shutdown, and the end-to-end promise (outages and 429 storms: delivered exactly 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -195,10 +194,12 @@ async def test_rate_limit_spaces_calls_and_waiting_uses_no_attempt(
     async with running(state, deliverer, settings=settings_for(mailmodo_rate_per_second=rate)):
         await wait_for(all_in(state, State.DELIVERED))
 
-    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(sent_at) == 8
     assert sent_at[-1] - sent_at[0] >= 7 / rate * 0.9
-    assert min(gaps) >= 0.5 / rate
+    # Slots are 1/rate apart; a call delayed by a busy machine can bunch with the next one,
+    # but no window of two slots ever holds more than three calls.
+    window = 2 / rate
+    assert max(sum(1 for t in sent_at if s <= t < s + window) for s in sent_at) <= 3
     for delivery_id in ids:
         row = get_delivery(state.engine, delivery_id)
         assert (row.attempts, row.deferrals) == (1, 0)
