@@ -401,8 +401,9 @@ def plan_replay(engine: Engine, request: ReplayRequest) -> ReplayPlan:
     f = delivery_filter(request, default_states=DEFAULT_REPLAY_STATES)
     if request.states is None and not f.has_time_range:
         raise invalid(
-            "say which items to replay: give `states` or a time range (updated_after, "
-            "created_after, …); an empty filter would replay every failed and dead item"
+            "say which items to replay: give states or a time range (CLI: --state, --since, "
+            "--until; API: states, updated_after, created_after, …); an empty filter would "
+            "replay every failed and dead item"
         )
     refused = sorted({s for s in f.states if State(s) not in REPLAYABLE})
     if refused:
@@ -757,7 +758,7 @@ def format_stats(s: Stats) -> str:
             since = up.since.isoformat() if up.since else "?"
             lines.append(f"{name}: PAUSED since {since}: {up.reason}")
         else:
-            lines.append(f"{name}: running")
+            lines.append(f"{name}: not paused")
     if s.workers:
         lines += [
             "",
