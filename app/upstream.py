@@ -106,6 +106,9 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> UpstreamRes
         raise UpstreamTimeout(f"timeout: {type(exc).__name__}", _ms(started)) from exc
     except httpx.TransportError as exc:
         raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
+    except httpx.HTTPError as exc:
+        # e.g. an undecodable body: the call may have been taken, but we cannot tell.
+        raise UpstreamError(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
     duration = _ms(started)
     text = response.text
     try:

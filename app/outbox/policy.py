@@ -29,6 +29,7 @@ from app.upstream import (
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
+    UpstreamUnreachable,
     truncate_utf8,
 )
 
@@ -123,7 +124,12 @@ def classify_http_error(resp: UpstreamResponse, upstream: str, common: dict[str,
 
 
 def classify_error(exc: UpstreamError, upstream: str) -> Outcome:
-    what = "did not answer in time" if isinstance(exc, UpstreamTimeout) else "unreachable"
+    if isinstance(exc, UpstreamTimeout):
+        what = "did not answer in time"
+    elif isinstance(exc, UpstreamUnreachable):
+        what = "unreachable"
+    else:
+        what = "gave an answer that could not be read"
     return Outcome(
         AttemptOutcome.RETRY,
         status_code=None,
@@ -301,7 +307,7 @@ def classify_upload(resp: UpstreamResponse, sent: Sequence[dict[str, Any]]) -> l
         outcomes[index] = Outcome(kind, reason=reason, response_body=kept, **common)
     processed = body.get("processed")
     unidentified = len(sent) - len(taken) - (processed if isinstance(processed, int) else 0)
-    if unidentified > 0 and len(taken) < len(unprocessed):
+    if unidentified > 0 and isinstance(processed, int):
         # CleverTap skipped records we cannot tell apart from the processed ones: resend the
         # unidentified rest rather than risk losing one (at least once, never silently lost).
         resend = Outcome(

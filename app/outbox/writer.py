@@ -81,6 +81,18 @@ class IngestWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
+        # A submission that slipped past the running check after the last drain is refused,
+        # not left waiting forever (it was never answered 2xx, so nothing is lost).
+        stranded: list[_Job] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Job):
+                stranded.append(item)
+        if stranded:
+            self._resolve(stranded, None, WriterUnavailable("the bridge is shutting down"))
 
     async def submit(self, record: IngestRecord) -> IngestResult:
         """Resolve once ``record`` is committed (or raise ``WriterUnavailable``)."""

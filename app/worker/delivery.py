@@ -100,10 +100,21 @@ class MailmodoDeliverer(OutboxConsumer):
                 )
                 await asyncio.to_thread(self.release, [row])
                 return None
-            outcome = await self.attempt(row)
+            outcome = await self.attempt(row, stop)
+        except GiveBack as back:
+            log.warning("given back unsent", delivery_id=row.id, why=str(back))
+            await asyncio.to_thread(self.release, [row])
+            return None
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.release, [row]))
             raise
+        except Exception as exc:
+            # Never let a row die with its task: it would come back after every lease and be
+            # sent again without a trace. Record it as a retry, so attempts count up to dead.
+            log.exception("delivery failed unexpectedly", delivery_id=row.id)
+            outcome = Outcome(
+                AttemptOutcome.RETRY, None, f"unexpected error: {type(exc).__name__}: {exc}", 0.0
+            )
         return await asyncio.to_thread(self.record, row, outcome)
 
     def _time_left(self, row: Claimed) -> bool:
@@ -113,11 +124,11 @@ class MailmodoDeliverer(OutboxConsumer):
         margin = timedelta(seconds=self.client.timeout + 5)
         return utcnow() + margin < row.leased_until
 
-    async def attempt(self, row: Claimed) -> Outcome:
+    async def attempt(self, row: Claimed, stop: asyncio.Event | None = None) -> Outcome:
         assert row.target is not None
         try:
             if row.operation == Operation.LIST_SYNC.value:
-                read, response = await self._sync_contact(row)
+                read, response = await self._sync_contact(row, stop)
                 if read is not None:
                     return read
                 assert response is not None
@@ -130,26 +141,38 @@ class MailmodoDeliverer(OutboxConsumer):
             await self.limiter.hold_off(outcome.retry_after)
         return outcome
 
-    async def _sync_contact(self, row: Claimed) -> tuple[Outcome | None, UpstreamResponse | None]:
+    async def _sync_contact(
+        self, row: Claimed, stop: asyncio.Event | None = None
+    ) -> tuple[Outcome | None, UpstreamResponse | None]:
         """Read the contact, then write only what the fill-blank rules allow. A failed read
         is the attempt's outcome (the write is not made); else the write's answer is."""
         plan = orjson.loads(row.payload)
         got = await self.client.get_contact(plan["email"])
+        common: dict[str, Any] = {
+            "status_code": got.status_code,
+            "duration_ms": got.duration_ms,
+            "response_body": got.kept_body,
+        }
         if got.status_code in (401, 403, 408, 429) or got.status_code >= 500:
-            common = {
-                "status_code": got.status_code,
-                "duration_ms": got.duration_ms,
-                "response_body": got.kept_body,
-            }
             return classify_http_error(got, "Mailmodo", common), None
-        existing: dict[str, Any] = {}
-        body = got.json
-        if got.status_code == 200 and isinstance(body, dict) and body.get("success") is not False:
-            data = body.get("data")
-            existing = data if isinstance(data, dict) else {}
-        # An unknown contact (any other answer) has nothing to keep: every field is written.
+        existing = _existing_contact(got)
+        if existing is None:
+            # Neither a contact nor a clear "no such contact": writing now could overwrite
+            # values the fill-blank rule must keep.
+            if got.status_code == 200:
+                return Outcome(
+                    AttemptOutcome.RETRY,
+                    status_code=got.status_code,
+                    reason="Mailmodo's contact read gave no readable contact; retried",
+                    duration_ms=got.duration_ms,
+                    response_body=got.kept_body,
+                ), None
+            return classify_http_error(got, "Mailmodo", common), None
         slot = (await self.limiter.reserve(1))[0]
-        await wait_until(slot)
+        if not await wait_until(slot, stop):
+            raise GiveBack("stopping before the contact write")
+        if not self._time_left(row):
+            raise GiveBack("lease too short for the contact write after the read")
         payload = orjson.dumps(add_to_list_body(plan, existing)).decode()
         return None, await self.client.call(Operation.LIST_SYNC, row.target or "", payload)
 
@@ -179,6 +202,27 @@ class MailmodoDeliverer(OutboxConsumer):
         )
         _log_outcome(row, outcome, transition, lease_kept=kept)
         return transition
+
+
+class GiveBack(Exception):
+    """Release the row unsent: sending now could race another worker or a shutdown."""
+
+
+_NOT_FOUND_WORDS = ("not found", "does not exist", "doesn't exist", "no contact", "not exist")
+
+
+def _existing_contact(got: UpstreamResponse) -> dict[str, Any] | None:
+    """The contact's properties; ``{}`` for a clear "no such contact"; None when unclear."""
+    body = got.json
+    message = str(body.get("message", "")).lower() if isinstance(body, dict) else ""
+    if got.status_code == 404 or any(word in message for word in _NOT_FOUND_WORDS):
+        return {}
+    if got.status_code == 200 and isinstance(body, dict):
+        if body.get("success") is False:
+            return {}
+        data = body.get("data")
+        return data if isinstance(data, dict) else {}
+    return None
 
 
 def _log_outcome(

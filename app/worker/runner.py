@@ -252,11 +252,15 @@ class WorkerRunner:
                 claimed_full = False
                 if free > 0:
                     limit = min(free, burst)
+                    rows, slots = [], []
                     try:
                         rows = await asyncio.to_thread(deliverer.claim, limit)
                         slots = await deliverer.limiter.reserve(len(rows))
                     except Exception:
                         log.exception("claiming deliveries failed; will try again")
+                        if rows:  # claimed but not scheduled: give them back now
+                            with suppress(Exception):
+                                await asyncio.to_thread(deliverer.release, rows)
                         rows, slots = [], []
                     for row, slot in zip(rows, slots, strict=True):
                         self._spawn(inflight, deliverer.deliver(row, slot, stop))

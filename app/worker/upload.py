@@ -105,6 +105,12 @@ class CleverTapUploader(OutboxConsumer):
             except asyncio.CancelledError:
                 await asyncio.shield(asyncio.to_thread(self.release, [r for r, _ in sendable]))
                 raise
+            except Exception as exc:
+                # Recorded as a retry so attempts count up; a crashed task would instead
+                # resend the batch after every lease without a trace.
+                log.exception("upload failed unexpectedly", records=len(records))
+                reason = f"unexpected error: {type(exc).__name__}: {exc}"
+                outcomes = [Outcome(AttemptOutcome.RETRY, None, reason, 0.0)] * len(records)
             results.extend(
                 (row, outcome) for (row, _), outcome in zip(sendable, outcomes, strict=True)
             )

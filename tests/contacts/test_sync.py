@@ -156,3 +156,18 @@ async def test_list_name_is_validated(client: httpx.AsyncClient) -> None:
         "/clevertap/lists/%2E%2E/contacts", json={"profiles": ann_profile()}, headers=CT_AUTH
     )
     assert r.status_code == 422
+
+
+async def test_an_unclear_contact_read_never_overwrites(
+    client: httpx.AsyncClient, state: BridgeState, mailmodo: respx.MockRouter
+) -> None:
+    """Only a clear "no such contact" means every field may be written."""
+    await client.post(ROUTE, json={"profiles": ann_profile()}, headers=CT_AUTH)
+    mailmodo.get("/api/v1/getContactDetails").mock(
+        return_value=httpx.Response(409, json={"message": "conflict"})
+    )
+    write = mailmodo.post("/api/v1/addToList").mock(return_value=httpx.Response(200))
+    await deliver(state)
+    assert write.call_count == 0
+    [(row_state, _reason)] = states(state)
+    assert row_state == "failed"

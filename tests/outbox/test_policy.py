@@ -396,3 +396,9 @@ def test_upload_counts_that_add_up_need_no_identification() -> None:
     }
     kinds = [o.kind for o in classify_upload(resp(200, answer), SENT)]
     assert kinds == [AttemptOutcome.FAILED, AttemptOutcome.DELIVERED, AttemptOutcome.DELIVERED]
+
+
+def test_upload_processed_count_short_without_unprocessed_entries_resends() -> None:
+    answer = {"status": "partial", "processed": 1, "unprocessed": []}
+    kinds = [o.kind for o in classify_upload(resp(200, answer), SENT)]
+    assert kinds == [AttemptOutcome.RETRY] * 3
