@@ -51,11 +51,8 @@ def forget_worker(conn: Executor, worker_id: str) -> None:
 
 
 def latest_beat(conn: Executor) -> datetime | None:
+    # The column's UTCDateTime type makes the result timezone-aware on every backend.
     value: datetime | None = conn.execute(select(func.max(WorkerHeartbeat.beat_at))).scalar()
-    if value is not None and value.tzinfo is None:
-        from datetime import UTC
-
-        value = value.replace(tzinfo=UTC)
     return value
 
 

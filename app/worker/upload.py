@@ -14,7 +14,9 @@ import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
+from app.clevertap import events
 from app.clevertap.client import CleverTapClient
+from app.clevertap.events import CleverTapEvent
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository
@@ -35,15 +37,14 @@ log = structlog.get_logger(__name__)
 
 def upload_record(row: Claimed) -> dict[str, Any] | None:
     """The upload record of a row, keyed by ``objectId``, else ``identity`` = email."""
-    event = orjson.loads(row.payload)
-    record: dict[str, Any] = {"type": "event", **event}
-    if row.clevertap_id:
-        record["objectId"] = row.clevertap_id
-    elif row.email:
-        record["identity"] = row.email
-    else:
+    if not (row.clevertap_id or row.email):
         return None
-    return record
+    event = orjson.loads(row.payload)
+    return events.upload_record(
+        CleverTapEvent(event["evtName"], event["evtData"], event["ts"]),
+        object_id=row.clevertap_id,
+        identity=None if row.clevertap_id else row.email,
+    )
 
 
 class CleverTapUploader(OutboxConsumer):
