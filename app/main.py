@@ -11,7 +11,7 @@ import structlog
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
 from app.admin.router import router as admin_router
@@ -19,6 +19,7 @@ from app.clevertap.router import router as clevertap_router
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.health.router import router as health_router
+from app.inbound.router import WebhookDispatch
 from app.inbound.service import json_response
 from app.mailmodo.router import router as mailmodo_router
 from app.metrics import app_registry
@@ -40,15 +41,15 @@ class DatabaseNotReady(RuntimeError):
     pass
 
 
-class RequestIdMiddleware:
-    """Takes ``X-Request-ID`` or makes one; it is on every log line of the call and echoed."""
+class BridgeApp(FastAPI):
+    """FastAPI with two things in front of its middleware stack: the request id, and the
+    webhook routes served by ``WebhookDispatch`` (see there for why)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    dispatch: WebhookDispatch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
         request_id = None
         for name, value in scope["headers"]:
@@ -65,11 +66,16 @@ class RequestIdMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", raw_id))
             await send(message)
 
-        # bind + reset restores what was bound before, like bound_contextvars(), at a third of
-        # its cost (it copies every bound variable on each call).
+        # X-Request-ID (or a new one) is on every log line of the call and echoed. bind + reset
+        # restores what was bound before, like bound_contextvars(), at a third of its cost.
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            hit = self.dispatch.match(scope)
+            if hit is None:
+                await super().__call__(scope, receive, send_with_id)
+            else:
+                scope["app"] = self
+                await self.dispatch.serve(*hit, scope, receive, send_with_id)
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
@@ -146,17 +152,17 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             engine.dispose()
             log.info("bridge stopped")
 
-    app = FastAPI(
+    app = BridgeApp(
         title="ctmm-bridge",
         version=__version__,
         summary="Durable two-way webhook bridge between CleverTap and Mailmodo",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestIdMiddleware)
     app.include_router(health_router)
     app.include_router(clevertap_router)
     app.include_router(mailmodo_router)
     app.include_router(admin_router)
+    app.dispatch = WebhookDispatch([clevertap_router, mailmodo_router])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,20 +1,30 @@
-"""The route class of every webhook route (CleverTap calls, Mailmodo callbacks)."""
+"""The route class of every webhook route (CleverTap calls, Mailmodo callbacks), and the
+dispatcher that serves those routes ahead of FastAPI's own router."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import re
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from fastapi import Request
+import structlog
+from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from app.inbound.service import json_response
+
+log = structlog.get_logger(__name__)
+
+Endpoint = Callable[..., Coroutine[Any, Any, Response]]
 
 
 class WebhookRoute(APIRoute):
     """A route whose endpoint takes only the request and its path ids, and returns a finished
     ``Response``: FastAPI's per-call dependency solving, parameter validation (the ids are
-    plain strings) and answer serialisation have nothing to do for it, and are skipped on this
-    hot path. Path, OpenAPI entry, middleware and exception handlers are unchanged."""
+    plain strings) and answer serialisation have nothing to do for it. The route stays
+    declared in FastAPI for OpenAPI and as the fallback path; ``WebhookDispatch`` serves it."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
@@ -39,3 +49,49 @@ class WebhookRoute(APIRoute):
             return response
 
         return webhook_handler
+
+
+class WebhookDispatch:
+    """Serves the webhook routes without FastAPI's router and middleware stack.
+
+    A webhook call needs none of it (no dependencies, no validation, no content negotiation:
+    the endpoint reads the body itself and returns a finished answer), yet FastAPI's routing
+    and its five middleware layers cost about three quarters of a bare endpoint's CPU per call
+    (bench/RESULTS.md). The table is built from the same ``WebhookRoute`` objects that FastAPI
+    documents, so paths, endpoints and OpenAPI cannot drift apart. Anything that does not match
+    a webhook route's path and method exactly (405s, trailing-slash redirects, every other
+    route) goes to FastAPI unchanged.
+    """
+
+    def __init__(self, routers: Iterable[APIRouter]) -> None:
+        self._routes: list[tuple[re.Pattern[str], frozenset[str], Endpoint]] = []
+        for router in routers:
+            for route in router.routes:
+                if isinstance(route, WebhookRoute):
+                    self._routes.append(
+                        (route.path_regex, frozenset(route.methods or ()), route.endpoint)
+                    )
+
+    def match(self, scope: Scope) -> tuple[Endpoint, dict[str, str]] | None:
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        method = scope["method"]
+        for regex, methods, endpoint in self._routes:
+            if method in methods and (found := regex.match(path)) is not None:
+                return endpoint, found.groupdict()
+        return None
+
+    @staticmethod
+    async def serve(
+        endpoint: Endpoint, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        scope["path_params"] = params
+        try:
+            response = await endpoint(request=Request(scope, receive), **params)
+        except Exception as exc:
+            # The same answer as the app's catch-all handler on FastAPI's path.
+            log.exception("unhandled error", error=type(exc).__name__)
+            response = json_response({"error": "internal error", "detail": type(exc).__name__}, 500)
+        await response(scope, receive, send)

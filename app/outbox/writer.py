@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -47,6 +47,9 @@ class _Job:
 
 
 _STOP = object()
+
+#: What became of one record: stored (or found to be a duplicate), or why not.
+Outcome = IngestResult | UnstorableRecord | WriterUnavailable
 
 
 class IngestWriter:
@@ -92,7 +95,11 @@ class IngestWriter:
             if isinstance(item, _Job):
                 stranded.append(item)
         if stranded:
-            self._resolve(stranded, None, WriterUnavailable("the bridge is shutting down"))
+            down = WriterUnavailable("the bridge is shutting down")
+            self._resolve(stranded, [down] * len(stranded))
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.stop)
 
     async def submit(self, record: IngestRecord) -> IngestResult:
         """Resolve once ``record`` is committed (or raise ``WriterUnavailable``)."""
@@ -135,61 +142,76 @@ class IngestWriter:
             self._write(leftover)
 
     def _write(self, jobs: list[_Job]) -> None:
-        try:
-            results = self._commit([j.record for j in jobs])
-        except Exception as exc:
-            if len(jobs) == 1:
-                self._resolve(jobs, None, exc)
-                return
-            log.warning(
-                "ingest batch failed, retrying one by one", size=len(jobs), error=type(exc).__name__
-            )
-            for job in jobs:
-                self._write([job])
-            return
-        self._resolve(jobs, results, None)
+        outcomes = commit_batch(self._engine, [j.record for j in jobs], self._dedup_window)
+        self._resolve(jobs, outcomes)
         INGEST_BATCH.observe(len(jobs))
         if self._on_commit is not None:
             self._on_commit()
 
-    def _commit(self, records: list[IngestRecord]) -> list[IngestResult]:
-        for attempt in range(3):
-            try:
-                with self._engine.begin() as conn:
-                    return repository.ingest_batch(
-                        conn, records, dedup_window_seconds=self._dedup_window, now=utcnow()
-                    )
-            except DataError:
-                raise  # the values themselves are the problem: no retry will fix them
-            except IntegrityError:
-                # Another replica inserted the same dedup key first; the retry sees it.
-                if attempt == 2:
-                    raise
-            except OperationalError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
     @staticmethod
-    def _resolve(
-        jobs: list[_Job], results: list[IngestResult] | None, error: BaseException | None
-    ) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, IngestResult | None]]] = {}
-        for i, job in enumerate(jobs):
-            by_loop.setdefault(job.loop, []).append((job, results[i] if results else None))
+    def _resolve(jobs: list[_Job], outcomes: Sequence[Outcome]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Outcome]]] = {}
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            by_loop.setdefault(job.loop, []).append((job, outcome))
         for loop, pairs in by_loop.items():
             # A closed loop means nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, pairs, error)
+                loop.call_soon_threadsafe(_settle, pairs)
 
 
-def _settle(pairs: list[tuple[_Job, IngestResult | None]], error: BaseException | None) -> None:
-    for job, result in pairs:
-        if job.future.done():
-            continue
-        if isinstance(error, DataError):
-            job.future.set_exception(UnstorableRecord(str(error.orig)[:300]))
-        elif error is not None or result is None:
-            job.future.set_exception(WriterUnavailable(f"database write failed: {error!r}"))
-        else:
-            job.future.set_result(result)
+def _settle(pairs: list[tuple[_Job, Outcome]]) -> None:
+    for job, outcome in pairs:
+        settle(job.future, outcome)
+
+
+def settle(future: asyncio.Future[IngestResult], outcome: Outcome) -> None:
+    """Hand a record's outcome to the call waiting for it (unless it gave up waiting)."""
+    if future.done():
+        return
+    if isinstance(outcome, IngestResult):
+        future.set_result(outcome)
+    else:
+        future.set_exception(outcome)
+
+
+def commit_batch(
+    engine: Engine, records: Sequence[IngestRecord], dedup_window_seconds: float
+) -> list[Outcome]:
+    """Write ``records`` in one transaction; if that fails, one by one, so that a single bad
+    record fails alone. Shared by the writer thread and the writer process."""
+    try:
+        return list(_commit(engine, records, dedup_window_seconds))
+    except Exception as exc:
+        if len(records) == 1:
+            return [_failure(exc)]
+        log.warning(
+            "ingest batch failed, retrying one by one", size=len(records), error=type(exc).__name__
+        )
+        return [commit_batch(engine, [r], dedup_window_seconds)[0] for r in records]
+
+
+def _commit(
+    engine: Engine, records: Sequence[IngestRecord], dedup_window_seconds: float
+) -> list[IngestResult]:
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                return repository.ingest_batch(
+                    conn, records, dedup_window_seconds=dedup_window_seconds, now=utcnow()
+                )
+        except DataError:
+            raise  # the values themselves are the problem: no retry will fix them
+        except IntegrityError:
+            # Another replica inserted the same dedup key first; the retry sees it.
+            if attempt == 2:
+                raise
+        except OperationalError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _failure(exc: BaseException) -> UnstorableRecord | WriterUnavailable:
+    if isinstance(exc, DataError):
+        return UnstorableRecord(str(exc.orig)[:300])
+    return WriterUnavailable(f"database write failed: {exc!r}"[:500])
