@@ -32,6 +32,14 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
+class IngestWriterMode(StrEnum):
+    """Where inbound calls are committed: a child process (two cores: the API serves while
+    the child commits) or a thread of the API process (one core, no extra process)."""
+
+    PROCESS = "process"
+    THREAD = "thread"
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -102,6 +110,7 @@ class Settings(BaseSettings):
     pause_probe_seconds: float = Field(default=60, gt=0)
     rejected_body_bytes: int = Field(default=16_384, ge=256)
     sqlite_synchronous: str = "FULL"
+    ingest_writer: IngestWriterMode = IngestWriterMode.PROCESS
 
     @field_validator("clevertap_webhook_secrets", "mailmodo_webhook_secrets", mode="before")
     @classmethod

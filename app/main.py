@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 import structlog
 from fastapi import FastAPI, Request
+from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -16,14 +17,15 @@ from starlette.types import Message, Receive, Scope, Send
 from app import __version__
 from app.admin.router import router as admin_router
 from app.clevertap.router import router as clevertap_router
-from app.config import Settings, get_settings
+from app.config import IngestWriterMode, Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.health.router import router as health_router
 from app.inbound.router import WebhookDispatch
 from app.inbound.service import json_response
 from app.mailmodo.router import router as mailmodo_router
 from app.metrics import app_registry
-from app.outbox.writer import IngestWriter
+from app.outbox.writer import IngestWriter, Writer
+from app.outbox.writer_process import ProcessWriter
 from app.security import load_credentials
 from app.state import BridgeState
 from app.system.migrations import current_revision, head_revision, upgrade
@@ -95,6 +97,20 @@ def prepare_database(settings: Settings) -> None:
         engine.dispose()
 
 
+async def start_writer(
+    settings: Settings, engine: Engine, on_commit: Callable[[], None] | None
+) -> Writer:
+    if settings.ingest_writer is IngestWriterMode.PROCESS:
+        process_writer = ProcessWriter(settings, on_commit=on_commit)
+        await process_writer.start()
+        return process_writer
+    thread_writer = IngestWriter(
+        engine, dedup_window_seconds=settings.dedup_window_seconds, on_commit=on_commit
+    )
+    thread_writer.start()
+    return thread_writer
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
@@ -114,12 +130,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
                 clevertap=build_clevertap_uploader(engine, settings, worker_id),
             )
-        writer = IngestWriter(
-            engine,
-            dedup_window_seconds=settings.dedup_window_seconds,
-            on_commit=runner.wake_threadsafe if runner else None,
-        )
-        writer.start()
+        writer = await start_writer(settings, engine, runner.wake_threadsafe if runner else None)
         state = BridgeState(
             settings=settings,
             engine=engine,
@@ -146,7 +157,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 state.stop.set()
                 with suppress(Exception):
                     await asyncio.wait_for(state.runner_task, settings.shutdown_grace_seconds + 15)
-            await asyncio.to_thread(writer.stop)
+            await writer.aclose()
             if runner is not None:
                 await runner.aclose()
             engine.dispose()

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.outbox.writer import IngestWriter
+from app.outbox.writer import Writer
 from app.security import Credentials
 from app.worker.runner import WorkerRunner
 
@@ -22,7 +22,7 @@ class BridgeState:
     engine: Engine
     session_factory: sessionmaker[Session]
     credentials: Credentials
-    writer: IngestWriter
+    writer: Writer
     metrics: CollectorRegistry
     runner: WorkerRunner | None = None
     runner_task: asyncio.Task[None] | None = None

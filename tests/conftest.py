@@ -56,6 +56,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "heartbeat_seconds": 0.2,
         "worker_poll_seconds": 0.05,
         "shutdown_grace_seconds": 1.0,
+        # In-process writer: an app per test cannot afford a child process each; the process
+        # writer has its own tests (tests/outbox/test_writer_process.py) and the e2e tests.
+        "ingest_writer": "thread",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -12,7 +12,7 @@ from app.contacts.service import skip_guests, sync_payload
 from app.inbound.service import InboundError
 from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
-from app.outbox.writer import IngestWriter
+from app.outbox.writer import Writer
 
 DEFAULT_ABORT_REASON = "Aborted by CleverTap via ctmm-bridge"
 
@@ -117,7 +117,7 @@ def parse_or_reject(body: Any, operation: Operation | None = None) -> ParsedCall
 
 
 async def accept_call(
-    writer: IngestWriter,
+    writer: Writer,
     *,
     operation: Operation,
     target: str,

@@ -29,6 +29,11 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
         checks["database"] = {"ok": False, "error": type(exc).__name__}
         return False, checks
 
+    checks["writer"] = {"ok": state.writer.up, "mode": settings.ingest_writer.value}
+    if not state.writer.up:
+        checks["writer"]["hint"] = "the ingest writer is restarting; calls get 503 until it is up"
+        return False, checks
+
     current, head = current_revision(engine), head_revision()
     checks["migrations"] = {"ok": current == head, "current": current, "head": head}
     if current != head:

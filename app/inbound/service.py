@@ -21,7 +21,7 @@ from app.config import Settings
 from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord
-from app.outbox.writer import IngestWriter, UnstorableRecord, WriterUnavailable
+from app.outbox.writer import UnstorableRecord, Writer, WriterUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +182,7 @@ def request_id(request: Request) -> str | None:
 
 
 async def keep_rejected(
-    writer: IngestWriter,
+    writer: Writer,
     *,
     source: Source,
     route: str,
@@ -225,7 +225,7 @@ Accept = Callable[[bytes, Any, str | None], Awaitable[dict[str, Any]]]
 async def handle_webhook(
     request: Request,
     *,
-    writer: IngestWriter,
+    writer: Writer,
     settings: Settings,
     source: Source,
     route: str,
@@ -268,7 +268,7 @@ async def handle_webhook(
 
 async def _refuse(
     request: Request,
-    writer: IngestWriter,
+    writer: Writer,
     settings: Settings,
     source: Source,
     route: str,

@@ -20,7 +20,7 @@ from app.inbound.service import InboundError
 from app.mailmodo.callbacks import ActivityEvent, CallbackError, parse_callback
 from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
-from app.outbox.writer import IngestWriter
+from app.outbox.writer import Writer
 
 ROUTE = "mailmodo.events"
 
@@ -109,7 +109,7 @@ def build_record(
 
 
 async def accept_callback(
-    writer: IngestWriter,
+    writer: Writer,
     settings: Settings,
     *,
     payload: Any,

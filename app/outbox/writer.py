@@ -15,6 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -28,6 +29,20 @@ from app.outbox.schemas import IngestRecord, IngestResult
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 512
+
+
+class Writer(Protocol):
+    """What the inbound services need of a writer: ``IngestWriter`` (a thread of this
+    process) or ``ProcessWriter`` (a process of its own)."""
+
+    @property
+    def up(self) -> bool:
+        """Calls can be stored now (readiness reports this)."""
+        ...
+
+    async def submit(self, record: IngestRecord) -> IngestResult: ...
+
+    async def aclose(self) -> None: ...
 
 
 class WriterUnavailable(RuntimeError):
@@ -68,6 +83,10 @@ class IngestWriter:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = False
+
+    @property
+    def up(self) -> bool:
+        return self._running
 
     def start(self) -> None:
         if self._thread is not None:

@@ -1,0 +1,350 @@
+"""Group commit in a process of its own.
+
+In one CPython process the HTTP event loop and the writer thread take turns on one GIL, so
+every call costs the sum of both (bench/RESULTS.md). Here the API process only serialises
+each call's record and sends it down a socket; a child process, with its own interpreter and
+its own core, commits whatever has arrived in one transaction and sends back every record's
+outcome. The answer to CleverTap still waits for the commit (and its fsync): the durability
+contract is unchanged, only the work is spread over two cores, the way a database server
+would take it.
+
+Wire format, both ways: frames of a 4-byte big-endian length and a pickle. The API sends
+``[(seq, IngestRecord), ...]``; the child first sends ``("ready", pid)`` or
+``("failed", reason)``, then one ``[(seq, Outcome), ...]`` per commit. The child never acts
+on a signal (Ctrl-C and systemd signal the whole group): it stops when the API process closes
+its end of the socket, after committing and answering everything it has read, so a graceful
+stop loses nothing, and a dead API process (SIGKILL included) leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+import structlog
+from sqlalchemy import text
+
+from app.config import Settings
+from app.metrics import INGEST_BATCH
+from app.outbox.schemas import IngestRecord, IngestResult
+from app.outbox.writer import (
+    MAX_BATCH,
+    Outcome,
+    WriterUnavailable,
+    commit_batch,
+    settle,
+)
+
+log = structlog.get_logger(__name__)
+
+_HEADER = struct.Struct(">I")
+_RECV = 1 << 20
+#: How long the API waits for a new child to open the database.
+START_TIMEOUT = 60.0
+#: Restart delays after the child dies, growing while it keeps dying.
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _frame(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def _split_frames(buf: bytearray) -> list[Any]:
+    """Every complete frame at the start of ``buf``, removed from it."""
+    out: list[Any] = []
+    pos = 0
+    while len(buf) - pos >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buf, pos)
+        end = pos + _HEADER.size + size
+        if end > len(buf):
+            break
+        # Only ever a socketpair between this process and its own child: trusted data.
+        out.append(pickle.loads(buf[pos + _HEADER.size : end]))  # noqa: S301
+        pos = end
+    del buf[:pos]
+    return out
+
+
+# -- the child process ---------------------------------------------------------------------
+
+
+def run_writer(sock: socket.socket, settings: Settings) -> None:
+    """The child's entry point (also runnable in a test, on a plain socket)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread (tests)
+            signal.signal(sig, signal.SIG_IGN)
+    from app.db import create_db_engine
+    from app.logging import configure_logging
+
+    configure_logging(settings)
+    sock.setblocking(True)
+    try:
+        engine = create_db_engine(settings)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(_frame(("failed", f"{type(exc).__name__}: {exc}"[:500])))
+        return
+    sock.sendall(_frame(("ready", os.getpid())))
+    buf = bytearray()
+    eof = False
+    try:
+        while not eof:
+            jobs, eof = _read_jobs(sock, buf)
+            for start in range(0, len(jobs), MAX_BATCH):
+                chunk = jobs[start : start + MAX_BATCH]
+                outcomes = commit_batch(
+                    engine, [record for _, record in chunk], settings.dedup_window_seconds
+                )
+                sock.sendall(
+                    _frame(
+                        [(seq, outcome) for (seq, _), outcome in zip(chunk, outcomes, strict=True)]
+                    )
+                )
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the API process is gone; what it sent was never answered, so nothing is lost
+    finally:
+        engine.dispose()
+        sock.close()
+
+
+def _read_jobs(sock: socket.socket, buf: bytearray) -> tuple[list[tuple[int, IngestRecord]], bool]:
+    """Block until at least one frame (or EOF), then take everything else already there."""
+    jobs: list[tuple[int, IngestRecord]] = []
+    while True:
+        for frame in _split_frames(buf):
+            jobs.extend(frame)
+        if jobs:
+            break
+        data = sock.recv(_RECV)
+        if not data:
+            return jobs, True  # a partial frame at EOF was never answered: drop it
+        buf += data
+    while True:
+        try:
+            data = sock.recv(_RECV, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return jobs, False
+        if not data:
+            for frame in _split_frames(buf):
+                jobs.extend(frame)
+            return jobs, True
+        buf += data
+        for frame in _split_frames(buf):
+            jobs.extend(frame)
+
+
+def _child_main(sock: socket.socket, settings: Settings) -> None:
+    run_writer(sock, settings)
+
+
+# -- the API side --------------------------------------------------------------------------
+
+
+class _Link(asyncio.Protocol):
+    """The API's end of one child's socket."""
+
+    def __init__(self, owner: ProcessWriter) -> None:
+        self.owner = owner
+        self.buf = bytearray()
+        self.ready: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for frame in _split_frames(self.buf):
+            if isinstance(frame, tuple):
+                if not self.ready.done():
+                    self.ready.set_result(frame)
+                continue
+            self.owner._settle(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(("failed", "the writer process exited while starting"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.owner._link_lost(self)
+
+
+class ProcessWriter:
+    """Submits records to the writer process; restarts it if it dies.
+
+    While no child is up, ``submit`` raises ``WriterUnavailable`` and the caller answers 503
+    with Retry-After: a call is refused, never acknowledged and lost. A call in flight when a
+    child dies is refused the same way; if the child had committed it, CleverTap's retry is
+    recognised as a duplicate and answered with the original ids.
+    """
+
+    def __init__(self, settings: Settings, *, on_commit: Callable[[], None] | None = None) -> None:
+        self._settings = settings
+        self._on_commit = on_commit
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[IngestResult]] = {}
+        self._unsent: list[tuple[int, IngestRecord]] = []
+        self._flush_scheduled = False
+        self._link: _Link | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._running = False
+        self._restarts = 0
+        self._restart_task: asyncio.Task[None] | None = None
+        self.pid: int | None = None
+
+    @property
+    def up(self) -> bool:
+        """A child is ready to take records (readiness reports this)."""
+        return self._link is not None
+
+    async def start(self) -> None:
+        """Start the child and wait until it has opened the database (raises if it cannot)."""
+        self._running = True
+        reason = await self._spawn()
+        if reason is not None:
+            self._running = False
+            raise WriterUnavailable(f"the writer process did not start: {reason}")
+
+    async def _spawn(self) -> str | None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ctx = multiprocessing.get_context("spawn")
+        process = ctx.Process(
+            target=_child_main,
+            args=(theirs, self._settings),
+            name="ctmm-bridge-writer",
+            daemon=True,
+        )
+        await asyncio.to_thread(process.start)
+        theirs.close()
+        self._process = process
+        _transport, link = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
+        try:
+            kind, detail = await asyncio.wait_for(asyncio.shield(link.ready), START_TIMEOUT)
+        except TimeoutError:
+            kind, detail = "failed", f"no answer in {START_TIMEOUT:.0f} s"
+        if kind != "ready":
+            if link.transport is not None:
+                link.transport.close()
+            await self._reap(process)
+            log.error("ingest writer process failed to start", reason=detail)
+            return str(detail)
+        self.pid = int(detail)
+        self._link = link
+        log.info("ingest writer process started", pid=self.pid)
+        if self._unsent:
+            self._schedule_flush()
+        return None
+
+    async def submit(self, record: IngestRecord) -> IngestResult:
+        """Resolve once ``record`` is committed (or raise ``WriterUnavailable``)."""
+        if not self._running or self._link is None:
+            raise WriterUnavailable(
+                "the bridge is shutting down" if not self._running else "the writer is restarting"
+            )
+        seq = next(self._seq)
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        self._unsent.append((seq, record))
+        self._schedule_flush()
+        try:
+            return await future
+        finally:
+            self._pending.pop(seq, None)
+
+    def _schedule_flush(self) -> None:
+        # Every call that arrives in one turn of the event loop goes down in one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        link = self._link
+        if not self._unsent or link is None or link.transport is None:
+            return
+        batch, self._unsent = self._unsent, []
+        try:
+            link.transport.write(_frame(batch))
+        except Exception as exc:  # e.g. a record that cannot be pickled: refuse those calls
+            for seq, _ in batch:
+                future = self._pending.get(seq)
+                if future is not None:
+                    settle(future, WriterUnavailable(f"could not hand the call over: {exc!r}"))
+
+    def _settle(self, results: list[tuple[int, Outcome]]) -> None:
+        for seq, outcome in results:
+            future = self._pending.get(seq)
+            if future is not None:
+                settle(future, outcome)
+        INGEST_BATCH.observe(len(results))
+        self._restarts = 0
+        if self._on_commit is not None:
+            self._on_commit()
+
+    def _link_lost(self, link: _Link) -> None:
+        if link is not self._link:
+            return
+        self._link = None
+        self._fail_pending("the writer process stopped before answering")
+        if self._running:
+            log.error("ingest writer process died; restarting it", pid=self.pid)
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    def _fail_pending(self, reason: str) -> None:
+        self._unsent = []
+        for future in list(self._pending.values()):
+            settle(future, WriterUnavailable(reason))
+
+    async def _restart(self) -> None:
+        if self._process is not None:
+            await self._reap(self._process)
+        while self._running and self._link is None:
+            delay = RESTART_DELAYS[min(self._restarts, len(RESTART_DELAYS) - 1)]
+            self._restarts += 1
+            await asyncio.sleep(delay)
+            if self._running and await self._spawn() is None:
+                return
+
+    async def aclose(self, grace_seconds: float = 30.0) -> None:
+        """Stop taking calls, let the child commit and answer what it has, then stop it."""
+        self._running = False
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restart_task
+        link = self._link
+        if link is not None and link.transport is not None:
+            self._flush()
+            if link.transport.can_write_eof():
+                link.transport.write_eof()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(link.closed), grace_seconds)
+            link.transport.close()
+        self._link = None
+        self._fail_pending("the bridge is shutting down")
+        if self._process is not None:
+            await self._reap(self._process)
+
+    @staticmethod
+    async def _reap(process: multiprocessing.process.BaseProcess) -> None:
+        """Wait for a child that was told to stop (or died); kill it if it does not stop."""
+        await asyncio.to_thread(process.join, 5.0)
+        if process.is_alive():
+            process.kill()
+            await asyncio.to_thread(process.join, 5.0)
+        with contextlib.suppress(ValueError):
+            process.close()
