@@ -94,14 +94,26 @@ event_loop_of() {  # what the process really runs on, from its memory map
     fi
 }
 
-cpu_snapshot() {  # cpu_snapshot PID -> "machine_total machine_idle process_ticks"
-    local proc
-    proc=$(awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0)
+process_tree() {  # process_tree PID -> PID and every descendant (the bridge's writer child)
+    local kid
+    echo "$1"
+    for kid in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        process_tree "$kid"
+    done
+}
+
+cpu_snapshot() {  # cpu_snapshot PID -> "machine_total machine_idle process_tree_ticks"
+    local proc=0 p t
+    for p in $(process_tree "$1"); do
+        t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        proc=$((proc + t))
+    done
     awk -v p="$proc" '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6, p; exit }' /proc/stat
 }
 
 # run_wrk NAME PORT PID TAG DURATION [IDS_FILE] -> writes $OUT/NAME.{txt,result,cpu}
-# NAME.cpu: CPU cores busy on average during the run: server, wrk, everything else.
+# NAME.cpu: CPU cores busy on average during the run: server (with its child processes),
+# wrk, everything else.
 run_wrk() {
     local name=$1 port=$2 pid=$3 tag=$4 duration=$5 ids=${6:-} before after wrk_cpu
     local TIMEFORMAT='%U %S'

@@ -35,7 +35,8 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.metrics import INGEST_BATCH
-from app.outbox.schemas import IngestRecord, IngestResult
+from app.outbox.models import CallStatus, Direction, Operation, Source, State, Upstream
+from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import (
     MAX_BATCH,
     Outcome,
@@ -47,6 +48,8 @@ from app.outbox.writer import (
 log = structlog.get_logger(__name__)
 
 _HEADER = struct.Struct(">I")
+#: One call on the wire: the API's sequence number and the record (``to_wire``).
+Job = tuple[int, tuple[Any, ...]]
 _RECV = 1 << 20
 #: How long the API waits for a new child to open the database.
 START_TIMEOUT = 60.0
@@ -75,6 +78,86 @@ def _split_frames(buf: bytearray) -> list[Any]:
     return out
 
 
+# -- records on the wire ------------------------------------------------------------------
+#
+# A record pickled as dataclasses and enums costs ~18 µs of the API's CPU per call; as plain
+# tuples ~4 µs. The field lists are checked against the dataclasses by the tests.
+
+
+def to_wire(r: IngestRecord) -> tuple[Any, ...]:
+    return (
+        r.source.value,
+        r.route,
+        r.target,
+        r.status.value,
+        r.http_status,
+        r.received_at,
+        r.body,
+        r.content_type,
+        r.body_truncated,
+        r.reason,
+        r.dedup_key,
+        r.skipped,
+        r.request_id,
+        [
+            (
+                d.operation.value,
+                d.upstream.value,
+                d.direction.value,
+                d.target,
+                d.email,
+                d.clevertap_id,
+                d.payload,
+                d.state.value,
+                d.reason,
+                d.next_attempt_at,
+                d.identity_policy,
+                d.park_until,
+            )
+            for d in r.deliveries
+        ],
+        [(i.email, i.clevertap_id, i.source) for i in r.identities],
+    )
+
+
+def from_wire(w: tuple[Any, ...]) -> IngestRecord:
+    (source, route, target, status, http_status, received_at, body, content_type) = w[:8]
+    (body_truncated, reason, dedup_key, skipped, request_id, deliveries, identities) = w[8:]
+    return IngestRecord(
+        source=Source(source),
+        route=route,
+        target=target,
+        status=CallStatus(status),
+        http_status=http_status,
+        received_at=received_at,
+        body=body,
+        content_type=content_type,
+        body_truncated=body_truncated,
+        reason=reason,
+        dedup_key=dedup_key,
+        skipped=skipped,
+        request_id=request_id,
+        deliveries=[
+            NewDelivery(
+                operation=Operation(d[0]),
+                upstream=Upstream(d[1]),
+                direction=Direction(d[2]),
+                target=d[3],
+                email=d[4],
+                clevertap_id=d[5],
+                payload=d[6],
+                state=State(d[7]),
+                reason=d[8],
+                next_attempt_at=d[9],
+                identity_policy=d[10],
+                park_until=d[11],
+            )
+            for d in deliveries
+        ],
+        identities=[IdentityObservation(*i) for i in identities],
+    )
+
+
 # -- the child process ---------------------------------------------------------------------
 
 
@@ -83,10 +166,12 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread (tests)
             signal.signal(sig, signal.SIG_IGN)
+    from app.cli import tune_gc_for_serving
     from app.db import create_db_engine
     from app.logging import configure_logging
 
     configure_logging(settings)
+    tune_gc_for_serving()
     sock.setblocking(True)
     try:
         engine = create_db_engine(settings)
@@ -105,7 +190,9 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
             for start in range(0, len(jobs), MAX_BATCH):
                 chunk = jobs[start : start + MAX_BATCH]
                 outcomes = commit_batch(
-                    engine, [record for _, record in chunk], settings.dedup_window_seconds
+                    engine,
+                    [from_wire(record) for _, record in chunk],
+                    settings.dedup_window_seconds,
                 )
                 sock.sendall(
                     _frame(
@@ -119,9 +206,9 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
         sock.close()
 
 
-def _read_jobs(sock: socket.socket, buf: bytearray) -> tuple[list[tuple[int, IngestRecord]], bool]:
+def _read_jobs(sock: socket.socket, buf: bytearray) -> tuple[list[Job], bool]:
     """Block until at least one frame (or EOF), then take everything else already there."""
-    jobs: list[tuple[int, IngestRecord]] = []
+    jobs: list[Job] = []
     while True:
         for frame in _split_frames(buf):
             jobs.extend(frame)
@@ -196,7 +283,7 @@ class ProcessWriter:
         self._on_commit = on_commit
         self._seq = itertools.count(1)
         self._pending: dict[int, asyncio.Future[IngestResult]] = {}
-        self._unsent: list[tuple[int, IngestRecord]] = []
+        self._unsent: list[Job] = []
         self._flush_scheduled = False
         self._link: _Link | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -258,7 +345,11 @@ class ProcessWriter:
         seq = next(self._seq)
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
-        self._unsent.append((seq, record))
+        try:
+            self._unsent.append((seq, to_wire(record)))
+        except Exception:
+            self._pending.pop(seq, None)
+            raise
         self._schedule_flush()
         try:
             return await future

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.outbox.models import Delivery, InboundCall
-from app.outbox.schemas import IngestResult
+from app.outbox.models import Delivery, InboundCall, State
+from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import WriterUnavailable
-from app.outbox.writer_process import ProcessWriter, _frame, _split_frames, run_writer
+from app.outbox.writer_process import (
+    ProcessWriter,
+    _frame,
+    _split_frames,
+    from_wire,
+    run_writer,
+    to_wire,
+)
 from tests.conftest import make_settings
 from tests.outbox.test_writer import Commits, count, db, record
 
@@ -175,8 +183,8 @@ def test_the_child_commits_what_it_read_when_the_api_goes_away(
     while not buf:
         buf += api.recv(65536)
     assert _split_frames(buf)[0][0] == "ready"
-    api.sendall(_frame([(1, record("x@x.io")), (2, record("y@x.io"))]))
-    api.sendall(_frame([(3, record("z@x.io"))])[:10])  # cut off mid-frame: never answered
+    api.sendall(_frame([(1, to_wire(record("x@x.io"))), (2, to_wire(record("y@x.io")))]))
+    api.sendall(_frame([(3, to_wire(record("z@x.io")))])[:10])  # cut off mid-frame
     api.close()
     thread.join(20)
     assert not thread.is_alive()
@@ -191,3 +199,19 @@ def test_frames_split_only_when_complete() -> None:
     buf += data[-1:]
     assert _split_frames(buf) == [{"b": 1}]
     assert buf == bytearray()
+
+
+def test_records_cross_the_wire_unchanged() -> None:
+    rec = record("a@x.io", "b@x.io", key="k", clevertap_id="__c")
+    rec.content_type, rec.reason, rec.request_id, rec.skipped = "application/json", "r", "q", 2
+    rec.body_truncated = True
+    rec.deliveries[0].identity_policy = "park"
+    rec.deliveries[0].park_until = rec.received_at
+    rec.deliveries[1].state = State.DROPPED
+    rec.deliveries[1].reason = "why"
+    wire = to_wire(rec)
+    # every field of the dataclasses is on the wire (a new field must be added there too)
+    assert len(wire) == len(fields(IngestRecord))
+    assert len(wire[-2][0]) == len(fields(NewDelivery))
+    assert len(wire[-1][0]) == len(fields(IdentityObservation))
+    assert from_wire(_split_frames(bytearray(_frame(wire)))[0]) == rec
