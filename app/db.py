@@ -54,14 +54,23 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def sqlite_utc_text(value: datetime | None) -> str | None:
     """What ``UTCDateTime`` then SQLAlchemy's SQLite ``DATETIME`` make of ``value``, in one
-    step: the ingest hot path converts several timestamps per call (tests check they agree)."""
+    step: the ingest hot path converts several timestamps per call, most of them the same
+    ``now`` (tests check both conversions agree)."""
+    global _last_converted
     if value is None:
         return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are not stored; use app.clock.utcnow()")
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    last_value, last_text = _last_converted
+    if value is last_value:
+        return last_text
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored; use app.clock.utcnow()")
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    text = utc.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+    _last_converted = (value, text)
+    return text
+
+
+_last_converted: tuple[datetime | None, str] = (None, "")
 
 
 class Base(DeclarativeBase):
