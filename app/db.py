@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,11 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from app.config import Settings
 
 NAMING_CONVENTION = {
@@ -27,6 +34,8 @@ NAMING_CONVENTION = {
 }
 
 _HOLDS_WRITE_LOCK = "ctmm_bridge_holds_write_lock"
+#: How long a writer waits for SQLite's write lock before the write fails.
+WRITE_LOCK_TIMEOUT = 30.0
 
 #: Integer primary keys: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -87,6 +96,47 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(raw)
 
 
+class _FileLock:
+    """An exclusive ``flock`` on a side file, shared by every process using the database.
+
+    Held by at most one thread of this process at a time (the caller holds the thread lock).
+    Waiting polls at most every millisecond: unlike a blocking ``flock`` it can give up after
+    a timeout, and unlike SQLite's busy handler it never sleeps for tens of milliseconds.
+    Where ``fcntl`` does not exist (Windows) it does nothing and SQLite's busy handler waits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._held = False
+
+    def acquire(self, timeout: float) -> None:
+        if fcntl is None:
+            return
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OperationalError(
+                        "BEGIN IMMEDIATE", None, TimeoutError("database busy")
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+            else:
+                self._held = True
+                return
+
+    def release(self) -> None:
+        if self._held and self._fd is not None and fcntl is not None:
+            self._held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 def create_db_engine(settings: Settings) -> Engine:
     """An engine tuned for the backend: WAL + busy timeout on SQLite, a pool on PostgreSQL."""
     url = settings.database_url
@@ -116,8 +166,11 @@ def create_db_engine(settings: Settings) -> Engine:
         # SQLite has one writer at a time. Threads of this process that wait for it queue on
         # this lock, which hands over the moment a commit is on disk; waiting in SQLite's
         # busy handler instead sleeps in growing steps (up to 100 ms) and made ingest wait
-        # behind the worker's upload batches for a second at a time.
+        # behind the worker's upload batches for a second at a time. Other processes on the
+        # same file (the ingest writer process, a separate `ctmm-bridge worker`) queue on a
+        # lock file next to the database for the same reason.
         write_lock = threading.Lock()
+        file_lock = _FileLock(path.with_name(path.name + ".writelock")) if path else None
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
@@ -126,10 +179,12 @@ def create_db_engine(settings: Settings) -> Engine:
             if conn.get_execution_options().get("sqlite_deferred", False):
                 conn.exec_driver_sql("BEGIN")
                 return
-            if not write_lock.acquire(timeout=30):
+            if not write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
                 raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError("database busy"))
             conn.info[_HOLDS_WRITE_LOCK] = True
             try:
+                if file_lock is not None:
+                    file_lock.acquire(timeout=WRITE_LOCK_TIMEOUT)
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
                 _release(conn.info)
@@ -137,6 +192,8 @@ def create_db_engine(settings: Settings) -> Engine:
 
         def _release(info: dict[Any, Any]) -> None:
             if info.pop(_HOLDS_WRITE_LOCK, False):
+                if file_lock is not None:
+                    file_lock.release()
                 write_lock.release()
 
         # Released when the connection goes back to the pool: after COMMIT (and its fsync)

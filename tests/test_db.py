@@ -1,16 +1,25 @@
 """The one-step SQLite timestamp conversion of the ingest hot path stores exactly what the
-typed column (``UTCDateTime`` over SQLAlchemy's SQLite ``DATETIME``) would."""
+typed column (``UTCDateTime`` over SQLAlchemy's SQLite ``DATETIME``) would; SQLite writers of
+several processes queue on the lock file."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import OperationalError
 
-from app.db import UTCDateTime, sqlite_utc_text
+import app.db as db_module
+from app.db import UTCDateTime, create_db_engine, sqlite_utc_text
+from tests.conftest import make_settings
 
 DIALECT = sqlite.dialect()
 COLUMN = UTCDateTime()
@@ -45,3 +54,48 @@ def test_none_and_naive() -> None:
     assert sqlite_utc_text(None) is None
     with pytest.raises(ValueError, match="naive"):
         sqlite_utc_text(datetime(2026, 1, 1))
+
+
+# --- the write queue shared by processes ------------------------------------------------------
+
+
+def test_writers_of_different_engines_queue_on_the_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two engines stand for two processes (each has its own thread lock and lock-file handle).
+    settings = make_settings(f"sqlite:///{tmp_path / 'bridge.db'}")
+    first, second = create_db_engine(settings), create_db_engine(settings)
+    with first.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+    order: list[str] = []
+    started = threading.Event()
+
+    def other_writer() -> None:
+        started.set()
+        with second.begin() as conn:
+            order.append("second begins")
+            conn.exec_driver_sql("INSERT INTO t VALUES (2)")
+
+    with first.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        assert started.wait(5)
+        time.sleep(0.2)  # the other writer is waiting, not failing or writing
+        order.append("first commits")
+    thread.join(10)
+    assert order == ["first commits", "second begins"]
+    assert (tmp_path / "bridge.db.writelock").exists()
+    # a writer that cannot get the lock in time fails instead of waiting forever
+    monkeypatch.setattr(db_module, "WRITE_LOCK_TIMEOUT", 0.2)
+    holder = os.open(tmp_path / "bridge.db.writelock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(OperationalError, match="database busy"), second.begin():
+            pass
+    finally:
+        os.close(holder)
+    with second.begin() as conn:  # and the lock was given back after the failure
+        conn.exec_driver_sql("INSERT INTO t VALUES (3)")
+    first.dispose()
+    second.dispose()
