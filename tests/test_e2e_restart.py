@@ -151,6 +151,26 @@ def bridge(tmp_path: Path, fake_mailmodo: FakeMailmodo) -> Iterator[Bridge]:
         b.proc.wait()
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,7 +211,12 @@ def test_crash_loses_nothing(bridge: Bridge, fake_mailmodo: FakeMailmodo) -> Non
         for email in emails:
             assert bridge.post(client, email).status_code == 200
         wait_for(lambda: len(fake_mailmodo.received) >= 4, 20, "first deliveries")
+        assert bridge.proc is not None
+        children = children_of(bridge.proc.pid)
+        assert children, "the ingest writer process runs beside the API"
         bridge.stop(signal.SIGKILL)  # no chance to record what was in flight
+        # the writer process notices and exits: nothing is left running behind the API
+        wait_for(lambda: not any(running(pid) for pid in children), 20, "orphans to exit")
         bridge.start()
         wait_for(lambda: set(fake_mailmodo.received) >= set(emails), 40, "all deliveries")
     counts = Counter(fake_mailmodo.received)
