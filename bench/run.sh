@@ -12,6 +12,7 @@
 #   BENCH_AUTH           basic (Basic-auth password) or header (X-Bridge-Secret); default basic
 #   BENCH_BRIDGE_PORT    default 18181;  BENCH_BARE_PORT  default 18182
 #   BENCH_SYNCHRONOUS    BRIDGE_SQLITE_SYNCHRONOUS for the bridge (default FULL, durable)
+#   BENCH_WRITER         BRIDGE_INGEST_WRITER for the bridge (default process; or thread)
 #   BENCH_OUT            where databases, logs and wrk output go (default bench/out/<time>)
 #
 # Nothing is installed by this script; it needs wrk and a Python with the bridge (make bench
@@ -31,6 +32,7 @@ AUTH=${BENCH_AUTH:-basic}
 BRIDGE_PORT=${BENCH_BRIDGE_PORT:-18181}
 BARE_PORT=${BENCH_BARE_PORT:-18182}
 SYNCHRONOUS=${BENCH_SYNCHRONOUS:-FULL}
+WRITER=${BENCH_WRITER:-process}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=${BENCH_OUT:-bench/out/$STAMP}
 SECRET="bench-secret-$STAMP"
@@ -189,6 +191,7 @@ wait "$BARE_PID" 2>/dev/null || true
 # is off, so this measures ingest alone: nothing reads the outbox while wrk writes to it.
 env BRIDGE_DATABASE_URL="sqlite:///$DB" \
     BRIDGE_SQLITE_SYNCHRONOUS="$SYNCHRONOUS" \
+    BRIDGE_INGEST_WRITER="$WRITER" \
     BRIDGE_EMBEDDED_WORKER=false \
     BRIDGE_LOG_FORMAT=json \
     BRIDGE_LOG_LEVEL=INFO \
@@ -203,7 +206,7 @@ BRIDGE_PID=$!
 PIDS+=("$BRIDGE_PID")
 wait_port "$BRIDGE_PORT" "$BRIDGE_PID" "$OUT/bridge.log"
 BRIDGE_STACK=$(event_loop_of "$BRIDGE_PID")
-echo "bridge up (pid $BRIDGE_PID, $BRIDGE_STACK, synchronous=$SYNCHRONOUS, embedded worker off); warming up, then measuring..."
+echo "bridge up (pid $BRIDGE_PID, $BRIDGE_STACK, synchronous=$SYNCHRONOUS, writer=$WRITER, embedded worker off); warming up, then measuring..."
 run_wrk bridge-warmup "$BRIDGE_PORT" "$BRIDGE_PID" "warm-$STAMP" "$WARMUP"
 COMMITS_BEFORE=$(commits "$BRIDGE_PORT")
 run_wrk bridge "$BRIDGE_PORT" "$BRIDGE_PID" "$RUN_TAG" "$DURATION" "$OUT/bridge.ids"
@@ -211,8 +214,19 @@ COMMITS_AFTER=$(commits "$BRIDGE_PORT")
 echo "$COMMITS_BEFORE $COMMITS_AFTER" | awk '{ n = $3 - $1; c = $4 - $2;
     printf "commits=%d calls=%d calls_per_commit=%.1f\n", n, c, (n > 0 ? c / n : 0) }' >"$OUT/commits.txt"
 # SIGKILL: no graceful shutdown may flush anything; what is on disk now is what was committed.
+# The writer process sees its socket close, commits what it had already read (never answered)
+# and exits; wait for it so the check reads a database nobody writes to any more.
+BRIDGE_CHILDREN=$(process_tree "$BRIDGE_PID" | tail -n +2)
 kill -9 "$BRIDGE_PID"
 wait "$BRIDGE_PID" 2>/dev/null || true
+for _ in $(seq 1 100); do
+    alive=no
+    for pid in $BRIDGE_CHILDREN; do
+        kill -0 "$pid" 2>/dev/null && alive=yes
+    done
+    [ "$alive" = no ] && break
+    sleep 0.1
+done
 
 echo
 echo "durability check (bridge killed with SIGKILL, database reopened):"
@@ -243,7 +257,7 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
     echo "- disk holding the database: $DISK; one fsynced SQLite commit per call (\`bench/disk_probe.py\`): $(cut -d' ' -f2- "$OUT/disk.txt")"
     echo "- $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2), $THREADS threads, $CONNECTIONS connections, warm-up $WARMUP, measured $DURATION per endpoint, auth $AUTH"
     echo "- $("$PYTHON" -c 'import fastapi, starlette, uvicorn, sqlalchemy, uvloop; print(f"fastapi {fastapi.__version__}, starlette {starlette.__version__}, uvicorn {uvicorn.__version__}, uvloop {uvloop.__version__}, SQLAlchemy {sqlalchemy.__version__}")')"
-    echo "- servers: one uvicorn process each; bare $BARE_STACK, bridge $BRIDGE_STACK; no access log"
+    echo "- servers: one uvicorn process each (the bridge's with its ingest writer: BRIDGE_INGEST_WRITER=$WRITER); bare $BARE_STACK, bridge $BRIDGE_STACK; no access log"
     echo "- bridge: BRIDGE_SQLITE_SYNCHRONOUS=$SYNCHRONOUS, BRIDGE_EMBEDDED_WORKER=false (ingest only), BRIDGE_LOG_FORMAT=json, fresh database file"
     echo
     echo "| endpoint | 2xx calls/s | p50 ms | p99 ms | max ms | 2xx | non-2xx | socket errors | cores: server / wrk / others |"
