@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -87,13 +87,14 @@ class Base(DeclarativeBase):
 
 
 def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
+    """The database file of a SQLite URL (any driver), or None (in memory, not SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
         return None
-    raw = url[len(prefix) :].split("?", 1)[0]
-    if not raw or raw == ":memory:":
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return Path(raw)
+    return Path(database)
 
 
 class _FileLock:
@@ -114,7 +115,9 @@ class _FileLock:
         if fcntl is None:
             return
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            # flock needs no write access: read-only lets processes of other users (with
+            # access to the database) share the lock file.
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
         pause = 0.00005
         while True:
@@ -135,6 +138,12 @@ class _FileLock:
         if self._held and self._fd is not None and fcntl is not None:
             self._held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # also releases the lock, should it be held
+            self._fd = None
+            self._held = False
 
 
 def create_db_engine(settings: Settings) -> Engine:
@@ -192,9 +201,11 @@ def create_db_engine(settings: Settings) -> Engine:
 
         def _release(info: dict[Any, Any]) -> None:
             if info.pop(_HOLDS_WRITE_LOCK, False):
-                if file_lock is not None:
-                    file_lock.release()
-                write_lock.release()
+                try:
+                    if file_lock is not None:
+                        file_lock.release()
+                finally:
+                    write_lock.release()
 
         # Released when the connection goes back to the pool: after COMMIT (and its fsync)
         # or ROLLBACK, not at SQLAlchemy's "commit" event, which comes before them.
@@ -205,6 +216,12 @@ def create_db_engine(settings: Settings) -> Engine:
         @event.listens_for(engine, "invalidate")
         def _sqlite_invalidate(_dbapi_conn: Any, record: Any, _exc: Any) -> None:
             _release(record.info)
+
+        if file_lock is not None:
+
+            @event.listens_for(engine, "engine_disposed")
+            def _sqlite_disposed(_engine: Any) -> None:
+                file_lock.close()
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)

@@ -131,29 +131,31 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 clevertap=build_clevertap_uploader(engine, settings, worker_id),
             )
         writer = await start_writer(settings, engine, runner.wake_threadsafe if runner else None)
-        state = BridgeState(
-            settings=settings,
-            engine=engine,
-            session_factory=create_session_factory(engine),
-            credentials=credentials,
-            writer=writer,
-            runner=runner,
-            metrics=app_registry(engine),
-        )
-        if runner is not None:
-            state.stop = asyncio.Event()
-            state.runner_task = asyncio.create_task(runner.run(state.stop), name="worker")
-        app.state.bridge = state
-        log.info(
-            "bridge started",
-            version=__version__,
-            embedded_worker=settings.embedded_worker,
-            database=(settings.is_sqlite and "sqlite") or "postgresql",
-        )
+        state: BridgeState | None = None
         try:
+            state = BridgeState(
+                settings=settings,
+                engine=engine,
+                session_factory=create_session_factory(engine),
+                credentials=credentials,
+                writer=writer,
+                runner=runner,
+                metrics=app_registry(engine),
+            )
+            if runner is not None:
+                state.stop = asyncio.Event()
+                state.runner_task = asyncio.create_task(runner.run(state.stop), name="worker")
+            app.state.bridge = state
+            log.info(
+                "bridge started",
+                version=__version__,
+                embedded_worker=settings.embedded_worker,
+                database=(settings.is_sqlite and "sqlite") or "postgresql",
+            )
             yield
         finally:
-            if state.stop is not None and state.runner_task is not None:
+            # Also when starting failed half-way: the writer (a child process) is always stopped.
+            if state is not None and state.stop is not None and state.runner_task is not None:
                 state.stop.set()
                 with suppress(Exception):
                     await asyncio.wait_for(state.runner_task, settings.shutdown_grace_seconds + 15)

@@ -99,3 +99,24 @@ def test_writers_of_different_engines_queue_on_the_lock_file(
         conn.exec_driver_sql("INSERT INTO t VALUES (3)")
     first.dispose()
     second.dispose()
+
+
+def test_any_sqlite_driver_url_gets_the_lock_file_and_dispose_closes_it(tmp_path: Path) -> None:
+    engine = create_db_engine(make_settings(f"sqlite+pysqlite:///{tmp_path / 'b.db'}"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+    lock = tmp_path / "b.db.writelock"
+    assert lock.exists()
+    open_fds = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert str(lock) in open_fds
+    engine.dispose()
+    open_fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            open_fds.add(os.path.realpath(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    assert str(lock) not in open_fds
+    with engine.begin() as conn:  # usable after dispose: the lock file is opened again
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    engine.dispose()

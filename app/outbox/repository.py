@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, cast
 
@@ -126,6 +126,12 @@ def _upsert_identities(conn: Executor, rows: list[dict[str, Any]]) -> None:
 
 
 _SQLITE_QUERIES: dict[tuple[int, int], Any] = {}
+
+
+def _sqlite_time(text: str) -> datetime:
+    """A timestamp as SQLite holds it (naive UTC text), tolerating hand-written forms."""
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _sqlite_query(
@@ -248,17 +254,20 @@ def ingest_batch(
     if keys:
         cutoff = now - timedelta(seconds=dedup_window_seconds)
         stale: list[int] = []
+        rows: list[tuple[Any, ...]]
         if conn.dialect.name == "sqlite":
-            # Timestamps come back as SQLite's text, which sorts like the times it holds.
-            rows = _sqlite_query(conn, _DEDUP_LOOKUP, {"keys": list(keys)})
-            threshold: Any = sqlite_utc_text(cutoff)
+            rows = [
+                (call_id, key, _sqlite_time(received_at), skipped)
+                for call_id, key, received_at, skipped in _sqlite_query(
+                    conn, _DEDUP_LOOKUP, {"keys": list(keys)}
+                )
+            ]
         else:
             rows = [tuple(row) for row in conn.execute(_DEDUP_LOOKUP, {"keys": list(keys)})]
-            threshold = cutoff
         for call_id, key, received_at, skipped in rows:
             if key is None:
                 continue
-            if received_at >= threshold:
+            if received_at >= cutoff:
                 fresh[key] = (call_id, skipped)
             else:
                 stale.append(call_id)

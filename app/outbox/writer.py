@@ -196,10 +196,17 @@ def settle(future: asyncio.Future[IngestResult], outcome: Outcome) -> None:
 def commit_batch(
     engine: Engine, records: Sequence[IngestRecord], dedup_window_seconds: float
 ) -> list[Outcome]:
-    """Write ``records`` in one transaction; if that fails, one by one, so that a single bad
-    record fails alone. Shared by the writer thread and the writer process."""
+    """Write ``records`` in one transaction; if a record's values made it fail, one by one, so
+    that a single bad record fails alone. Shared by the writer thread and the writer process.
+
+    A database that is unavailable (locked past the timeout, disk errors: ``OperationalError``)
+    fails the whole batch at once: every record alone would wait out the same timeout again.
+    """
     try:
         return list(_commit(engine, records, dedup_window_seconds))
+    except OperationalError as exc:
+        log.error("ingest batch not stored", size=len(records), error=type(exc).__name__)
+        return [_failure(exc)] * len(records)
     except Exception as exc:
         if len(records) == 1:
             return [_failure(exc)]
@@ -224,10 +231,15 @@ def _commit(
             # Another replica inserted the same dedup key first; the retry sees it.
             if attempt == 2:
                 raise
-        except OperationalError:
-            if attempt == 2:
+        except OperationalError as exc:
+            # A lock wait that timed out has already waited long enough.
+            if attempt == 2 or _timed_out(exc):
                 raise
     raise AssertionError("unreachable")
+
+
+def _timed_out(exc: OperationalError) -> bool:
+    return isinstance(exc.orig, TimeoutError) or "locked" in str(exc.orig).lower()
 
 
 def _failure(exc: BaseException) -> UnstorableRecord | WriterUnavailable:

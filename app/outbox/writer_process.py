@@ -19,6 +19,7 @@ stop loses nothing, and a dead API process (SIGKILL included) leaves no orphan b
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import multiprocessing
@@ -306,35 +307,62 @@ class ProcessWriter:
     async def start(self) -> None:
         """Start the child and wait until it has opened the database (raises if it cannot)."""
         self._running = True
+        # Runs before multiprocessing's own exit hook, which would SIGTERM (ignored by the
+        # child) and then wait for the child forever if ``aclose`` was never reached.
+        atexit.register(self._kill_at_exit)
         reason = await self._spawn()
         if reason is not None:
             self._running = False
+            atexit.unregister(self._kill_at_exit)
             raise WriterUnavailable(f"the writer process did not start: {reason}")
 
+    def _kill_at_exit(self) -> None:
+        """The interpreter is exiting without ``aclose``: nothing can be answered any more."""
+        process = self._process
+        if process is not None and process.pid is not None and process.is_alive():
+            process.kill()
+
     async def _spawn(self) -> str | None:
+        """Start a child and wait for it to open the database: None, or why it failed.
+
+        Whatever fails or is cancelled on the way, the sockets are closed and the child is
+        stopped, so nothing half-started is left behind.
+        """
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        ctx = multiprocessing.get_context("spawn")
-        process = ctx.Process(
+        process = multiprocessing.get_context("spawn").Process(
             target=_child_main,
             args=(theirs, self._settings),
             name="ctmm-bridge-writer",
             daemon=True,
         )
-        await asyncio.to_thread(process.start)
-        theirs.close()
-        self._process = process
-        _transport, link = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
+        link: _Link | None = None
+        ready = False
         try:
-            kind, detail = await asyncio.wait_for(asyncio.shield(link.ready), START_TIMEOUT)
-        except TimeoutError:
-            kind, detail = "failed", f"no answer in {START_TIMEOUT:.0f} s"
-        if kind != "ready":
-            if link.transport is not None:
-                link.transport.close()
-            await self._reap(process)
-            log.error("ingest writer process failed to start", reason=detail)
-            return str(detail)
+            await asyncio.to_thread(process.start)
+            theirs.close()
+            self._process = process
+            _transport, link = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
+            try:
+                kind, detail = await asyncio.wait_for(asyncio.shield(link.ready), START_TIMEOUT)
+            except TimeoutError:
+                kind, detail = "failed", f"no answer in {START_TIMEOUT:.0f} s"
+            if kind == "ready" and link.closed.done():
+                # It said ready and died before this coroutine resumed: nobody else noticed.
+                kind, detail = "failed", "the writer process exited right after starting"
+            if kind != "ready":
+                log.error("ingest writer process failed to start", reason=detail)
+                return str(detail)
+            ready = True
+        finally:
+            if not ready:
+                theirs.close()
+                if link is not None and link.transport is not None:
+                    link.transport.close()
+                else:
+                    ours.close()
+                if process.pid is not None:  # started: stop it (shielded from cancellation)
+                    await asyncio.shield(self._reap(process))
         self.pid = int(detail)
         self._link = link
         log.info("ingest writer process started", pid=self.pid)
@@ -375,6 +403,8 @@ class ProcessWriter:
             return
         batch, self._unsent = self._unsent, []
         try:
+            if link.transport.is_closing():  # the child is gone; connection_lost restarts it
+                raise ConnectionResetError("the writer process closed its socket")
             link.transport.write(_frame(batch))
         except Exception as exc:  # e.g. a record that cannot be pickled: refuse those calls
             for seq, _ in batch:
@@ -413,20 +443,25 @@ class ProcessWriter:
             delay = RESTART_DELAYS[min(self._restarts, len(RESTART_DELAYS) - 1)]
             self._restarts += 1
             await asyncio.sleep(delay)
-            if self._running and await self._spawn() is None:
+            if not self._running:
                 return
+            try:
+                if await self._spawn() is None:
+                    return
+            except Exception as exc:  # e.g. out of file descriptors: keep trying
+                log.error("could not restart the ingest writer process", error=repr(exc))
 
     async def aclose(self, grace_seconds: float = 30.0) -> None:
         """Stop taking calls, let the child commit and answer what it has, then stop it."""
         self._running = False
         if self._restart_task is not None:
             self._restart_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await self._restart_task
         link = self._link
         if link is not None and link.transport is not None:
             self._flush()
-            if link.transport.can_write_eof():
+            if link.transport.can_write_eof() and not link.transport.is_closing():
                 link.transport.write_eof()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(link.closed), grace_seconds)
@@ -435,13 +470,17 @@ class ProcessWriter:
         self._fail_pending("the bridge is shutting down")
         if self._process is not None:
             await self._reap(self._process)
+        atexit.unregister(self._kill_at_exit)
 
-    @staticmethod
-    async def _reap(process: multiprocessing.process.BaseProcess) -> None:
-        """Wait for a child that was told to stop (or died); kill it if it does not stop."""
-        await asyncio.to_thread(process.join, 5.0)
-        if process.is_alive():
-            process.kill()
+    async def _reap(self, process: multiprocessing.process.BaseProcess) -> None:
+        """Wait for a child that was told to stop (or died); kill it if it does not stop.
+        A reaped child is closed and forgotten, so it is never reaped twice."""
+        if process.pid is not None:  # None: never started
             await asyncio.to_thread(process.join, 5.0)
-        with contextlib.suppress(ValueError):
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5.0)
+        if self._process is process:
+            self._process = None
+        with contextlib.suppress(ValueError):  # still running after the kill: leave it be
             process.close()

@@ -353,6 +353,24 @@ async def test_a_persistent_database_error_is_writer_unavailable(
     assert count(db, InboundCall) == 1
 
 
+def test_a_lock_timeout_fails_the_batch_once_without_retrying_each_record(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each attempt would wait out the lock timeout (30 s): retrying, or splitting the batch
+    # into single records, would keep the last caller waiting for minutes.
+    calls: list[int] = []
+
+    def locked(conn: Connection, records: list[IngestRecord], **kw: Any) -> list[IngestResult]:
+        calls.append(len(records))
+        raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError("database busy"))
+
+    monkeypatch.setattr(repository, "ingest_batch", locked)
+    outcomes = writer_module.commit_batch(db, [record(f"{i}@x.io") for i in range(5)], 3600)
+    assert calls == [5]
+    assert all(isinstance(o, WriterUnavailable) for o in outcomes)
+    assert len(outcomes) == 5
+
+
 async def test_a_caller_that_gave_up_does_not_break_the_writer(
     writer: IngestWriter, db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

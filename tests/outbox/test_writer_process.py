@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.outbox import writer_process
 from app.outbox.models import Delivery, InboundCall, State
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import WriterUnavailable
@@ -215,3 +216,61 @@ def test_records_cross_the_wire_unchanged() -> None:
     assert len(wire[-2][0]) == len(fields(NewDelivery))
     assert len(wire[-1][0]) == len(fields(IdentityObservation))
     assert from_wire(_split_frames(bytearray(_frame(wire)))[0]) == rec
+
+
+# --- a child's life: the failure paths ----------------------------------------------------------
+
+
+def ready_then_die(sock: socket.socket, settings: Settings) -> None:
+    """A child that says ready and exits at once (spawned by name, so it lives at module level)."""
+    sock.sendall(_frame(("ready", os.getpid())))
+    os._exit(0)
+
+
+async def test_a_child_that_dies_right_after_ready_is_not_taken_for_a_live_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_process, "_child_main", ready_then_die)
+    real = writer_process._Link.data_received
+
+    def busy_loop(self: writer_process._Link, data: bytes) -> None:
+        time.sleep(0.3)  # the event loop is busy: the child's exit is seen before "ready" is
+        real(self, data)
+
+    monkeypatch.setattr(writer_process._Link, "data_received", busy_loop)
+    w = ProcessWriter(settings)
+    with pytest.raises(WriterUnavailable, match="exited right after starting"):
+        await w.start()
+    assert not w.up
+
+
+async def test_close_while_the_child_is_being_restarted(settings: Settings) -> None:
+    w = ProcessWriter(settings)
+    await w.start()
+    assert w.pid is not None
+    os.kill(w.pid, signal.SIGKILL)
+    await wait_until(lambda: not w.up)
+    await w.aclose()  # the restart is cancelled; nothing is left running
+    assert not w.up
+    with pytest.raises(WriterUnavailable):
+        await w.submit(record("late@x.io"))
+
+
+async def test_a_failed_restart_is_retried(
+    writer: tuple[ProcessWriter, Commits], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, _ = writer
+    real = socket.socketpair
+    failures = iter([OSError(24, "Too many open files")])
+
+    def socketpair() -> tuple[socket.socket, socket.socket]:
+        for exc in failures:
+            raise exc
+        return real()
+
+    monkeypatch.setattr(socket, "socketpair", socketpair)
+    assert w.pid is not None
+    os.kill(w.pid, signal.SIGKILL)
+    await wait_until(lambda: not w.up)
+    await wait_until(lambda: w.up, within=30)  # the second attempt (after 0.5 + 1 s) works
+    assert (await w.submit(record("back@x.io"))).delivery_ids
