@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-_EMAIL_CHAR = r"[^@\s<>()\[\],;:\"\x00-\x1f\x7f]"
-EMAIL_RE = re.compile(rf"^{_EMAIL_CHAR}+@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}+$")
+from app.identity.schemas import clean_clevertap_id, valid_email
+
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _CT_DATE = re.compile(r"^\$D_(-?\d+)$")
-_PLACEHOLDER = re.compile(r"(\$\{|\{\{|\{%|@\{)")
-_NOT_IDS = {"", "null", "none", "undefined", "nil", "na", "n/a", "0", "-1"}
 
 #: Mailmodo trigger fields a custom body may carry besides ``email`` and ``data``.
 PASSTHROUGH_FIELDS = {
@@ -93,29 +91,6 @@ def lower_keys(obj: dict[str, Any]) -> dict[str, Any]:
     for key, value in obj.items():
         out.setdefault(str(key).lower(), value)
     return out
-
-
-def valid_email(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    email = value.strip()
-    if len(email) > 254 or not EMAIL_RE.match(email):
-        return None
-    return email
-
-
-def clean_clevertap_id(value: Any) -> str | None:
-    """A usable CleverTap ID, or None for blanks and unrendered template placeholders."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.lower() in _NOT_IDS or _PLACEHOLDER.search(text) or len(text) > 256:
-        return None
-    return text
 
 
 @functools.lru_cache(maxsize=4096)

@@ -28,6 +28,8 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
+from app.identity.schemas import clean_clevertap_id, valid_email
+
 __all__ = [
     "ActivityEvent",
     "CallbackError",
@@ -146,10 +148,6 @@ _KNOWN_EVENTS = [e.value for e in EventType]
 
 _EMAIL_KEYS = ("email", "recipient_email", "email_address", "user_email", "contact_email")
 _CLEVERTAP_ID_KEYS = frozenset({"clevertapid", "objectid"})
-_PLACEHOLDER = re.compile(r"(\$\{|\{\{|\{%|@\{|%%|\[\[)")
-_NOT_IDS = frozenset(
-    {"", "null", "none", "undefined", "nil", "na", "n/a", "nan", "0", "-1", "false", "true"}
-)
 _CAMEL_1 = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _CAMEL_2 = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD = re.compile(r"[\W_]+")
@@ -172,41 +170,6 @@ def _snake(key: str) -> str:
 
 def _compact(key: object) -> str:
     return _NOT_ALNUM.sub("", str(key).lower())
-
-
-def valid_email(value: object) -> str | None:
-    """The trimmed address if it looks like one (one ``@``, no spaces), else None."""
-    if not isinstance(value, str):
-        return None
-    email = value.strip()
-    if (
-        not email
-        or len(email) > 254
-        or email.count("@") != 1
-        or any(ch.isspace() for ch in email)
-        or _PLACEHOLDER.search(email)
-    ):
-        return None
-    local, _, domain = email.partition("@")
-    if not local or not domain:
-        return None
-    return email
-
-
-def clean_clevertap_id(value: object) -> str | None:
-    """A usable CleverTap ID, or None for blanks and unrendered template placeholders."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.lower() in _NOT_IDS or _PLACEHOLDER.search(text) or len(text) > 256:
-        return None
-    if any(ch.isspace() for ch in text):
-        return None
-    return text
 
 
 def _find_clevertap_id(*sources: object) -> str | None:
