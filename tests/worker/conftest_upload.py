@@ -27,13 +27,19 @@ from app.config import Settings
 from app.db import create_db_engine
 from app.identity.models import Identity
 from app.main import create_app
-from app.outbox.models import Attempt, Delivery, InboundCall, State
+from app.outbox.models import Delivery, InboundCall, State
 from app.state import BridgeState
 from app.system.migrations import upgrade
 from app.system.models import UpstreamState
 from app.worker.runner import build_clevertap_uploader
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
+from tests.worker.conftest import all_deliveries, attempts_of, get_delivery
+
+# The row readers of the delivery tests, under the names the upload tests use.
+deliveries = all_deliveries
+delivery = get_delivery
+attempts = attempts_of
 
 ACCOUNT_HEADERS = {
     "X-CleverTap-Account-Id": "TEST-ACCOUNT",
@@ -179,35 +185,9 @@ def ct_partial(
 # --- rows ------------------------------------------------------------------------------------
 
 
-def deliveries(engine: Engine) -> list[Delivery]:
-    with Session(engine) as session:
-        rows = list(session.scalars(select(Delivery).order_by(Delivery.id)))
-        session.expunge_all()
-        return rows
-
-
-def delivery(engine: Engine, delivery_id: int) -> Delivery:
-    with Session(engine) as session:
-        row = session.get(Delivery, delivery_id)
-        assert row is not None
-        session.expunge(row)
-        return row
-
-
 def calls(engine: Engine) -> list[InboundCall]:
     with Session(engine) as session:
         rows = list(session.scalars(select(InboundCall).order_by(InboundCall.id)))
-        session.expunge_all()
-        return rows
-
-
-def attempts(engine: Engine, delivery_id: int) -> list[Attempt]:
-    with Session(engine) as session:
-        rows = list(
-            session.scalars(
-                select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.id)
-            )
-        )
         session.expunge_all()
         return rows
 
