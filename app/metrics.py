@@ -7,6 +7,7 @@ global values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -63,10 +64,10 @@ FINAL_STATES = {State.DELIVERED.value, State.FAILED.value, State.DEAD.value}
 
 
 def observe_inbound(route: str, status: int, result: dict[str, object] | None = None) -> None:
-    INBOUND_REQUESTS.labels(route, str(status)).inc()
+    _inbound_requests(route, status).inc()
     if result is None:
         if status != 401:
-            INBOUND_ITEMS.labels(route, "rejected").inc()
+            _inbound_items(route, "rejected").inc()
         return
     for key, label in (
         ("accepted", "accepted"),
@@ -75,7 +76,19 @@ def observe_inbound(route: str, status: int, result: dict[str, object] | None = 
     ):
         count = result.get(key)
         if isinstance(count, int) and count:
-            INBOUND_ITEMS.labels(route, label).inc(count)
+            _inbound_items(route, label).inc(count)
+
+
+# Every webhook call counts itself; looking its labelled series up once, not per call, saves
+# prometheus_client's label validation on the hot path.
+@functools.lru_cache(maxsize=1024)
+def _inbound_requests(route: str, status: int) -> Counter:
+    return INBOUND_REQUESTS.labels(route, str(status))
+
+
+@functools.lru_cache(maxsize=1024)
+def _inbound_items(route: str, outcome: str) -> Counter:
+    return INBOUND_ITEMS.labels(route, outcome)
 
 
 def observe_attempt(upstream: str, outcome: str, state: str, duration_ms: float | None) -> None:

@@ -19,6 +19,7 @@ PLACEHOLDER = re.compile(r"(\$\{|\{\{|\{%|@\{|%%|\[\[)")
 _NOT_IDS = frozenset(
     {"", "null", "none", "undefined", "nil", "na", "n/a", "nan", "0", "-1", "false", "true"}
 )
+_WHITESPACE = re.compile(r"\s")
 MAX_EMAIL = 254
 MAX_CLEVERTAP_ID = 256
 
@@ -51,7 +52,7 @@ def clean_clevertap_id(value: object) -> str | None:
         text.lower() in _NOT_IDS
         or len(text) > MAX_CLEVERTAP_ID
         or PLACEHOLDER.search(text)
-        or any(ch.isspace() for ch in text)
+        or _WHITESPACE.search(text)
     ):
         return None
     return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -61,18 +62,40 @@ def secret_matches(candidate: str | None, secrets: Sequence[str]) -> bool:
 
 def clevertap_credential(request: Request) -> str | None:
     """The secret of a CleverTap call: the Basic-auth password, else ``X-Bridge-Secret``."""
-    header = request.headers.get("x-bridge-secret")
+    headers = header_map(request)
+    header = headers.get("x-bridge-secret")
     if header:
         return header.strip()
-    auth = request.headers.get("authorization")
+    auth = headers.get("authorization")
     if auth and auth[:6].lower() == "basic ":
-        try:
-            decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        _user, sep, password = decoded.partition(":")
-        return password if sep else None
+        return _basic_password(auth[6:].strip())
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _basic_password(token: str) -> str | None:
+    """Cached: a CleverTap account sends the same Authorization header on every call."""
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
+def header_map(request: Request) -> dict[str, str]:
+    """The request's headers as one dict (names lower-case, the first of repeated ones), built
+    once per call: each ``request.headers.get`` scans and decodes the whole header list."""
+    scope = request.scope
+    headers: dict[str, str] | None = scope.get("ctmm_headers")
+    if headers is None:
+        headers = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1").lower()
+            if key not in headers:
+                headers[key] = value.decode("latin-1")
+        scope["ctmm_headers"] = headers
+    return headers
 
 
 async def read_body(request: Request, max_bytes: int, keep_bytes: int = 16_384) -> bytes:
@@ -80,7 +103,7 @@ async def read_body(request: Request, max_bytes: int, keep_bytes: int = 16_384) 
 
     The partial body read so far travels with the error so the rejection can be kept.
     """
-    declared = request.headers.get("content-length")
+    declared = header_map(request).get("content-length")
     too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
     # When the declared size is already too large, read only what will be kept of it.
     cap = min(max_bytes, keep_bytes) if too_large else max_bytes
@@ -111,7 +134,7 @@ class BodyTooLarge(InboundError):
 
 def check_content_type(request: Request) -> str | None:
     """415 unless the call says it is JSON (a missing Content-Type is given the benefit)."""
-    content_type = request.headers.get("content-type")
+    content_type = header_map(request).get("content-type")
     if content_type is None:
         return None
     media = content_type.split(";", 1)[0].strip().lower()
@@ -142,7 +165,7 @@ def dedup_key(scope: str, request: Request, body: bytes) -> str:
     Short keys stay readable; a longer one is hashed whole, so it always fits its column and
     two long keys never collide by sharing a prefix.
     """
-    given = request.headers.get("idempotency-key")
+    given = header_map(request).get("idempotency-key")
     if given:
         key = f"{scope}:idem:{given.strip()}"
     else:
@@ -177,7 +200,8 @@ def storable(text: str | None, limit: int | None = None) -> str | None:
 
 
 def request_id(request: Request) -> str | None:
-    value: str | None = getattr(request.state, "request_id", None)
+    # scope["state"] directly: ``request.state`` builds a wrapper object on every access.
+    value: str | None = request.scope.get("state", {}).get("request_id")
     return value
 
 
@@ -204,7 +228,7 @@ async def keep_rejected(
         received_at=utcnow(),
         body=text,
         body_truncated=len(body) > max_bytes or isinstance(error, BodyTooLarge),
-        content_type=storable(request.headers.get("content-type"), 128),
+        content_type=storable(header_map(request).get("content-type"), 128),
         reason=storable(reason),
         request_id=request_id(request),
     )
