@@ -138,7 +138,12 @@ def personalisation(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def is_test_call(body: dict[str, Any]) -> bool:
-    flag = lower_keys(body).get("is_test")
+    return _is_test(lower_keys(body))
+
+
+def _is_test(top: dict[str, Any]) -> bool:
+    """``top``: the body with lower-cased keys."""
+    flag = top.get("is_test")
     return flag is True or (isinstance(flag, str) and flag.strip().lower() == "true")
 
 
@@ -152,9 +157,9 @@ def parse_call(body: Any) -> ParsedCall:
                 "hint": "send CleverTap's profile variables or a Mailmodo-shaped custom body",
             },
         )
-    if is_test_call(body):
-        return ParsedCall("test", [], [])
     top = lower_keys(body)
+    if _is_test(top):
+        return ParsedCall("test", [], [])
     if "profiles" in top:
         return _parse_profiles(top)
     if "email" in top:
