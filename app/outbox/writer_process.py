@@ -9,7 +9,7 @@ contract is unchanged, only the work is spread over two cores, the way a databas
 would take it.
 
 Wire format, both ways: frames of a 4-byte big-endian length and a pickle. The API sends
-``[(seq, IngestRecord), ...]``; the child first sends ``("ready", pid)`` or
+``[(seq, to_wire(record)), ...]`` (plain tuples); the child first sends ``("ready", pid)`` or
 ``("failed", reason)``, then one ``[(seq, Outcome), ...]`` per commit. The child never acts
 on a signal (Ctrl-C and systemd signal the whole group): it stops when the API process closes
 its end of the socket, after committing and answering everything it has read, so a graceful
@@ -240,6 +240,7 @@ def _read_jobs(sock: socket.socket, buf: bytearray) -> tuple[list[Job], bool]:
 
 
 def _child_main(sock: socket.socket, settings: Settings) -> None:
+    """What the spawned child runs (looked up by name, so tests can put a stand-in here)."""
     run_writer(sock, settings)
 
 
