@@ -120,10 +120,13 @@ async def load(n: int, concurrency: int = 32) -> int:
         for i in queue:
             who = f"drain-{STAMP}-{i}"
             resp = await client.post(
-                url, content=BODY % (who, who, who), auth=auth,
+                url,
+                content=BODY % (who, who, who),
+                auth=auth,
                 headers={"content-type": "application/json"},
             )
             ok += resp.status_code == 200
+
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         await asyncio.gather(*(one(client) for _ in range(concurrency)))
@@ -153,9 +156,20 @@ def main() -> int:
     fake_log = OUT / "fake-mailmodo.log"
     with fake_log.open("wb") as fh:
         fake = subprocess.Popen(
-            [PYTHON, "-m", "uvicorn", "bench.fake_mailmodo:app", "--port", str(FAKE_PORT),
-             "--no-access-log", "--log-level", "warning"],
-            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "bench.fake_mailmodo:app",
+                "--port",
+                str(FAKE_PORT),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     try:
         wait_port(FAKE_PORT, fake, fake_log)
