@@ -1,4 +1,5 @@
-"""Fixtures for delivery tests: deliverers on the running app's database, a movable clock,
+"""Fixtures for delivery tests: deliverers on the running app's database (the clock is the
+``clock`` fixture of tests/conftest.py),
 and helpers to create deliveries the real way (CleverTap routes over ASGI) and read them back.
 
 The helpers are plain functions so that other test packages can import them too.
@@ -7,10 +8,9 @@ The helpers are plain functions so that other test packages can import them too.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.clock import jitter_rng, utcnow
+from app.clock import utcnow
 from app.config import Settings
 from app.outbox.models import Attempt, Delivery, State
 from app.state import BridgeState
@@ -31,41 +31,6 @@ from tests.conftest import CT_AUTH, profiles_body
 
 #: Every Mailmodo call the bridge makes, whatever the operation and target.
 ANY_CALL = r"^/(api/v1/triggerCampaign|hooks/start|hooks/abort)/[^/]+$"
-
-
-# --- a clock the worker sees ----------------------------------------------------------------
-
-
-class FakeClock:
-    """Real time plus an offset that tests move forward (the worker's view of "now")."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """Moves time for every worker module (claims, leases, pauses, records), not for ingest."""
-    fake = FakeClock()
-    for name, module in list(sys.modules.items()):
-        if name.startswith("app.worker.") and getattr(module, "utcnow", None) is utcnow:
-            monkeypatch.setattr(module, "utcnow", fake.now)
-    return fake
-
-
-@pytest.fixture
-def seeded_jitter() -> Iterator[int]:
-    """A seeded jitter source; the seed is returned so tests can replay the same draws."""
-    seed = 20240611
-    jitter_rng.seed(seed)
-    yield seed
-    jitter_rng.seed()
 
 
 # --- deliverers -----------------------------------------------------------------------------

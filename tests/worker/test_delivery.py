@@ -21,6 +21,7 @@ import respx
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from app.clock import ManualClock
 from app.outbox import repository
 from app.outbox.models import AttemptOutcome, State
 from app.outbox.policy import MAX_RETRY_AFTER, Outcome
@@ -31,7 +32,6 @@ from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
 from tests.worker.conftest import (
     DelivererFactory,
-    FakeClock,
     all_deliveries,
     any_call,
     attempts_of,
@@ -287,7 +287,7 @@ async def test_unavailable_answers_are_retried_on_schedule(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
     status: int,
 ) -> None:
     [delivery_id] = await post_campaign(client, "a@example.com")
@@ -305,7 +305,7 @@ async def test_unavailable_answers_are_retried_on_schedule(
     assert row.finished_at is None
     assert row.reason is not None
     assert f"Mailmodo unavailable: HTTP {status}" in row.reason
-    [expected] = replay_jitter(seeded_jitter, SCHEDULE[0])
+    [expected] = replay_jitter(clock.seed, SCHEDULE[0])
     assert delay_of(row) == pytest.approx(expected, abs=1e-5)
     assert 0.8 <= delay_of(row) <= 1.2
     assert row.next_attempt_at > datetime.now(UTC)
@@ -330,7 +330,7 @@ async def test_timeouts_and_network_errors_are_retried(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
     error: Exception,
     what: str,
 ) -> None:
@@ -345,7 +345,7 @@ async def test_timeouts_and_network_errors_are_retried(
     assert row.last_status_code is None
     assert row.reason is not None
     assert f"Mailmodo {what}" in row.reason
-    [expected] = replay_jitter(seeded_jitter, SCHEDULE[0])
+    [expected] = replay_jitter(clock.seed, SCHEDULE[0])
     assert delay_of(row) == pytest.approx(expected, abs=1e-5)
     [attempt] = attempts_of(state.engine, delivery_id)
     assert attempt.outcome == AttemptOutcome.RETRY
@@ -359,11 +359,11 @@ async def test_backoff_grows_then_dead_with_every_attempt_kept(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
 ) -> None:
     [delivery_id] = await post_campaign(client, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(503, {"message": "down"}))
-    expected = replay_jitter(seeded_jitter, *SCHEDULE)
+    expected = replay_jitter(clock.seed, *SCHEDULE)
 
     for n, want in enumerate(expected, start=1):
         await deliverer.run_once(10)
@@ -418,14 +418,14 @@ async def test_retry_after_shorter_than_schedule_keeps_backoff(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
 ) -> None:
     [delivery_id] = await post_campaign(client, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(500, headers={"Retry-After": "0"}))
 
     await deliverer.run_once(10)
 
-    [expected] = replay_jitter(seeded_jitter, SCHEDULE[0])
+    [expected] = replay_jitter(clock.seed, SCHEDULE[0])
     assert delay_of(get_delivery(state.engine, delivery_id)) == pytest.approx(expected, abs=1e-5)
 
 
@@ -503,11 +503,11 @@ async def test_429_without_retry_after_backs_off_exponentially(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
 ) -> None:
     [delivery_id] = await post_campaign(client, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(429, {"message": "slow down"}))
-    expected = replay_jitter(seeded_jitter, 5.0, 10.0, 20.0)
+    expected = replay_jitter(clock.seed, 5.0, 10.0, 20.0)
 
     for n, want in enumerate(expected, start=1):
         await deliverer.run_once(10)
@@ -678,7 +678,7 @@ async def test_probe_after_pause_sends_one_row_and_success_resumes(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
@@ -712,7 +712,7 @@ async def test_probe_rejected_again_keeps_the_pause(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     deliverer = make_deliverer()
     other = make_deliverer("worker-b")
@@ -741,7 +741,7 @@ async def test_new_api_key_clears_the_pause_at_once(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     old = make_deliverer()
     [first] = await post_campaign(client, "a@example.com")
@@ -775,7 +775,7 @@ async def test_answer_after_pause_other_than_auth_resumes(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     """A probe that reaches Mailmodo and is not refused (here 400) proves the key works."""
     await post_campaign(client, "a@example.com", "b@example.com")
@@ -799,7 +799,7 @@ async def test_crashed_worker_rows_return_after_the_lease(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     crashed = make_deliverer("worker-crashed")
     survivor = make_deliverer("worker-survivor")
@@ -881,7 +881,7 @@ async def test_row_whose_lease_ran_out_while_waiting_for_a_slot_is_not_sent_twic
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     """A 429 with a Retry-After longer than the lease (up to 6 h is accepted) pushes every
     worker's rate slots past the lease of the rows they have already claimed."""
@@ -913,7 +913,7 @@ async def test_call_that_could_outlast_its_lease_is_not_started(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     """Less lease left than a whole call (timeout + margin): given back unsent."""
     [delivery_id] = await post_campaign(client, "a@example.com")

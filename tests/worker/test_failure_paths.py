@@ -9,6 +9,7 @@ import pytest
 import respx
 
 import app.worker.delivery as delivery_module
+from app.clock import ManualClock
 from app.outbox.models import State
 from app.state import BridgeState
 from app.worker import ratelimit
@@ -16,7 +17,6 @@ from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH
 from tests.worker.conftest import (
     DelivererFactory,
-    FakeClock,
     all_deliveries,
     any_call,
     attempts_of,
@@ -55,7 +55,7 @@ async def test_contact_write_is_not_sent_once_the_lease_could_have_moved(
     state: BridgeState,
     mailmodo: respx.MockRouter,
     make_deliverer: DelivererFactory,
-    clock: FakeClock,
+    clock: ManualClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Between the contact read and the write a worker waits for a second rate slot; if its

@@ -16,6 +16,7 @@ import respx
 from asgi_lifespan import LifespanManager
 from sqlalchemy.orm import Session
 
+from app.clock import ManualClock
 from app.config import Settings
 from app.main import create_app
 from app.outbox.models import State
@@ -26,7 +27,6 @@ from app.worker.runner import WorkerRunner
 from tests.conftest import CT_AUTH, make_settings, profiles_body
 from tests.worker.conftest import (
     DelivererFactory,
-    FakeClock,
     all_deliveries,
     any_call,
     attempts_of,
@@ -322,7 +322,7 @@ async def test_outage_then_recovery_delivers_exactly_once(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     emails = ["a@example.com", "b@example.com", "c@example.com"]
     ids = await post_campaign(client, *emails)
@@ -360,7 +360,7 @@ async def test_429_storm_then_recovery_delivers_without_using_attempts(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     emails = ["a@example.com", "b@example.com"]
     ids = await post_campaign(client, *emails)
