@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -30,19 +29,21 @@ from app.state import BridgeState
 from app.upstream import MAX_KEPT_BODY
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
-from tests.worker.conftest import (
-    DelivererFactory,
+from tests.factories import (
     all_deliveries,
-    any_call,
     attempts_of,
     get_delivery,
     make_due,
+    upstream_state,
+)
+from tests.worker.conftest import (
+    DelivererFactory,
+    any_call,
     mm_ok,
     mm_status,
     post_campaign,
     post_ct,
     seconds_between,
-    upstream_state,
 )
 
 SCHEDULE = (1.0, 2.0, 4.0)  # the compressed schedule of the test settings
@@ -474,13 +475,14 @@ async def test_429_defers_without_using_an_attempt_and_honours_retry_after(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
+    clock: ManualClock,
 ) -> None:
     [delivery_id] = await post_campaign(client, "a@example.com")
     any_call(mailmodo).mock(
         return_value=mm_status(429, {"message": "Too many requests"}, {"Retry-After": "17"})
     )
 
-    before = time.time()
+    now = clock.freeze().timestamp()
     stats = await deliverer.run_once(10)
 
     assert stats.outcomes == {"pending": 1}
@@ -495,7 +497,7 @@ async def test_429_defers_without_using_an_attempt_and_honours_retry_after(
     [attempt] = attempts_of(state.engine, delivery_id)
     assert (attempt.number, attempt.outcome, attempt.status_code) == (1, "rate_limited", 429)
     # Every worker holds off: the shared rate slot moved past the Retry-After.
-    assert rate_slot(state) >= before + 17
+    assert rate_slot(state) == pytest.approx(now + 17)
 
 
 async def test_429_without_retry_after_backs_off_exponentially(
@@ -638,7 +640,7 @@ async def test_rejected_key_pauses_without_burning_attempts(
         assert "rejected the credentials" in row.reason
         [attempt] = attempts_of(state.engine, delivery_id)
         assert (attempt.outcome, attempt.status_code) == ("auth_error", status)
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused is True
     assert paused.reason is not None
@@ -693,7 +695,7 @@ async def test_probe_after_pause_sends_one_row_and_success_resumes(
     probe = await deliverer.run_once(10)
     assert probe.claimed == 1
     assert probe.outcomes == {"delivered": 1}
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused is False
     assert paused.reason is None
@@ -726,7 +728,7 @@ async def test_probe_rejected_again_keeps_the_pause(
     # The probe pushed the next one out: another worker does not probe meanwhile.
     assert (await other.run_once(10)).claimed == 0
 
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused is True
     assert paused.probe_at is not None
@@ -747,7 +749,7 @@ async def test_new_api_key_clears_the_pause_at_once(
     [first] = await post_campaign(client, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await old.run_once(10)
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused
 
@@ -760,7 +762,7 @@ async def test_new_api_key_clears_the_pause_at_once(
 
     # Lifting the pause makes the row the 401 held back due at once, with the new one.
     assert stats.claimed == 2
-    resumed = upstream_state(state.engine)
+    resumed = upstream_state(state.engine, "mailmodo")
     assert resumed is not None
     assert resumed.paused is False
     assert get_delivery(state.engine, first).state == State.DELIVERED
@@ -785,7 +787,7 @@ async def test_answer_after_pause_other_than_auth_resumes(
     clock.advance(state.settings.pause_probe_seconds + 1)
     route.mock(return_value=mm_status(400, {"message": "bad email"}))
     await deliverer.run_once(10)
-    resumed = upstream_state(state.engine)
+    resumed = upstream_state(state.engine, "mailmodo")
     assert resumed is not None
     assert resumed.paused is False
     assert (await deliverer.run_once(10)).claimed == 1
@@ -891,7 +893,7 @@ async def test_row_whose_lease_ran_out_while_waiting_for_a_slot_is_not_sent_twic
     route = any_call(mailmodo).mock(return_value=mm_ok())
 
     [claimed] = await asyncio.to_thread(slow.claim, 1)
-    waiting = asyncio.create_task(slow.deliver(claimed, time.time() + 0.3))
+    waiting = asyncio.create_task(slow.deliver(claimed, clock.epoch() + 0.3))
     await asyncio.sleep(0.05)
 
     # Meanwhile the lease runs out; another worker takes the row and delivers it.

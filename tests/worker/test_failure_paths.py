@@ -15,12 +15,14 @@ from app.state import BridgeState
 from app.worker import ratelimit
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH
-from tests.worker.conftest import (
-    DelivererFactory,
+from tests.factories import (
     all_deliveries,
-    any_call,
     attempts_of,
     get_delivery,
+)
+from tests.worker.conftest import (
+    DelivererFactory,
+    any_call,
     post_campaign,
 )
 

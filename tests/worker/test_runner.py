@@ -25,12 +25,14 @@ from app.system.models import WorkerHeartbeat
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.runner import WorkerRunner
 from tests.conftest import CT_AUTH, make_settings, profiles_body
-from tests.worker.conftest import (
-    DelivererFactory,
+from tests.factories import (
     all_deliveries,
-    any_call,
     attempts_of,
     get_delivery,
+)
+from tests.worker.conftest import (
+    DelivererFactory,
+    any_call,
     mm_ok,
     mm_status,
     post_campaign,

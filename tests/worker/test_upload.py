@@ -22,23 +22,25 @@ from app.state import BridgeState
 from app.system.models import UpstreamState
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CLEVERTAP_URL, make_settings
+from tests.factories import (
+    all_deliveries,
+    attempts_of,
+    get_delivery,
+    make_due,
+    upstream_state,
+)
 from tests.worker.conftest_upload import (
     ACCOUNT_HEADERS,
     all_sent,
-    attempts,
     close_to,
     ct_partial,
     ct_success,
-    deliveries,
-    delivery,
     is_paused,
-    make_due,
     opened,
     post_mm,
     running_app,
     sent_records,
     uploader_for,
-    upstream_state,
     wait_until,
 )
 
@@ -78,7 +80,7 @@ def record_for(i: int, **extra: Any) -> dict[str, Any]:
 
 
 def states(state: BridgeState) -> list[str]:
-    return [d.state for d in deliveries(state.engine)]
+    return [d.state for d in all_deliveries(state.engine)]
 
 
 # --- batching and the wire format ------------------------------------------------------------
@@ -104,7 +106,7 @@ async def test_batches_hold_up_to_the_batch_size(
         assert request.headers["Content-Type"] == "application/json"
     assert states(state) == [State.DELIVERED.value] * 25
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.attempts, row.last_status_code, row.reason, row.lease_token) == (
             1,
             200,
@@ -164,9 +166,9 @@ async def test_success_is_delivered_with_an_attempt(
     assert (stats.claimed, stats.outcomes) == (1, {"delivered": 1})
     [[record]] = all_sent(upload)
     assert record == record_for(0, evtData={"Campaign Name": "Welcome"})
-    row = delivery(state.engine, delivery_id)
+    row = get_delivery(state.engine, delivery_id)
     assert (row.state, row.attempts, row.deferrals) == (State.DELIVERED.value, 1, 0)
-    [attempt] = attempts(state.engine, delivery_id)
+    [attempt] = attempts_of(state.engine, delivery_id)
     assert (attempt.number, attempt.outcome, attempt.status_code, attempt.worker_id) == (
         1,
         "delivered",
@@ -188,13 +190,13 @@ async def test_partial_answer_fails_the_skipped_record_for_good(
     stats = await uploader.run_once()
     assert stats.outcomes == {"delivered": 2, "failed": 1}
     assert states(state) == ["delivered", "failed", "delivered"]
-    bad = delivery(state.engine, ids[1])
+    bad = get_delivery(state.engine, ids[1])
     assert bad.attempts == 1
     assert bad.finished_at is not None
     assert bad.reason == (
         f"CleverTap skipped the record: 509: {ERROR_509} Skipped record number : 2"
     )
-    [attempt] = attempts(state.engine, ids[1])
+    [attempt] = attempts_of(state.engine, ids[1])
     assert attempt.outcome == "failed"
     assert attempt.response_body is not None
     assert '"code":509' in attempt.response_body
@@ -212,7 +214,7 @@ async def test_skipped_record_is_matched_by_its_echo_without_a_record_number(
     await make_events(client, 4)
     await uploader.run_once()
     assert states(state) == ["delivered", "delivered", "failed", "delivered"]
-    assert deliveries(state.engine)[2].reason == (
+    assert all_deliveries(state.engine)[2].reason == (
         "CleverTap skipped the record: 526: Invalid objectId"
     )
 
@@ -225,7 +227,7 @@ async def test_several_skipped_records_in_one_answer(
     )
     await make_events(client, 5)
     await uploader.run_once()
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert [(r.state, r.attempts) for r in rows] == [
         ("failed", 1),
         ("delivered", 1),
@@ -243,7 +245,7 @@ async def test_code_555_retries_only_that_record(
     ids = await make_events(client, 3)
     started = utcnow()
     await uploader.run_once()
-    retried = delivery(state.engine, ids[1])
+    retried = get_delivery(state.engine, ids[1])
     assert (retried.state, retried.attempts, retried.finished_at) == ("pending", 1, None)
     assert retried.reason is not None
     assert retried.reason.startswith("CleverTap skipped the record: 555: ")
@@ -256,9 +258,9 @@ async def test_code_555_retries_only_that_record(
     assert (await uploader.run_once()).claimed == 1
     assert [len(r) for r in all_sent(upload)] == [3, 1]
     assert all_sent(upload)[1] == [record_for(1)]
-    row = delivery(state.engine, ids[1])
+    row = get_delivery(state.engine, ids[1])
     assert (row.state, row.attempts, row.reason) == ("delivered", 2, None)
-    assert [a.outcome for a in attempts(state.engine, ids[1])] == ["retry", "delivered"]
+    assert [a.outcome for a in attempts_of(state.engine, ids[1])] == ["retry", "delivered"]
 
 
 async def test_a_record_that_keeps_failing_ends_dead_and_is_not_sent_again(
@@ -273,11 +275,11 @@ async def test_a_record_that_keeps_failing_ends_dead_and_is_not_sent_again(
         make_due(state.engine)
     sent = all_sent(upload)
     assert [len(records) for records in sent] == [2, 1, 1, 1]
-    row = delivery(state.engine, ids[0])
+    row = get_delivery(state.engine, ids[0])
     assert (row.state, row.attempts) == (State.DEAD.value, 4)
     assert row.reason is not None
     assert row.reason.startswith("gave up after 4 attempts; last: CleverTap skipped the record")
-    assert delivery(state.engine, ids[1]).state == State.DELIVERED.value
+    assert get_delivery(state.engine, ids[1]).state == State.DELIVERED.value
 
 
 @pytest.mark.parametrize(
@@ -299,7 +301,7 @@ async def test_a_200_answer_we_cannot_read_is_retried(
     upload.mock(return_value=answer)
     await make_events(client, 2)
     await uploader.run_once()
-    assert [(d.state, d.attempts) for d in deliveries(state.engine)] == [("pending", 1)] * 2
+    assert [(d.state, d.attempts) for d in all_deliveries(state.engine)] == [("pending", 1)] * 2
 
 
 # --- whole-request answers -------------------------------------------------------------------
@@ -314,7 +316,7 @@ async def test_429_defers_everything_without_using_an_attempt(
     stats = await uploader.run_once()
     assert stats.outcomes == {"pending": 3}
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.deferrals, row.last_status_code) == (
             "pending",
             0,
@@ -323,7 +325,7 @@ async def test_429_defers_everything_without_using_an_attempt(
         )
         assert row.reason == "CleverTap throttled: HTTP 429: Too many concurrent requests"
         assert row.next_attempt_at > before
-        assert [a.outcome for a in attempts(state.engine, delivery_id)] == ["rate_limited"]
+        assert [a.outcome for a in attempts_of(state.engine, delivery_id)] == ["rate_limited"]
     assert not is_paused(state.engine)
 
 
@@ -333,7 +335,7 @@ async def test_429_honours_retry_after(
     upload.mock(return_value=httpx.Response(429, headers={"Retry-After": "120"}))
     [delivery_id] = await make_events(client, 1)
     await uploader.run_once()
-    row = delivery(state.engine, delivery_id)
+    row = get_delivery(state.engine, delivery_id)
     assert close_to(row.next_attempt_at, utcnow() + timedelta(seconds=120), seconds=5)
 
 
@@ -366,12 +368,12 @@ async def test_server_errors_and_timeouts_are_retried_with_an_attempt(
     before = utcnow()
     await uploader.run_once()
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.deferrals, row.finished_at) == ("pending", 1, 0, None)
         assert row.reason is not None
         assert row.reason.startswith(reason), row.reason
         assert row.next_attempt_at >= before + timedelta(seconds=0.7)
-        assert [a.outcome for a in attempts(state.engine, delivery_id)] == ["retry"]
+        assert [a.outcome for a in attempts_of(state.engine, delivery_id)] == ["retry"]
     # Once due, the same records go again, together.
     upload.mock(side_effect=ct_success)
     make_due(state.engine)
@@ -391,7 +393,7 @@ async def test_400_is_bisected_and_fails_only_what_it_refuses_for_good(
     ids = await make_events(client, 2)
     await uploader.run_once()
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.last_status_code) == ("failed", 1, 400)
         assert row.reason == "CleverTap refused: HTTP 400: Malformed request"
     # the pair, then each record alone
@@ -419,7 +421,7 @@ async def test_one_refused_record_does_not_take_its_batch_down(
     upload.mock(side_effect=answer)
     ids = await make_events(client, 8)
     await uploader.run_once()
-    states = [delivery(state.engine, i).state for i in ids]
+    states = [get_delivery(state.engine, i).state for i in ids]
     assert states == ["delivered"] * 2 + ["failed"] + ["delivered"] * 5
     assert upload.call_count <= 1 + 2 * 3  # log2(8) levels, two halves each
 
@@ -447,21 +449,21 @@ async def test_401_pauses_clevertap_until_a_probe_succeeds(
     ids = await make_events(client, 3)
     await uploader.run_once()
 
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "clevertap")
     assert paused is not None
     assert paused.paused is True
     assert paused.reason == (
         "CleverTap rejected the credentials: HTTP 401: Account ID is not valid"
     )
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.deferrals, row.last_status_code) == (
             "pending",
             0,
             1,
             401,
         )
-        assert [a.outcome for a in attempts(state.engine, delivery_id)] == ["auth_error"]
+        assert [a.outcome for a in attempts_of(state.engine, delivery_id)] == ["auth_error"]
 
     # While paused nothing is claimed, even rows that are due, and nothing is sent.
     make_due(state.engine)
@@ -474,14 +476,14 @@ async def test_401_pauses_clevertap_until_a_probe_succeeds(
     upload.mock(side_effect=ct_success)
     set_probe_due(state)
     assert (await uploader.run_once()).claimed == 1
-    resumed = upstream_state(state.engine)
+    resumed = upstream_state(state.engine, "clevertap")
     assert resumed is not None
     assert resumed.paused is False
     assert (await uploader.run_once()).claimed == 3
     assert states(state) == ["delivered"] * 4
     assert [len(r) for r in all_sent(upload)] == [3, 1, 3]
     for delivery_id in ids:
-        assert delivery(state.engine, delivery_id).attempts == 1
+        assert get_delivery(state.engine, delivery_id).attempts == 1
 
 
 async def test_a_failed_probe_keeps_the_pause(
@@ -495,8 +497,11 @@ async def test_a_failed_probe_keeps_the_pause(
     assert (await uploader.run_once()).claimed == 1
     assert is_paused(state.engine)
     assert (await uploader.run_once()).claimed == 0
-    assert [a.number for a in attempts(state.engine, deliveries(state.engine)[0].id)] == [1, 2]
-    assert [d.attempts for d in deliveries(state.engine)] == [0, 0]
+    assert [a.number for a in attempts_of(state.engine, all_deliveries(state.engine)[0].id)] == [
+        1,
+        2,
+    ]
+    assert [d.attempts for d in all_deliveries(state.engine)] == [0, 0]
 
 
 async def test_new_credentials_lift_the_pause(
@@ -591,15 +596,15 @@ async def test_batches_partial_answers_and_pause_on_every_backend(
             make_due(state.engine)
             assert (await uploader.run_once()).claimed == 0
         assert [len(r) for r in all_sent(upload)] == [3, 2]
-        assert [(r.state, r.attempts, r.deferrals) for r in deliveries(state.engine)] == [
+        assert [(r.state, r.attempts, r.deferrals) for r in all_deliveries(state.engine)] == [
             ("delivered", 1, 0),
             ("failed", 1, 0),
             ("pending", 1, 0),
             ("pending", 0, 1),
             ("pending", 0, 1),
         ]
-        assert [r.id for r in deliveries(state.engine)] == ids
-        paused = upstream_state(state.engine)
+        assert [r.id for r in all_deliveries(state.engine)] == ids
+        paused = upstream_state(state.engine, "clevertap")
         assert paused is not None
         assert paused.paused is True
 
@@ -659,10 +664,10 @@ async def test_shutdown_gives_a_batch_in_flight_back_unsent(
         await asyncio.wait_for(started.wait(), 10)
         engine = state.engine
     assert time.monotonic() - begun < 10
-    rows = deliveries(engine)
+    rows = all_deliveries(engine)
     assert [r.id for r in rows] == ids
     assert [(r.state, r.attempts, r.deferrals, r.lease_token) for r in rows] == [
         ("pending", 0, 0, None)
     ] * 3
     assert all(r.next_attempt_at <= utcnow() for r in rows)
-    assert all(attempts(engine, i) == [] for i in ids)
+    assert all(attempts_of(engine, i) == [] for i in ids)
