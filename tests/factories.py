@@ -116,6 +116,7 @@ def add_delivery(
     target: str | None = None,
     state: State = State.PENDING,
     payload: dict[str, Any] | str | None = None,
+    data: dict[str, Any] | None = None,
     clevertap_id: str | None = None,
     call_id: int | None = None,
     next_attempt_at: datetime | None = None,
@@ -129,6 +130,7 @@ def add_delivery(
         target=target,
         state=state,
         payload=payload,
+        data=data,
         clevertap_id=clevertap_id,
         call_id=call_id,
         next_attempt_at=next_attempt_at,
@@ -144,6 +146,7 @@ def add_deliveries(
     target: str | None = None,
     state: State = State.PENDING,
     payload: dict[str, Any] | str | None = None,
+    data: dict[str, Any] | None = None,
     clevertap_id: str | None = None,
     call_id: int | None = None,
     next_attempt_at: datetime | None = None,
@@ -153,7 +156,8 @@ def add_deliveries(
     call, as the writer would have stored them; their ids in order.
 
     Upstream and direction follow ``operation``; ``target`` defaults to ``camp-1`` (the event
-    name for an upload); the payload to ``trigger_payload``/``event_payload``. Rows are due
+    name for an upload); the payload to ``trigger_payload``/``event_payload`` (with ``data``
+    as the recipient's data or the event's properties). Rows are due
     one second ago unless ``next_attempt_at`` says otherwise. ``values`` sets any other column
     (``attempts``, ``deferrals``, ``lease_token``, ``leased_by``, ``reason``, ``created_at`` …).
     A call is made for them unless ``call_id`` names one.
@@ -174,7 +178,11 @@ def add_deliveries(
     rows = []
     for email in emails or ("a@example.com",):
         if payload is None:
-            stored = event_payload(target) if upload else trigger_payload(operation, email or "")
+            stored = (
+                event_payload(target, data)
+                if upload
+                else trigger_payload(operation, email or "", data)
+            )
         else:
             stored = payload
         row: dict[str, Any] = {

@@ -30,6 +30,7 @@ from app.upstream import MAX_KEPT_BODY
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
 from tests.factories import (
+    add_deliveries,
     all_deliveries,
     attempts_of,
     get_delivery,
@@ -41,7 +42,6 @@ from tests.worker.conftest import (
     any_call,
     mm_ok,
     mm_status,
-    post_campaign,
     post_ct,
     seconds_between,
 )
@@ -69,7 +69,12 @@ async def test_campaign_trigger_posts_stored_payload_with_api_key(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "Ann@Example.com", campaign_id="camp-42")
+    [delivery_id] = add_deliveries(
+        state.engine,
+        "Ann@Example.com",
+        target="camp-42",
+        data={"clevertap_id": "__obj0", "promocode": "MT50"},
+    )
     route = mailmodo.post("/api/v1/triggerCampaign/camp-42").mock(return_value=mm_ok())
 
     stats = await deliverer.run_once(10)
@@ -84,7 +89,7 @@ async def test_campaign_trigger_posts_stored_payload_with_api_key(
     row = get_delivery(state.engine, delivery_id)
     assert request.content == row.payload.encode()
     sent = orjson.loads(request.content)
-    assert sent["email"] == "Ann@Example.com"  # as CleverTap sent it; the row keys on lower case
+    assert sent["email"] == "Ann@Example.com"  # as stored; the row keys on lower case
     assert row.email == "ann@example.com"
     assert sent["data"]["clevertap_id"] == "__obj0"
     assert sent["data"]["promocode"] == "MT50"
@@ -176,7 +181,7 @@ async def test_success_is_delivered_and_ref_kept(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_ok("ref-123"))
 
     await deliverer.run_once(10)
@@ -253,7 +258,7 @@ async def test_refusals_fail_for_good_with_reason(
     body: Any,
     fragments: list[str],
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(status, body))
 
     stats = await deliverer.run_once(10)
@@ -291,7 +296,7 @@ async def test_unavailable_answers_are_retried_on_schedule(
     clock: ManualClock,
     status: int,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(status))
 
     stats = await deliverer.run_once(10)
@@ -335,7 +340,7 @@ async def test_timeouts_and_network_errors_are_retried(
     error: Exception,
     what: str,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(side_effect=error)
 
     await deliverer.run_once(10)
@@ -362,7 +367,7 @@ async def test_backoff_grows_then_dead_with_every_attempt_kept(
     mailmodo: respx.MockRouter,
     clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(503, {"message": "down"}))
     expected = replay_jitter(clock.seed, *SCHEDULE)
 
@@ -404,7 +409,7 @@ async def test_retry_after_seconds_is_honoured_when_longer(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(503, headers={"Retry-After": "30"}))
 
     await deliverer.run_once(10)
@@ -421,7 +426,7 @@ async def test_retry_after_shorter_than_schedule_keeps_backoff(
     mailmodo: respx.MockRouter,
     clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(500, headers={"Retry-After": "0"}))
 
     await deliverer.run_once(10)
@@ -436,7 +441,7 @@ async def test_retry_after_http_date_is_honoured(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     any_call(mailmodo).mock(return_value=mm_status(503, headers={"Retry-After": when}))
 
@@ -453,7 +458,7 @@ async def test_absurd_retry_after_is_capped(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(502, headers={"Retry-After": "9999999"}))
 
     await deliverer.run_once(10)
@@ -477,7 +482,7 @@ async def test_429_defers_without_using_an_attempt_and_honours_retry_after(
     mailmodo: respx.MockRouter,
     clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(
         return_value=mm_status(429, {"message": "Too many requests"}, {"Retry-After": "17"})
     )
@@ -507,7 +512,7 @@ async def test_429_without_retry_after_backs_off_exponentially(
     mailmodo: respx.MockRouter,
     clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(429, {"message": "slow down"}))
     expected = replay_jitter(clock.seed, 5.0, 10.0, 20.0)
 
@@ -526,7 +531,7 @@ async def test_429s_never_use_up_the_attempts(
     mailmodo: respx.MockRouter,
 ) -> None:
     """More 429s than the schedule has attempts, and the row is still delivered."""
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     storm = [mm_status(429) for _ in range(6)]
     route = any_call(mailmodo).mock(side_effect=[*storm, mm_ok("after-storm")])
 
@@ -553,7 +558,7 @@ async def test_attempt_rows_record_every_call_in_order(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(
         side_effect=[
             mm_status(503, {"message": "maintenance"}),
@@ -592,7 +597,7 @@ async def test_huge_response_body_is_kept_truncated_to_2kb(
     mailmodo: respx.MockRouter,
     status: int,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     # Multi-byte characters, so truncation must not split one.
     huge = orjson.dumps({"success": True, "ref": "r-1", "junk": "é€" * 5000}).decode()
     any_call(mailmodo).mock(return_value=httpx.Response(status, text=huge))
@@ -624,7 +629,7 @@ async def test_rejected_key_pauses_without_burning_attempts(
     mailmodo: respx.MockRouter,
     status: int,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
     any_call(mailmodo).mock(return_value=mm_status(status, {"message": "Invalid apiKey"}))
 
     stats = await deliverer.run_once(10)
@@ -661,14 +666,14 @@ async def test_paused_upstream_claims_nothing_before_the_probe(
     mailmodo: respx.MockRouter,
 ) -> None:
     deliverer = make_deliverer()
-    await post_campaign(client, "a@example.com", "b@example.com")
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401, {"message": "Invalid apiKey"}))
     await deliverer.run_once(10)
     assert route.call_count == 2
 
     # While paused nothing is claimed, even rows that are due, by any worker with that key.
     make_due(state.engine)
-    await post_campaign(client, "c@example.com", campaign_id="camp-2")
+    add_deliveries(state.engine, "c@example.com", target="camp-2")
     assert (await deliverer.run_once(10)).claimed == 0
     assert (await make_deliverer("worker-b").run_once(10)).claimed == 0
     assert route.call_count == 2
@@ -682,7 +687,7 @@ async def test_probe_after_pause_sends_one_row_and_success_resumes(
     mailmodo: respx.MockRouter,
     clock: ManualClock,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com", "c@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await deliverer.run_once(10)
     assert route.call_count == 3
@@ -718,7 +723,7 @@ async def test_probe_rejected_again_keeps_the_pause(
 ) -> None:
     deliverer = make_deliverer()
     other = make_deliverer("worker-b")
-    await post_campaign(client, "a@example.com", "b@example.com")
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(403))
     await deliverer.run_once(10)
 
@@ -746,7 +751,7 @@ async def test_new_api_key_clears_the_pause_at_once(
     clock: ManualClock,
 ) -> None:
     old = make_deliverer()
-    [first] = await post_campaign(client, "a@example.com")
+    [first] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await old.run_once(10)
     paused = upstream_state(state.engine, "mailmodo")
@@ -756,7 +761,7 @@ async def test_new_api_key_clears_the_pause_at_once(
     # The operator fixes the key and restarts: no waiting for the probe.
     new = make_deliverer(mailmodo_api_key="new-key")
     route.mock(return_value=mm_ok())
-    [second] = await post_campaign(client, "b@example.com", campaign_id="camp-2")
+    [second] = add_deliveries(state.engine, "b@example.com", target="camp-2")
 
     stats = await new.run_once(10)
 
@@ -780,7 +785,7 @@ async def test_answer_after_pause_other_than_auth_resumes(
     clock: ManualClock,
 ) -> None:
     """A probe that reaches Mailmodo and is not refused (here 400) proves the key works."""
-    await post_campaign(client, "a@example.com", "b@example.com")
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await deliverer.run_once(10)
 
@@ -805,7 +810,7 @@ async def test_crashed_worker_rows_return_after_the_lease(
 ) -> None:
     crashed = make_deliverer("worker-crashed")
     survivor = make_deliverer("worker-survivor")
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok("from-survivor"))
 
     # The first worker claims, then "crashes": it never calls Mailmodo nor records anything.
@@ -866,7 +871,7 @@ async def test_claim_takes_only_due_rows_up_to_the_limit(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, *(f"u{i}@example.com" for i in range(5)))
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(5)))
     any_call(mailmodo).mock(return_value=mm_ok())
 
     first = await deliverer.run_once(2)
@@ -889,7 +894,7 @@ async def test_row_whose_lease_ran_out_while_waiting_for_a_slot_is_not_sent_twic
     worker's rate slots past the lease of the rows they have already claimed."""
     slow = make_deliverer("worker-slow")
     fast = make_deliverer("worker-fast")
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
 
     [claimed] = await asyncio.to_thread(slow.claim, 1)
@@ -918,7 +923,7 @@ async def test_call_that_could_outlast_its_lease_is_not_started(
     clock: ManualClock,
 ) -> None:
     """Less lease left than a whole call (timeout + margin): given back unsent."""
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
     [claimed] = await asyncio.to_thread(deliverer.claim, 1)
 

@@ -16,6 +16,7 @@ from app.worker import ratelimit
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH
 from tests.factories import (
+    add_deliveries,
     all_deliveries,
     attempts_of,
     get_delivery,
@@ -23,7 +24,6 @@ from tests.factories import (
 from tests.worker.conftest import (
     DelivererFactory,
     any_call,
-    post_campaign,
 )
 
 
@@ -40,7 +40,7 @@ async def test_an_unreadable_answer_is_a_recorded_retry_not_a_silent_loop(
             200, stream=httpx.ByteStream(b"not gzip at all"), headers={"Content-Encoding": "gzip"}
         )
     )
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     stats = await deliverer.run_once(10)
     assert stats.outcomes == {"pending": 1}
     row = get_delivery(state.engine, delivery_id)

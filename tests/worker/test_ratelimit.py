@@ -25,6 +25,7 @@ from app.worker.delivery import MailmodoDeliverer
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 from tests.conftest import make_settings
 from tests.factories import (
+    add_deliveries,
     attempts_of,
     get_delivery,
 )
@@ -33,7 +34,6 @@ from tests.worker.conftest import (
     any_call,
     mm_ok,
     mm_status,
-    post_campaign,
     reset_rate_slots,
 )
 
@@ -198,7 +198,7 @@ async def test_waiting_for_a_slot_uses_no_attempt(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     sent_at: list[float] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -234,7 +234,7 @@ async def test_stop_while_waiting_for_a_slot_releases_unsent(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
     await deliverer.limiter.reserve(1)
     await deliverer.limiter.hold_off(30)
@@ -266,7 +266,7 @@ async def test_429_retry_after_holds_off_other_workers(
 ) -> None:
     throttled = make_deliverer("worker-a")
     other = make_deliverer("worker-b")
-    await post_campaign(client, "a@example.com")
+    add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(429, headers={"Retry-After": "3"}))
     now = clock.freeze().timestamp()
 
