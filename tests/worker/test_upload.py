@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.outbox.models import State
@@ -23,6 +24,7 @@ from app.system.models import UpstreamState
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CLEVERTAP_URL, make_settings
 from tests.factories import (
+    add_events,
     all_deliveries,
     attempts_of,
     get_delivery,
@@ -57,14 +59,12 @@ def upload(clevertap_api: respx.MockRouter) -> respx.Route:
     return clevertap_api.post("/1/upload")
 
 
-async def make_events(client: httpx.AsyncClient, n: int, **extra: Any) -> list[int]:
-    """``n`` opened events for distinct known profiles, in id order."""
+def make_events(engine: Engine, n: int, data: dict[str, Any] | None = None) -> list[int]:
+    """``n`` opened events for distinct known profiles (``__u<i>``), in id order, written
+    directly (not through the Mailmodo callback parser)."""
     ids: list[int] = []
     for i in range(n):
-        answer = await post_mm(
-            client, opened(f"u{i}@example.com", clevertap_id=f"__u{i}", event_id=f"e{i}", **extra)
-        )
-        ids.extend(answer["ids"])
+        ids += add_events(engine, f"u{i}@example.com", clevertap_id=f"__u{i}", data=data)
     return ids
 
 
@@ -90,7 +90,7 @@ async def test_batches_hold_up_to_the_batch_size(
     client: httpx.AsyncClient, state: BridgeState, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_success)
-    ids = await make_events(client, 25)
+    ids = make_events(state.engine, 25)
     settings = make_settings(state.settings.database_url, clevertap_batch_size=10)
     async with uploader_for(state.engine, settings) as small:
         claimed = [(await small.run_once()).claimed for _ in range(4)]
@@ -161,7 +161,7 @@ async def test_success_is_delivered_with_an_attempt(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_success)
-    [delivery_id] = await make_events(client, 1, campaign_name="Welcome")
+    [delivery_id] = make_events(state.engine, 1, {"Campaign Name": "Welcome"})
     stats = await uploader.run_once()
     assert (stats.claimed, stats.outcomes) == (1, {"delivered": 1})
     [[record]] = all_sent(upload)
@@ -186,7 +186,7 @@ async def test_partial_answer_fails_the_skipped_record_for_good(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_partial({2: (509, ERROR_509)}))
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     stats = await uploader.run_once()
     assert stats.outcomes == {"delivered": 2, "failed": 1}
     assert states(state) == ["delivered", "failed", "delivered"]
@@ -211,7 +211,7 @@ async def test_skipped_record_is_matched_by_its_echo_without_a_record_number(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_partial({3: (526, "Invalid objectId")}, number_in_error=False))
-    await make_events(client, 4)
+    make_events(state.engine, 4)
     await uploader.run_once()
     assert states(state) == ["delivered", "delivered", "failed", "delivered"]
     assert all_deliveries(state.engine)[2].reason == (
@@ -225,7 +225,7 @@ async def test_several_skipped_records_in_one_answer(
     upload.mock(
         side_effect=ct_partial({1: (522, "Too many properties."), 4: (555, "Server error.")})
     )
-    await make_events(client, 5)
+    make_events(state.engine, 5)
     await uploader.run_once()
     rows = all_deliveries(state.engine)
     assert [(r.state, r.attempts) for r in rows] == [
@@ -242,7 +242,7 @@ async def test_code_555_retries_only_that_record(
 ) -> None:
     first = ct_partial({2: (555, "Something went wrong.")})
     upload.mock(side_effect=lambda request: (first if not upload.calls else ct_success)(request))
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     started = utcnow()
     await uploader.run_once()
     retried = get_delivery(state.engine, ids[1])
@@ -269,7 +269,7 @@ async def test_a_record_that_keeps_failing_ends_dead_and_is_not_sent_again(
     """555 every time: retried along the schedule (3 delays here), then dead; its neighbours
     are delivered meanwhile and never held back."""
     upload.mock(side_effect=ct_partial({1: (555, "Server error.")}))
-    ids = await make_events(client, 2)
+    ids = make_events(state.engine, 2)
     for _ in range(6):
         await uploader.run_once()
         make_due(state.engine)
@@ -299,7 +299,7 @@ async def test_a_200_answer_we_cannot_read_is_retried(
     answer: httpx.Response,
 ) -> None:
     upload.mock(return_value=answer)
-    await make_events(client, 2)
+    make_events(state.engine, 2)
     await uploader.run_once()
     assert [(d.state, d.attempts) for d in all_deliveries(state.engine)] == [("pending", 1)] * 2
 
@@ -311,7 +311,7 @@ async def test_429_defers_everything_without_using_an_attempt(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(429, text="Too many concurrent requests"))
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     before = utcnow()
     stats = await uploader.run_once()
     assert stats.outcomes == {"pending": 3}
@@ -333,7 +333,7 @@ async def test_429_honours_retry_after(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(429, headers={"Retry-After": "120"}))
-    [delivery_id] = await make_events(client, 1)
+    [delivery_id] = make_events(state.engine, 1)
     await uploader.run_once()
     row = get_delivery(state.engine, delivery_id)
     assert close_to(row.next_attempt_at, utcnow() + timedelta(seconds=120), seconds=5)
@@ -364,7 +364,7 @@ async def test_server_errors_and_timeouts_are_retried_with_an_attempt(
         upload.mock(side_effect=answer)
     else:
         upload.mock(return_value=answer)
-    ids = await make_events(client, 2)
+    ids = make_events(state.engine, 2)
     before = utcnow()
     await uploader.run_once()
     for delivery_id in ids:
@@ -390,7 +390,7 @@ async def test_400_is_bisected_and_fails_only_what_it_refuses_for_good(
             400, json={"status": "fail", "error": "Malformed request", "code": 400}
         )
     )
-    ids = await make_events(client, 2)
+    ids = make_events(state.engine, 2)
     await uploader.run_once()
     for delivery_id in ids:
         row = get_delivery(state.engine, delivery_id)
@@ -419,7 +419,7 @@ async def test_one_refused_record_does_not_take_its_batch_down(
         )
 
     upload.mock(side_effect=answer)
-    ids = await make_events(client, 8)
+    ids = make_events(state.engine, 8)
     await uploader.run_once()
     states = [get_delivery(state.engine, i).state for i in ids]
     assert states == ["delivered"] * 2 + ["failed"] + ["delivered"] * 5
@@ -446,7 +446,7 @@ async def test_401_pauses_clevertap_until_a_probe_succeeds(
             401, json={"status": "fail", "error": "Account ID is not valid", "code": 401}
         )
     )
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     await uploader.run_once()
 
     paused = upstream_state(state.engine, "clevertap")
@@ -467,7 +467,7 @@ async def test_401_pauses_clevertap_until_a_probe_succeeds(
 
     # While paused nothing is claimed, even rows that are due, and nothing is sent.
     make_due(state.engine)
-    await post_mm(client, opened("late@example.com", clevertap_id="__late"))  # new, due now
+    add_events(state.engine, "late@example.com", clevertap_id="__late")  # new, due now
     for _ in range(3):
         assert (await uploader.run_once()).claimed == 0
     assert upload.call_count == 1
@@ -490,7 +490,7 @@ async def test_a_failed_probe_keeps_the_pause(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(401, json={"error": "Account ID is not valid"}))
-    await make_events(client, 2)
+    make_events(state.engine, 2)
     await uploader.run_once()
     make_due(state.engine)
     set_probe_due(state)
@@ -508,7 +508,7 @@ async def test_new_credentials_lift_the_pause(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(401, json={"error": "Account ID is not valid"}))
-    await make_events(client, 2)
+    make_events(state.engine, 2)
     await uploader.run_once()
     make_due(state.engine)
     upload.mock(side_effect=ct_success)
@@ -586,8 +586,8 @@ async def test_runner_keeps_full_batches_going_without_lingering(
 async def test_batches_partial_answers_and_pause_on_every_backend(
     database_url: str, upload: respx.Route
 ) -> None:
-    async with running_app(make_settings(database_url, clevertap_batch_size=3)) as (client, state):
-        ids = await make_events(client, 5)
+    async with running_app(make_settings(database_url, clevertap_batch_size=3)) as (_client, state):
+        ids = make_events(state.engine, 5)
         async with uploader_for(state.engine, state.settings) as uploader:
             upload.mock(side_effect=ct_partial({2: (509, ERROR_509), 3: (555, "Busy.")}))
             assert (await uploader.run_once()).claimed == 3
@@ -659,8 +659,8 @@ async def test_shutdown_gives_a_batch_in_flight_back_unsent(
         sqlite_url, embedded_worker=True, clevertap_linger_ms=0, shutdown_grace_seconds=0.2
     )
     begun = time.monotonic()
-    async with running_app(settings) as (client, state):
-        ids = await make_events(client, 3)
+    async with running_app(settings) as (_client, state):
+        ids = make_events(state.engine, 3)
         await asyncio.wait_for(started.wait(), 10)
         engine = state.engine
     assert time.monotonic() - begun < 10
