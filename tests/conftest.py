@@ -20,6 +20,8 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
+from app import clock as app_clock
+from app.clock import ManualClock
 from app.config import Settings
 from app.db import create_db_engine
 from app.main import create_app
@@ -62,6 +64,21 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+#: The seed of the jitter draws under the ``clock`` fixture (``clock.seed``).
+JITTER_SEED = 20240611
+
+
+@pytest.fixture
+def clock() -> Iterator[ManualClock]:
+    """The time every module reads (``utcnow``, the rate limiter) and the jitter source, under
+    the test's control: real time that ``clock.advance(seconds)`` moves forward (running apps
+    and workers keep seeing time pass); ``clock.freeze()`` stops it; jitter is seeded with
+    ``JITTER_SEED`` so its draws can be replayed."""
+    manual = ManualClock(ticking=True, seed=JITTER_SEED)
+    with app_clock.use(manual):
+        yield manual
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,15 @@ from app.clock import utcnow
 from app.config import Settings, get_settings
 from app.state import BridgeState
 from app.system import repository as system_repo
-from tests.admin.conftest import age_rows, post_campaign, row_of, set_rows
+from tests.admin.conftest import (
+    age_rows,
+    post_campaign,
+    row_of,
+)
 from tests.conftest import CLEVERTAP_URL, CT_AUTH, MAILMODO_KEY, MAILMODO_URL
+from tests.factories import (
+    set_rows,
+)
 
 runner = CliRunner()
 

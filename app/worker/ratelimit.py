@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from sqlalchemy.engine import Engine
 
+from app.clock import epoch
 from app.system import repository
 
 
@@ -19,7 +19,7 @@ class SharedRateLimiter:
         self.interval = 1.0 / rate_per_second
 
     def _reserve(self, count: int) -> list[float]:
-        now = time.time()
+        now = epoch()
         with self._engine.begin() as conn:
             start = repository.reserve_rate_slot(
                 conn, self.name, now=now, interval=self.interval * count
@@ -38,12 +38,13 @@ class SharedRateLimiter:
 
     async def hold_off(self, seconds: float) -> None:
         """The upstream asked everyone to wait (429 Retry-After): no slot before then."""
-        await asyncio.to_thread(self._push, time.time() + seconds)
+        await asyncio.to_thread(self._push, epoch() + seconds)
 
 
 async def wait_until(when: float, stop: asyncio.Event | None = None) -> bool:
-    """Sleep until epoch ``when``; False if ``stop`` was set first."""
-    delay = when - time.time()
+    """Sleep until epoch ``when`` (by the clock of ``app.clock``); False if ``stop`` was set
+    first."""
+    delay = when - epoch()
     if delay <= 0:
         return not (stop is not None and stop.is_set())
     if stop is None:

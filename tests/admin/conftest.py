@@ -1,5 +1,5 @@
 """Helpers for the admin tests: deliveries created the real way (the webhook routes), then moved
-to the state a test needs by updating their rows, as a worker would have."""
+to the state a test needs by updating their rows (``tests.factories``), as a worker would have."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
-from app.outbox.models import Attempt, Delivery, InboundCall
+from app.outbox.models import Delivery, InboundCall
 from app.state import BridgeState
 from tests.conftest import ADMIN_TOKEN, CT_AUTH, MM_SECRET, profiles_body
 
@@ -39,13 +39,6 @@ async def post_activity(client: httpx.AsyncClient, email: str, event: str = "ope
     return ids
 
 
-def set_rows(engine: Engine, ids: list[int], **values: Any) -> None:
-    """Move deliveries as a worker (or time) would have: state, timestamps, lease."""
-    values.setdefault("updated_at", utcnow())
-    with engine.begin() as conn:
-        conn.execute(update(Delivery).where(Delivery.id.in_(ids)).values(**values))
-
-
 def age_rows(engine: Engine, ids: list[int], days: float) -> datetime:
     """Make deliveries and their inbound calls look ``days`` old; returns that moment."""
     then = utcnow() - timedelta(days=days)
@@ -58,23 +51,6 @@ def age_rows(engine: Engine, ids: list[int], days: float) -> datetime:
         calls = select(Delivery.inbound_call_id).where(Delivery.id.in_(ids))
         conn.execute(update(InboundCall).where(InboundCall.id.in_(calls)).values(received_at=then))
     return then
-
-
-def add_attempt(engine: Engine, delivery_id: int, number: int = 1, **values: Any) -> None:
-    row: dict[str, Any] = {
-        "delivery_id": delivery_id,
-        "number": number,
-        "started_at": utcnow(),
-        "duration_ms": 12.5,
-        "status_code": 500,
-        "outcome": "retry",
-        "error": "Mailmodo unavailable: HTTP 500",
-        "response_body": '{"message": "boom"}',
-        "worker_id": "test-worker",
-    }
-    row.update(values)
-    with engine.begin() as conn:
-        conn.execute(Attempt.__table__.insert(), [row])
 
 
 def row_of(engine: Engine, delivery_id: int) -> Any:

@@ -18,14 +18,16 @@ from app.system import repository as system_repo
 from app.worker.runner import build_mailmodo_deliverer
 from tests.admin.conftest import (
     AUTH,
-    add_attempt,
     age_rows,
     post_activity,
     post_campaign,
     row_of,
-    set_rows,
 )
 from tests.conftest import ADMIN_TOKEN, CT_AUTH
+from tests.factories import (
+    add_attempt,
+    set_rows,
+)
 
 ROUTES = [
     ("GET", "/admin/deliveries"),

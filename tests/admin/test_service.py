@@ -23,8 +23,16 @@ from app.main import create_app
 from app.outbox.models import State, Upstream
 from app.state import BridgeState
 from app.system.migrations import upgrade
-from tests.admin.conftest import add_attempt, age_rows, post_campaign, row_of, set_rows
+from tests.admin.conftest import (
+    age_rows,
+    post_campaign,
+    row_of,
+)
 from tests.conftest import CLEVERTAP_URL, MAILMODO_KEY, MAILMODO_URL, make_settings
+from tests.factories import (
+    add_attempt,
+    set_rows,
+)
 
 # --- on both databases -------------------------------------------------------------------------
 

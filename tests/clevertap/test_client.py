@@ -19,16 +19,18 @@ from app.state import BridgeState
 from app.upstream import UpstreamTimeout, UpstreamUnreachable
 from app.worker.runner import build_clevertap_uploader
 from tests.conftest import CLEVERTAP_URL, make_settings
+from tests.factories import (
+    all_deliveries,
+    upstream_state,
+)
 from tests.worker.conftest_upload import (
     ACCOUNT_HEADERS,
     all_sent,
     ct_success,
-    deliveries,
     opened,
     post_mm,
     running_app,
     uploader_for,
-    upstream_state,
     wait_until,
 )
 
@@ -164,7 +166,7 @@ async def test_without_an_api_url_the_region_host_is_used(
         await uploader.run_once()
     [records] = all_sent(route)
     assert records[0]["objectId"] == "__c"
-    assert deliveries(state.engine)[0].state == State.DELIVERED.value
+    assert all_deliveries(state.engine)[0].state == State.DELIVERED.value
 
 
 # --- readiness -------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ async def test_readiness_unconfigured_clevertap_fails_once_events_wait(
         assert checks["clevertap"] == {"ok": True, "configured": False, "hint": UNCONFIGURED_HINT}
         await post_mm(client, body)
         status, checks = await ready_checks(client)
-        assert deliveries(state.engine)[0].state in ("pending", "parked")
+        assert all_deliveries(state.engine)[0].state in ("pending", "parked")
     assert status == 503
     assert checks["clevertap"] == {"ok": False, "configured": False, "hint": UNCONFIGURED_HINT}
 
@@ -234,7 +236,9 @@ async def test_readiness_paused_clevertap_is_not_ready(
         checks = await wait_ready(client)
         assert checks["clevertap"] == {"ok": True, "configured": True}
         await post_mm(client, opened(clevertap_id="__c"))
-        await wait_until(lambda: bool(getattr(upstream_state(state.engine), "paused", False)))
+        await wait_until(
+            lambda: bool(getattr(upstream_state(state.engine, "clevertap"), "paused", False))
+        )
         status, checks = await ready_checks(client)
     assert status == 503
     clevertap = checks["clevertap"]

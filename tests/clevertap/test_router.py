@@ -20,10 +20,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-import app.clevertap.service as service_module
 import app.main as main_module
-import app.outbox.writer as writer_module
-from app.clock import utcnow
+from app.clock import ManualClock, utcnow
 from app.config import Settings
 from app.db import create_db_engine
 from app.identity.models import Identity
@@ -910,17 +908,15 @@ async def short_window(sqlite_url: str) -> AsyncIterator[Bridge]:
 
 
 async def test_outside_the_window_the_same_call_is_accepted_again(
-    short_window: Bridge, monkeypatch: pytest.MonkeyPatch
+    short_window: Bridge, clock: ManualClock
 ) -> None:
     body = profiles_body("a@x.io")
     first = await short_window.post(CAMPAIGN.format("c"), body)
     again = await short_window.post(CAMPAIGN.format("c"), body)
     assert again.json()["duplicates"] == 1
 
-    later = utcnow() + timedelta(seconds=5)
     # The clock moves on for everybody: the handler stamps the call, the writer the window.
-    monkeypatch.setattr(writer_module, "utcnow", lambda: later)
-    monkeypatch.setattr(service_module, "utcnow", lambda: later)
+    clock.advance(5)
     third = await short_window.post(CAMPAIGN.format("c"), body)
     assert third.json()["accepted"] == 1
     assert third.json()["ids"] != first.json()["ids"]
@@ -940,10 +936,12 @@ async def test_outside_the_window_the_same_call_is_accepted_again(
     assert len(short_window.deliveries()) == 2
 
 
-async def test_window_expiry_in_real_time(short_window: Bridge) -> None:
+async def test_window_expiry_just_past_the_window(short_window: Bridge, clock: ManualClock) -> None:
     body = {"email": "a@x.io"}
     assert (await short_window.post(CAMPAIGN.format("c"), body)).json()["accepted"] == 1
-    await asyncio.sleep(1.1)
+    clock.advance(0.5)
+    assert (await short_window.post(CAMPAIGN.format("c"), body)).json()["duplicates"] == 1
+    clock.advance(0.6)  # 1.1 s after the first call: past the 1 s window
     assert (await short_window.post(CAMPAIGN.format("c"), body)).json()["accepted"] == 1
 
 

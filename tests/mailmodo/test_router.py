@@ -16,12 +16,14 @@ from app.mailmodo.callbacks import normalise_event_type
 from app.outbox.models import CallStatus, State
 from app.state import BridgeState
 from tests.conftest import CT_SECRET, MM_SECRET, _reset_postgres, make_settings
+from tests.factories import (
+    all_calls,
+    all_deliveries,
+    payload_of,
+)
 from tests.worker.conftest_upload import (
-    calls,
-    deliveries,
     events_path,
     opened,
-    payload,
     post_mm,
     running_app,
 )
@@ -80,9 +82,9 @@ def event_rows(state: BridgeState) -> list[dict[str, Any]]:
             "clevertap_id": d.clevertap_id,
             "state": d.state,
             "attempts": d.attempts,
-            "payload": payload(d),
+            "payload": payload_of(d),
         }
-        for d in deliveries(state.engine)
+        for d in all_deliveries(state.engine)
     ]
 
 
@@ -101,8 +103,8 @@ def mm_row(email: str, clevertap_id: str | None, body: dict[str, Any]) -> dict[s
 
 
 def assert_nothing_stored(state: BridgeState) -> None:
-    assert calls(state.engine) == []
-    assert deliveries(state.engine) == []
+    assert all_calls(state.engine) == []
+    assert all_deliveries(state.engine) == []
 
 
 # --- authentication --------------------------------------------------------------------------
@@ -170,7 +172,7 @@ async def test_activity_event_is_stored_as_one_clevertap_event(
         headers={"Content-Type": "application/json", "X-Request-ID": "req-42"},
     )
     assert resp.status_code == 200, resp.text
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert resp.json() == {"accepted": 1, "duplicates": 0, "skipped": 0, "ids": [rows[0].id]}
     assert event_rows(state) == [
         mm_row(
@@ -189,7 +191,7 @@ async def test_activity_event_is_stored_as_one_clevertap_event(
             },
         )
     ]
-    [call] = calls(state.engine)
+    [call] = all_calls(state.engine)
     assert (call.source, call.route, call.target) == ("mailmodo", "mailmodo.events", None)
     assert (call.status, call.http_status, call.item_count) == (CallStatus.ACCEPTED.value, 200, 1)
     assert call.body == raw.decode()
@@ -220,12 +222,12 @@ async def test_each_activity_event_type_on_both_routes(
     await post_mm(client, path_only, event)
     overridden = {**in_body, "event": "bounced", "ts": 1700000002}
     await post_mm(client, overridden, event)
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert [r.target for r in rows] == [name, name, name]
-    assert [payload(r)["evtName"] for r in rows] == [name, name, name]
-    assert [payload(r)["ts"] for r in rows] == [1700000000, 1700000001, 1700000002]
+    assert [payload_of(r)["evtName"] for r in rows] == [name, name, name]
+    assert [payload_of(r)["ts"] for r in rows] == [1700000000, 1700000001, 1700000002]
     # The call records the event the path named (as given or normalised).
-    targets = [c.target for c in calls(state.engine)]
+    targets = [c.target for c in all_calls(state.engine)]
     assert targets[0] is None
     assert [normalise_event_type(t or "") for t in targets[1:]] == [normalise_event_type(event)] * 2
 
@@ -236,11 +238,11 @@ async def test_activity_event_without_timestamp_uses_the_time_of_arrival(
     before = int(utcnow().timestamp())
     await post_mm(client, {"event": "clicked", "email": "a@example.com", "link_url": "https://x"})
     after = int(utcnow().timestamp())
-    [row] = deliveries(state.engine)
-    ts = payload(row)["ts"]
+    [row] = all_deliveries(state.engine)
+    ts = payload_of(row)["ts"]
     assert isinstance(ts, int)
     assert before <= ts <= after
-    assert payload(row)["evtData"] == {"Link URL": "https://x"}
+    assert payload_of(row)["evtData"] == {"Link URL": "https://x"}
 
 
 async def test_an_array_of_activity_events(client: httpx.AsyncClient, state: BridgeState) -> None:
@@ -249,13 +251,13 @@ async def test_an_array_of_activity_events(client: httpx.AsyncClient, state: Bri
         {"event": "bounced", "email": "b@example.com", "clevertap_id": "__b", "event_id": "e2"},
     ]
     answer = await post_mm(client, body)
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert answer == {"accepted": 2, "duplicates": 0, "skipped": 0, "ids": [r.id for r in rows]}
     assert [(r.email, r.clevertap_id, r.target) for r in rows] == [
         ("a@example.com", "__a", "MM Email Opened"),
         ("b@example.com", "__b", "MM Email Bounced"),
     ]
-    assert len(calls(state.engine)) == 1
+    assert len(all_calls(state.engine)) == 1
 
 
 async def test_activity_form_submission_gives_two_events(
@@ -271,7 +273,7 @@ async def test_activity_form_submission_gives_two_events(
         "form_response": {"q1": "yes", "q2": ["a", "b"]},
     }
     answer = await post_mm(client, body)
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert answer["accepted"] == 2
     assert answer["ids"] == [r.id for r in rows]
     assert event_rows(state) == [
@@ -314,9 +316,9 @@ async def test_journey_card_takes_its_event_from_the_path(
     before = int(utcnow().timestamp())
     answer = await post_mm(client, JOURNEY_CARD, "opened")
     after = int(utcnow().timestamp())
-    [row] = deliveries(state.engine)
+    [row] = all_deliveries(state.engine)
     assert answer == {"accepted": 1, "duplicates": 0, "skipped": 0, "ids": [row.id]}
-    body = payload(row)
+    body = payload_of(row)
     assert before <= body["ts"] <= after
     assert event_rows(state) == [
         mm_row(
@@ -336,7 +338,7 @@ async def test_journey_card_takes_its_event_from_the_path(
             },
         )
     ]
-    [call] = calls(state.engine)
+    [call] = all_calls(state.engine)
     assert call.target == "opened"
     assert call.dedup_key == (
         "mailmodo.events:id:journey:5d31c2b4-2222-4a84-acd3-834cae80231b:"
@@ -359,9 +361,9 @@ async def test_journey_card_event_properties_become_event_data(
         }
     }
     await post_mm(client, body, "clicked")
-    [row] = deliveries(state.engine)
-    assert payload(row)["evtName"] == "MM Email Link Clicked"
-    assert payload(row)["evtData"] == {
+    [row] = all_deliveries(state.engine)
+    assert payload_of(row)["evtName"] == "MM Email Link Clicked"
+    assert payload_of(row)["evtData"] == {
         "Name": "APPLE iPhone 13",
         "Price": "829",
         "Currency": "USD",
@@ -387,9 +389,9 @@ async def test_journey_card_with_form_submission_data_is_a_form_submission(
         }
     }
     answer = await post_mm(client, body)
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert answer == {"accepted": 2, "duplicates": 0, "skipped": 0, "ids": [r.id for r in rows]}
-    summary, detail = (payload(r) for r in rows)
+    summary, detail = (payload_of(r) for r in rows)
     assert [r.target for r in rows] == [
         "MM Email Form Submitted",
         "MM Campaign-testing Form Submitted",
@@ -417,7 +419,7 @@ async def test_journey_card_with_form_submission_data_is_a_form_submission(
         "Response ID": "ad20a980-4fce-44b6-887d-2236df514a76",
         "Campaign Name": "Campaign-testing",
     }
-    [call] = calls(state.engine)
+    [call] = all_calls(state.engine)
     assert call.dedup_key == "mailmodo.events:id:ad20a980-4fce-44b6-887d-2236df514a76"
 
 
@@ -428,7 +430,7 @@ async def test_flat_form_webhook_gives_summary_and_answers_events(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:
     answer = await post_mm(client, FORM_WEBHOOK)
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert answer == {"accepted": 2, "duplicates": 0, "skipped": 0, "ids": [r.id for r in rows]}
     assert event_rows(state) == [
         mm_row(
@@ -481,7 +483,7 @@ async def test_form_answers_event_is_named_after_template_else_campaign_else_for
 ) -> None:
     body = copy.deepcopy(FORM_WEBHOOK) | extra
     await post_mm(client, body)
-    assert [r.target for r in deliveries(state.engine)] == ["MM Email Form Submitted", name]
+    assert [r.target for r in all_deliveries(state.engine)] == ["MM Email Form Submitted", name]
 
 
 # --- what the bridge refuses ----------------------------------------------------------------
@@ -490,14 +492,14 @@ async def test_form_answers_event_is_named_after_template_else_campaign_else_for
 async def assert_rejected(
     state: BridgeState, status: int, reason_start: str, target: str | None = None
 ) -> None:
-    [call] = calls(state.engine)
+    [call] = all_calls(state.engine)
     assert call.status == CallStatus.REJECTED.value
     assert call.http_status == status
     assert (call.source, call.route, call.target) == ("mailmodo", "mailmodo.events", target)
     assert call.reason is not None
     assert call.reason.startswith(reason_start), call.reason
     assert call.dedup_key is None
-    assert deliveries(state.engine) == []
+    assert all_deliveries(state.engine) == []
 
 
 async def test_unknown_shape_is_422_with_what_is_missing_and_kept(
@@ -513,7 +515,7 @@ async def test_unknown_shape_is_422_with_what_is_missing_and_kept(
     assert answer["detail"]["missing"] == ["event"]
     assert answer["detail"]["keys"] == ["count", "hello"]
     await assert_rejected(state, 422, "unknown payload shape")
-    assert calls(state.engine)[0].body == raw.decode()
+    assert all_calls(state.engine)[0].body == raw.decode()
 
 
 @pytest.mark.parametrize(
@@ -591,7 +593,7 @@ async def test_malformed_json_is_400_and_kept(
     assert resp.status_code == 400
     assert resp.json()["error"] == "malformed JSON"
     await assert_rejected(state, 400, "malformed JSON", "opened")
-    assert calls(state.engine)[0].body == raw.decode()
+    assert all_calls(state.engine)[0].body == raw.decode()
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
@@ -617,7 +619,7 @@ async def test_json_like_or_missing_content_type_is_accepted(
     assert ("content-type" in request.headers) == (content_type is not None)
     resp = await client.send(request)
     assert resp.status_code == 200, resp.text
-    assert len(deliveries(state.engine)) == 1
+    assert len(all_deliveries(state.engine)) == 1
 
 
 @pytest.fixture
@@ -642,7 +644,7 @@ async def test_body_over_the_limit_is_413_and_kept_truncated(
     assert resp.status_code == 413
     assert resp.json()["detail"]["limit_bytes"] == 1024
     await assert_rejected(state, 413, "body too large", "opened")
-    assert calls(state.engine)[0].body_truncated is True
+    assert all_calls(state.engine)[0].body_truncated is True
 
 
 async def test_streamed_body_over_the_limit_is_413_and_kept_truncated(
@@ -661,7 +663,7 @@ async def test_streamed_body_over_the_limit_is_413_and_kept_truncated(
     )
     assert resp.status_code == 413
     await assert_rejected(state, 413, "body too large")
-    [call] = calls(state.engine)
+    [call] = all_calls(state.engine)
     assert call.body_truncated is True
     assert call.body == raw[:256].decode()
 
@@ -677,7 +679,7 @@ async def test_body_at_the_limit_is_accepted(
         events_path(), content=raw, headers={"Content-Type": "application/json"}
     )
     assert resp.status_code == 200, resp.text
-    assert len(deliveries(state.engine)) == 1
+    assert len(all_deliveries(state.engine)) == 1
 
 
 # --- PostgreSQL: values the columns cannot hold ----------------------------------------------
@@ -717,9 +719,9 @@ async def test_unstorable_values_are_refused_and_kept_on_postgres(
     async with running_app(make_settings(postgres_server)) as (client, state):
         resp = await client.post(events_path(), content=raw, headers={"Content-Type": content_type})
         assert resp.status_code == status, resp.text
-        [call] = calls(state.engine)
+        [call] = all_calls(state.engine)
         assert (call.status, call.http_status) == (CallStatus.REJECTED.value, status)
-        assert deliveries(state.engine) == []
+        assert all_deliveries(state.engine) == []
 
 
 async def test_body_hash_key_names_the_normalised_path_event(database_url: str) -> None:
@@ -729,4 +731,4 @@ async def test_body_hash_key_names_the_normalised_path_event(database_url: str) 
         for spelling in ("Opened", "email_opened", "opened" + "-" * 300):
             answer = await post_mm(client, body, spelling)
             assert answer == {"accepted": 0, "duplicates": 1, "skipped": 0, "ids": first["ids"]}
-        assert len(deliveries(state.engine)) == 1
+        assert len(all_deliveries(state.engine)) == 1

@@ -18,17 +18,19 @@ from app.clock import utcnow
 from app.outbox.models import CallStatus, Delivery, InboundCall, State
 from app.state import BridgeState
 from tests.conftest import make_settings
+from tests.factories import (
+    all_calls,
+    all_deliveries,
+    all_identities,
+    payload_of,
+)
 from tests.worker.conftest_upload import (
     ACCOUNT_HEADERS,
     all_sent,
-    calls,
     close_to,
     ct_success,
-    deliveries,
-    identities,
     learn_identity,
     opened,
-    payload,
     post_mm,
     running_app,
     uploader_for,
@@ -74,7 +76,7 @@ async def assert_duplicate(
     event: str | None = None,
 ) -> None:
     """``body`` is answered as a duplicate of the call that answered ``first``."""
-    before = [d.id for d in deliveries(state.engine)]
+    before = [d.id for d in all_deliveries(state.engine)]
     answer = await post_mm(client, body, event)
     assert answer == {
         "accepted": 0,
@@ -82,11 +84,11 @@ async def assert_duplicate(
         "skipped": 0,
         "ids": first["ids"],
     }
-    original, dup = calls(state.engine)[-2:]
+    original, dup = all_calls(state.engine)[-2:]
     assert dup.status == CallStatus.DUPLICATE.value
     assert dup.reason == f"duplicate of call {original.id}"
     assert dup.dedup_key is None
-    assert [d.id for d in deliveries(state.engine)] == before  # nothing new to send
+    assert [d.id for d in all_deliveries(state.engine)] == before  # nothing new to send
     assert set(first["ids"]) <= set(before)
 
 
@@ -110,7 +112,7 @@ async def test_same_event_id_of_another_event_is_not_a_duplicate(
     await post_mm(client, opened(event_id="evt-1", clevertap_id="__a"))
     answer = await post_mm(client, opened(event_id="evt-2", clevertap_id="__a"))
     assert answer["accepted"] == 1
-    assert len(deliveries(state.engine)) == 2
+    assert len(all_deliveries(state.engine)) == 2
 
 
 async def test_same_response_id_twice_is_a_duplicate(
@@ -146,11 +148,11 @@ async def test_different_path_events_with_the_same_journey_body_are_not_duplicat
     await post_mm(client, JOURNEY, "opened")
     answer = await post_mm(client, JOURNEY, "clicked")
     assert answer["accepted"] == 1
-    assert [d.target for d in deliveries(state.engine)] == [
+    assert [d.target for d in all_deliveries(state.engine)] == [
         "MM Email Opened",
         "MM Email Link Clicked",
     ]
-    assert [c.status for c in calls(state.engine)] == ["accepted", "accepted"]
+    assert [c.status for c in all_calls(state.engine)] == ["accepted", "accepted"]
 
 
 @pytest.mark.parametrize(
@@ -168,7 +170,7 @@ async def test_another_part_of_the_journey_tuple_is_not_a_duplicate(
     await post_mm(client, JOURNEY, "opened")
     answer = await post_mm(client, JOURNEY | changed, "opened")
     assert answer["accepted"] == 1
-    assert len(deliveries(state.engine)) == 2
+    assert len(all_deliveries(state.engine)) == 2
 
 
 async def test_without_ids_the_body_hash_decides(
@@ -176,7 +178,7 @@ async def test_without_ids_the_body_hash_decides(
 ) -> None:
     body = opened(clevertap_id="__a")  # no event_id
     first = await post_mm(client, body)
-    key = calls(state.engine)[0].dedup_key
+    key = all_calls(state.engine)[0].dedup_key
     assert key is not None
     assert key.startswith("mailmodo.events::sha256:")
     await assert_duplicate(client, state, first, body)
@@ -186,7 +188,7 @@ async def test_without_ids_the_body_hash_decides(
     # ... and so does the same body for another path event.
     answer = await post_mm(client, body, "clicked")
     assert answer["accepted"] == 1
-    assert [d.target for d in deliveries(state.engine)] == [
+    assert [d.target for d in all_deliveries(state.engine)] == [
         "MM Email Opened",
         "MM Email Opened",
         "MM Email Link Clicked",
@@ -198,7 +200,7 @@ async def test_journey_card_without_ids_falls_back_to_the_body_hash(
 ) -> None:
     body = {"triggerData": {"email": "jo@example.com", "data": {"clevertap_id": "__j"}}}
     first = await post_mm(client, body, "opened")
-    key = calls(state.engine)[0].dedup_key
+    key = all_calls(state.engine)[0].dedup_key
     assert key is not None
     assert key.startswith("mailmodo.events:opened:sha256:")
     await assert_duplicate(client, state, first, body, "opened")
@@ -221,7 +223,7 @@ async def test_past_the_dedup_window_the_same_id_is_new_again(sqlite_url: str) -
             conn.execute(update(InboundCall).values(received_at=utcnow() - timedelta(minutes=5)))
         answer = await post_mm(client, opened(event_id="evt-1", clevertap_id="__a"))
         assert answer["accepted"] == 1
-        assert len(deliveries(state.engine)) == 2
+        assert len(all_deliveries(state.engine)) == 2
 
 
 async def test_dedup_window_zero_turns_deduplication_off(sqlite_url: str) -> None:
@@ -229,8 +231,8 @@ async def test_dedup_window_zero_turns_deduplication_off(sqlite_url: str) -> Non
         for _ in range(2):
             answer = await post_mm(client, opened(event_id="evt-1", clevertap_id="__a"))
             assert answer["accepted"] == 1
-        assert [c.dedup_key for c in calls(state.engine)] == [None, None]
-        assert len(deliveries(state.engine)) == 2
+        assert [c.dedup_key for c in all_calls(state.engine)] == [None, None]
+        assert len(all_deliveries(state.engine)) == 2
 
 
 # --- the CleverTap ID ------------------------------------------------------------------------
@@ -264,9 +266,9 @@ async def test_clevertap_id_from_the_payload_wins(
     client: httpx.AsyncClient, state: BridgeState, body: dict[str, Any], event: str | None
 ) -> None:
     await learn_identity(client, "id@example.com")  # the table says __obj0
-    assert identities(state.engine) == {"id@example.com": "__obj0"}
+    assert all_identities(state.engine) == {"id@example.com": "__obj0"}
     answer = await post_mm(client, body, event)
-    rows = [d for d in deliveries(state.engine) if d.upstream == "clevertap"]
+    rows = [d for d in all_deliveries(state.engine) if d.upstream == "clevertap"]
     assert [d.id for d in rows] == answer["ids"]
     assert {(d.email, d.clevertap_id, d.state) for d in rows} == {
         ("id@example.com", "__payload", State.PENDING.value)
@@ -278,7 +280,7 @@ async def test_clevertap_id_from_the_identity_table(
 ) -> None:
     await learn_identity(client, "Bob@Example.com")
     await post_mm(client, opened("bob@EXAMPLE.com"))
-    [row] = [d for d in deliveries(state.engine) if d.upstream == "clevertap"]
+    [row] = [d for d in all_deliveries(state.engine) if d.upstream == "clevertap"]
     assert (row.email, row.clevertap_id, row.state, row.reason) == (
         "bob@example.com",
         "__obj0",
@@ -292,7 +294,7 @@ async def test_callback_with_an_id_teaches_the_identity_table(
 ) -> None:
     await post_mm(client, opened("kim@example.com", clevertap_id="__kim", event_id="e1"))
     await post_mm(client, opened("kim@example.com", event_id="e2"))
-    assert [(d.clevertap_id, d.state) for d in deliveries(state.engine)] == [
+    assert [(d.clevertap_id, d.state) for d in all_deliveries(state.engine)] == [
         ("__kim", "pending"),
         ("__kim", "pending"),
     ]
@@ -305,7 +307,7 @@ async def test_unknown_recipient_is_parked(client: httpx.AsyncClient, state: Bri
     assert state.settings.unresolved_identity.value == "park"
     answer = await post_mm(client, opened("pat@example.com"))
     assert answer["accepted"] == 1
-    [row] = deliveries(state.engine)
+    [row] = all_deliveries(state.engine)
     assert (row.state, row.clevertap_id, row.finished_at) == (State.PARKED.value, None, None)
     assert row.reason is not None
     assert row.reason.startswith("waiting for a CleverTap ID for this email until ")
@@ -322,7 +324,7 @@ async def test_park_release_upload(
     await post_mm(client, opened("pat@example.com", event_id="e1"))
     await post_mm(client, FORM | {"recipientEmail": "pat@example.com", "recipientData": {}})
     await post_mm(client, opened("other@example.com", event_id="e2"))
-    assert {d.state for d in deliveries(state.engine)} == {State.PARKED.value}
+    assert {d.state for d in all_deliveries(state.engine)} == {State.PARKED.value}
 
     async with uploader_for(state.engine, state.settings) as uploader:
         assert (await uploader.run_once()).claimed == 0  # parked rows are never claimed
@@ -331,7 +333,7 @@ async def test_park_release_upload(
         await learn_identity(client, "PAT@example.com")  # CleverTap calls with __obj0
         mine: list[Delivery] = []
         others: list[Delivery] = []
-        for d in deliveries(state.engine):
+        for d in all_deliveries(state.engine):
             if d.upstream == "clevertap":
                 (mine if d.email == "pat@example.com" else others).append(d)
         assert len(mine) == 3
@@ -359,7 +361,7 @@ async def test_park_release_upload(
         "ts": 1700000000,
         "objectId": "__obj0",
     }
-    after = [d for d in deliveries(state.engine) if d.upstream == "clevertap"]
+    after = [d for d in all_deliveries(state.engine) if d.upstream == "clevertap"]
     assert [d.state for d in after if d.email == "pat@example.com"] == [State.DELIVERED.value] * 3
     assert [d.state for d in after if d.email == "other@example.com"] == [State.PARKED.value]
 
@@ -369,7 +371,7 @@ async def test_a_callback_carrying_the_id_releases_parked_events(
 ) -> None:
     await post_mm(client, opened("pat@example.com", event_id="e1"))
     await post_mm(client, {"event": "clicked", "email": "pat@example.com", "clevertap_id": "__p"})
-    assert [(d.state, d.clevertap_id) for d in deliveries(state.engine)] == [
+    assert [(d.state, d.clevertap_id) for d in all_deliveries(state.engine)] == [
         (State.PENDING.value, "__p"),
         (State.PENDING.value, "__p"),
     ]
@@ -398,7 +400,7 @@ async def test_email_mode_uploads_with_identity_email(
     await post_mm(client, opened("Eve@Example.com", event_id="e1"))
     await learn_identity(client, "known@example.com")
     await post_mm(client, opened("known@example.com", event_id="e2"))
-    rows = [d for d in deliveries(state.engine) if d.upstream == "clevertap"]
+    rows = [d for d in all_deliveries(state.engine) if d.upstream == "clevertap"]
     assert [(d.state, d.clevertap_id) for d in rows] == [
         (State.PENDING.value, None),
         (State.PENDING.value, "__obj0"),  # a known ID is still preferred
@@ -422,7 +424,7 @@ async def test_email_mode_uploads_with_identity_email(
             "objectId": "__obj0",
         },
     ]
-    assert {d.state for d in deliveries(state.engine) if d.upstream == "clevertap"} == {
+    assert {d.state for d in all_deliveries(state.engine) if d.upstream == "clevertap"} == {
         State.DELIVERED.value
     }
 
@@ -433,7 +435,7 @@ async def test_drop_mode_keeps_the_event_as_dropped_and_never_uploads_it(
     client, state = drop_mode
     route = clevertap_api.post("/1/upload").mock(side_effect=ct_success)
     answer = await post_mm(client, opened("dan@example.com"))
-    [row] = deliveries(state.engine)
+    [row] = all_deliveries(state.engine)
     assert answer["ids"] == [row.id]
     assert row.state == State.DROPPED.value
     assert row.clevertap_id is None
@@ -444,8 +446,8 @@ async def test_drop_mode_keeps_the_event_as_dropped_and_never_uploads_it(
     async with uploader_for(state.engine, state.settings) as uploader:
         assert (await uploader.run_once()).claimed == 0
     assert route.call_count == 0
-    assert deliveries(state.engine)[0].state == State.DROPPED.value
-    assert payload(deliveries(state.engine)[0])["evtName"] == "MM Email Opened"
+    assert all_deliveries(state.engine)[0].state == State.DROPPED.value
+    assert payload_of(all_deliveries(state.engine)[0])["evtName"] == "MM Email Opened"
 
 
 # --- the same on PostgreSQL ------------------------------------------------------------------
@@ -460,11 +462,14 @@ async def test_duplicates_and_identities_on_every_backend(database_url: str) -> 
         assert (await post_mm(client, JOURNEY, "clicked"))["accepted"] == 1
         await learn_identity(client, "A@example.com", "jo@example.com")
         await post_mm(client, opened("jo@example.com", event_id="evt-2"))
-        rows = [d for d in deliveries(state.engine) if d.upstream == "clevertap"]
+        rows = [d for d in all_deliveries(state.engine) if d.upstream == "clevertap"]
         assert [(d.email, d.target, d.state, d.clevertap_id) for d in rows] == [
             ("a@example.com", "MM Email Opened", "pending", "__obj0"),
             ("jo@example.com", "MM Email Opened", "pending", "__obj1"),
             ("jo@example.com", "MM Email Link Clicked", "pending", "__obj1"),
             ("jo@example.com", "MM Email Opened", "pending", "__obj1"),
         ]
-        assert identities(state.engine) == {"a@example.com": "__obj0", "jo@example.com": "__obj1"}
+        assert all_identities(state.engine) == {
+            "a@example.com": "__obj0",
+            "jo@example.com": "__obj1",
+        }

@@ -5,47 +5,35 @@ doing both on its own."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
 import respx
-from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.identity.models import Identity
 from app.outbox import repository
 from app.outbox.models import State
 from app.state import BridgeState
 from tests.conftest import make_settings
+from tests.factories import add_events, add_identity, add_parked, all_deliveries, get_delivery
 from tests.worker.conftest_upload import (
     all_sent,
     close_to,
     ct_success,
-    deliveries,
-    delivery,
     learn_identity,
     opened,
     post_mm,
     running_app,
-    set_next_attempt,
     uploader_for,
     wait_until,
 )
 
 
-def add_identity(state: BridgeState, email: str, clevertap_id: str) -> None:
-    """An identity committed by another transaction (another replica's ingest)."""
-    with Session(state.engine) as session, session.begin():
-        session.add(
-            Identity(email=email, clevertap_id=clevertap_id, source="test", updated_at=utcnow())
-        )
-
-
-async def park(client: httpx.AsyncClient, email: str, event_id: str) -> int:
-    answer = await post_mm(client, opened(email, event_id=event_id))
-    [delivery_id] = answer["ids"]
-    return int(delivery_id)
+def park(state: BridgeState, email: str, *, until: datetime | None = None) -> int:
+    """An event parked for want of a CleverTap ID, written directly (not through ingest)."""
+    [delivery_id] = add_parked(state.engine, email, until=until)
+    return delivery_id
 
 
 # --- expiry ----------------------------------------------------------------------------------
@@ -54,25 +42,24 @@ async def park(client: httpx.AsyncClient, email: str, event_id: str) -> int:
 async def test_parked_past_the_ttl_becomes_dead(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:
-    old = await park(client, "old@example.com", "e1")
-    young = await park(client, "young@example.com", "e2")
-    due = await post_mm(client, opened("ok@example.com", clevertap_id="__ok", event_id="e3"))
-    set_next_attempt(state.engine, [old, *due["ids"]], utcnow() - timedelta(minutes=1))
+    old = park(state, "old@example.com", until=utcnow() - timedelta(minutes=1))
+    young = park(state, "young@example.com")
+    [due] = add_events(state.engine, "ok@example.com", clevertap_id="__ok")
 
     now = utcnow()
     with state.engine.begin() as conn:
         expired = repository.expire_parked(conn, now=now, ttl_hours=72)
     assert expired == 1
 
-    row = delivery(state.engine, old)
+    row = get_delivery(state.engine, old)
     assert row.state == State.DEAD.value
     assert row.reason == (
         "no CleverTap ID for this email arrived within 72 h (BRIDGE_PARK_TTL_HOURS)"
     )
     assert row.finished_at == now
-    assert delivery(state.engine, young).state == State.PARKED.value
+    assert get_delivery(state.engine, young).state == State.PARKED.value
     # A pending row that is merely due is not touched.
-    assert delivery(state.engine, due["ids"][0]).state == State.PENDING.value
+    assert get_delivery(state.engine, due).state == State.PENDING.value
 
     with state.engine.begin() as conn:
         assert repository.expire_parked(conn, now=utcnow(), ttl_hours=72) == 0
@@ -81,22 +68,22 @@ async def test_parked_past_the_ttl_becomes_dead(
 async def test_an_expired_event_stays_dead_when_its_identity_arrives(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:
-    old = await park(client, "late@example.com", "e1")
-    set_next_attempt(state.engine, [old], utcnow() - timedelta(seconds=1))
+    old = park(state, "late@example.com", until=utcnow() - timedelta(seconds=1))
     with state.engine.begin() as conn:
         repository.expire_parked(conn, now=utcnow(), ttl_hours=72)
     await learn_identity(client, "late@example.com")
     with state.engine.begin() as conn:
         assert repository.release_resolvable_parked(conn, now=utcnow()) == 0
-    row = delivery(state.engine, old)
+    row = get_delivery(state.engine, old)
     assert (row.state, row.clevertap_id) == (State.DEAD.value, None)
 
 
 async def test_the_park_ttl_comes_from_the_setting(sqlite_url: str) -> None:
     async with running_app(make_settings(sqlite_url, park_ttl_hours=2)) as (client, state):
         before = utcnow()
-        delivery_id = await park(client, "p@example.com", "e1")
-        row = delivery(state.engine, delivery_id)
+        answer = await post_mm(client, opened("p@example.com", event_id="e1"))
+        [delivery_id] = answer["ids"]
+        row = get_delivery(state.engine, delivery_id)
         assert close_to(row.next_attempt_at, before + timedelta(hours=2))
         assert row.reason is not None
         assert row.reason.endswith(row.next_attempt_at.isoformat())
@@ -109,25 +96,25 @@ async def test_release_resolvable_parked_picks_up_identities_from_other_transact
     client: httpx.AsyncClient, state: BridgeState, clevertap_api: respx.MockRouter
 ) -> None:
     route = clevertap_api.post("/1/upload").mock(side_effect=ct_success)
-    carl = await park(client, "carl@example.com", "e1")
-    carl_again = await park(client, "carl@example.com", "e2")
-    other = await park(client, "other@example.com", "e3")
-    add_identity(state, "carl@example.com", "__concurrent")
+    carl = park(state, "carl@example.com")
+    carl_again = park(state, "carl@example.com")
+    other = park(state, "other@example.com")
+    add_identity(state.engine, "carl@example.com", "__concurrent")
     # Nothing has released them yet: the identity was committed after they were parked.
-    assert delivery(state.engine, carl).state == State.PARKED.value
+    assert get_delivery(state.engine, carl).state == State.PARKED.value
 
     now = utcnow()
     with state.engine.begin() as conn:
         assert repository.release_resolvable_parked(conn, now=now) == 2
     for delivery_id in (carl, carl_again):
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.clevertap_id, row.reason) == (
             State.PENDING.value,
             "__concurrent",
             None,
         )
         assert row.next_attempt_at == now
-    assert delivery(state.engine, other).state == State.PARKED.value
+    assert get_delivery(state.engine, other).state == State.PARKED.value
     with state.engine.begin() as conn:
         assert repository.release_resolvable_parked(conn, now=utcnow()) == 0
 
@@ -135,15 +122,15 @@ async def test_release_resolvable_parked_picks_up_identities_from_other_transact
         assert (await uploader.run_once()).claimed == 2
     [records] = all_sent(route)
     assert [r["objectId"] for r in records] == ["__concurrent", "__concurrent"]
-    assert delivery(state.engine, carl).state == State.DELIVERED.value
-    assert delivery(state.engine, other).state == State.PARKED.value
+    assert get_delivery(state.engine, carl).state == State.DELIVERED.value
+    assert get_delivery(state.engine, other).state == State.PARKED.value
 
 
 async def test_release_parked_keys_rows_by_the_id_just_learnt(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:
-    a = await park(client, "a@example.com", "e1")
-    b = await park(client, "b@example.com", "e2")
+    a = park(state, "a@example.com")
+    b = park(state, "b@example.com")
     now = utcnow()
     with state.engine.begin() as conn:
         repository.release_parked(
@@ -154,11 +141,11 @@ async def test_release_parked_keys_rows_by_the_id_just_learnt(
             ],
             now=now,
         )
-    assert (delivery(state.engine, a).state, delivery(state.engine, a).clevertap_id) == (
+    assert (get_delivery(state.engine, a).state, get_delivery(state.engine, a).clevertap_id) == (
         State.PENDING.value,
         "__a",
     )
-    assert delivery(state.engine, b).state == State.PARKED.value
+    assert get_delivery(state.engine, b).state == State.PARKED.value
 
 
 # --- the worker's housekeeping ---------------------------------------------------------------
@@ -169,15 +156,14 @@ async def test_the_worker_releases_and_expires_parked_events_by_itself(
 ) -> None:
     route = clevertap_api.post("/1/upload").mock(side_effect=ct_success)
     settings = make_settings(sqlite_url, embedded_worker=True, clevertap_linger_ms=20)
-    async with running_app(settings) as (client, state):
-        waits = await park(client, "waits@example.com", "e1")
-        stale = await park(client, "stale@example.com", "e2")
-        set_next_attempt(state.engine, [stale], utcnow() - timedelta(seconds=1))
-        add_identity(state, "waits@example.com", "__found")
+    async with running_app(settings) as (_client, state):
+        waits = park(state, "waits@example.com")
+        stale = park(state, "stale@example.com", until=utcnow() - timedelta(seconds=1))
+        add_identity(state.engine, "waits@example.com", "__found")
 
         expected = {waits: State.DELIVERED.value, stale: State.DEAD.value}
-        await wait_until(lambda: {d.id: d.state for d in deliveries(state.engine)} == expected)
-        assert {d.id: d.state for d in deliveries(state.engine)} == expected
+        await wait_until(lambda: {d.id: d.state for d in all_deliveries(state.engine)} == expected)
+        assert {d.id: d.state for d in all_deliveries(state.engine)} == expected
     [records] = all_sent(route)
     assert [(r["objectId"], r["evtName"]) for r in records] == [("__found", "MM Email Opened")]
 
@@ -198,31 +184,30 @@ async def test_park_release_expire_and_upload_on_every_backend(
 ) -> None:
     client, state = anydb
     route = clevertap_api.post("/1/upload").mock(side_effect=ct_success)
-    by_call = await park(client, "Call@Example.com", "e1")
-    by_table = await park(client, "table@example.com", "e2")
-    expires = await park(client, "gone@example.com", "e3")
-    stays = await park(client, "stays@example.com", "e4")
+    by_call = park(state, "Call@Example.com")
+    by_table = park(state, "table@example.com")
+    expires = park(state, "gone@example.com", until=utcnow() - timedelta(seconds=1))
+    stays = park(state, "stays@example.com")
 
     # Released inside the ingest transaction of the CleverTap call that teaches the ID.
     await learn_identity(client, "call@example.com")
-    row = delivery(state.engine, by_call)
+    row = get_delivery(state.engine, by_call)
     assert (row.state, row.clevertap_id, row.reason) == (State.PENDING.value, "__obj0", None)
 
     # Released by housekeeping when the ID was committed by another transaction.
-    add_identity(state, "table@example.com", "__table")
-    set_next_attempt(state.engine, [expires], utcnow() - timedelta(seconds=1))
+    add_identity(state.engine, "table@example.com", "__table")
     with state.engine.begin() as conn:
         assert repository.release_resolvable_parked(conn, now=utcnow()) == 1
         assert repository.expire_parked(conn, now=utcnow(), ttl_hours=72) == 1
-    assert delivery(state.engine, by_table).clevertap_id == "__table"
-    assert delivery(state.engine, expires).state == State.DEAD.value
-    assert delivery(state.engine, stays).state == State.PARKED.value
+    assert get_delivery(state.engine, by_table).clevertap_id == "__table"
+    assert get_delivery(state.engine, expires).state == State.DEAD.value
+    assert get_delivery(state.engine, stays).state == State.PARKED.value
 
     async with uploader_for(state.engine, state.settings) as uploader:
         assert (await uploader.run_once()).claimed == 2
     [records] = all_sent(route)
     assert sorted(r["objectId"] for r in records) == ["__obj0", "__table"]
-    assert [delivery(state.engine, i).state for i in (by_call, by_table, expires, stays)] == [
+    assert [get_delivery(state.engine, i).state for i in (by_call, by_table, expires, stays)] == [
         State.DELIVERED.value,
         State.DELIVERED.value,
         State.DEAD.value,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.clock import jitter, jitter_rng
+from app.clock import ManualClock, jitter
 from app.outbox.models import AttemptOutcome, State
 from app.outbox.policy import (
     MAX_RETRY_AFTER,
@@ -31,10 +30,9 @@ SEED = 424242
 
 
 @pytest.fixture(autouse=True)
-def seeded() -> Iterator[None]:
-    jitter_rng.seed(SEED)
-    yield
-    jitter_rng.seed()
+def seeded(clock: ManualClock) -> None:
+    """Jitter draws start from SEED (through the one clock every module reads)."""
+    clock.reseed(SEED)
 
 
 def draws(*delays: float) -> list[float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import app.outbox.writer as writer_module
-from app.clock import utcnow
+from app.clock import ManualClock, utcnow
 from app.db import create_db_engine
 from app.identity.models import Identity
 from app.outbox import repository
@@ -257,9 +256,7 @@ async def test_duplicates_inside_one_batch(
     assert sorted(statuses) == ["accepted"] * 3 + ["duplicate"] * 3
 
 
-async def test_duplicates_across_batches_and_the_window(
-    db: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_duplicates_across_batches_and_the_window(db: Engine, clock: ManualClock) -> None:
     writer = IngestWriter(db, dedup_window_seconds=60)
     writer.start()
     try:
@@ -268,8 +265,7 @@ async def test_duplicates_across_batches_and_the_window(
         assert (a.duplicate, b.duplicate) == (False, True)
         assert b.delivery_ids == a.delivery_ids
         assert b.call_id == a.call_id
-        later = utcnow() + timedelta(seconds=61)
-        monkeypatch.setattr(writer_module, "utcnow", lambda: later)
+        clock.advance(61)
         c = await writer.submit(record("a@x.io", key="k"))
         assert c.duplicate is False
         assert c.delivery_ids != a.delivery_ids

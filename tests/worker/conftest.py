@@ -1,5 +1,8 @@
-"""Fixtures for delivery tests: deliverers on the running app's database, a movable clock,
-and helpers to create deliveries the real way (CleverTap routes over ASGI) and read them back.
+"""Fixtures for delivery tests: deliverers on the running app's database, fake Mailmodo
+answers, and CleverTap calls posted the real way for the tests that are about ingest.
+
+Rows are written and read by ``tests.factories``; time is the ``clock`` fixture of
+``tests/conftest.py``.
 
 The helpers are plain functions so that other test packages can import them too.
 """
@@ -7,65 +10,25 @@ The helpers are plain functions so that other test packages can import them too.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from sqlalchemy import select, text, update
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from app.clock import jitter_rng, utcnow
 from app.config import Settings
-from app.outbox.models import Attempt, Delivery, State
 from app.state import BridgeState
-from app.system.models import UpstreamState
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.runner import build_mailmodo_deliverer
 from tests.conftest import CT_AUTH, profiles_body
 
 #: Every Mailmodo call the bridge makes, whatever the operation and target.
 ANY_CALL = r"^/(api/v1/triggerCampaign|hooks/start|hooks/abort)/[^/]+$"
-
-
-# --- a clock the worker sees ----------------------------------------------------------------
-
-
-class FakeClock:
-    """Real time plus an offset that tests move forward (the worker's view of "now")."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """Moves time for every worker module (claims, leases, pauses, records), not for ingest."""
-    fake = FakeClock()
-    for name, module in list(sys.modules.items()):
-        if name.startswith("app.worker.") and getattr(module, "utcnow", None) is utcnow:
-            monkeypatch.setattr(module, "utcnow", fake.now)
-    return fake
-
-
-@pytest.fixture
-def seeded_jitter() -> Iterator[int]:
-    """A seeded jitter source; the seed is returned so tests can replay the same draws."""
-    seed = 20240611
-    jitter_rng.seed(seed)
-    yield seed
-    jitter_rng.seed()
 
 
 # --- deliverers -----------------------------------------------------------------------------
@@ -140,54 +103,7 @@ async def post_campaign(
     return await post_ct(client, f"/clevertap/campaigns/{campaign_id}", payload)
 
 
-# --- reading and nudging rows ---------------------------------------------------------------
-
-
-def get_delivery(engine: Engine, delivery_id: int) -> Delivery:
-    with Session(engine) as session:
-        row = session.get(Delivery, delivery_id)
-        assert row is not None
-        session.expunge(row)
-        return row
-
-
-def all_deliveries(engine: Engine) -> list[Delivery]:
-    with Session(engine) as session:
-        rows = list(session.scalars(select(Delivery).order_by(Delivery.id)))
-        session.expunge_all()
-        return rows
-
-
-def attempts_of(engine: Engine, delivery_id: int) -> list[Attempt]:
-    with Session(engine) as session:
-        rows = list(
-            session.scalars(
-                select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.id)
-            )
-        )
-        session.expunge_all()
-        return rows
-
-
-def upstream_state(engine: Engine, upstream: str = "mailmodo") -> UpstreamState | None:
-    with Session(engine) as session:
-        row = session.get(UpstreamState, upstream)
-        if row is not None:
-            session.expunge(row)
-        return row
-
-
-def make_due(engine: Engine, ids: list[int] | None = None) -> None:
-    """Pending rows become due now (skips the backoff wait); leases are left alone."""
-    stmt = (
-        update(Delivery)
-        .where(Delivery.state == State.PENDING.value)
-        .values(next_attempt_at=utcnow() - timedelta(seconds=1))
-    )
-    if ids is not None:
-        stmt = stmt.where(Delivery.id.in_(ids))
-    with engine.begin() as conn:
-        conn.execute(stmt)
+# --- nudging rows (rows are read and written by tests/factories.py) ---------------------------
 
 
 def reset_rate_slots(engine: Engine) -> None:

@@ -2,7 +2,8 @@
 
 Plain functions and context managers, imported by the test modules that need them:
 the real app over ASGI (with its own settings when a test needs them), Mailmodo callbacks
-posted the real way, fake CleverTap upload answers, and readers of the rows they leave.
+posted the real way (for the tests about ingest), and fake CleverTap upload answers. Rows
+are written and read by ``tests.factories``.
 """
 
 from __future__ import annotations
@@ -12,34 +13,23 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
 import respx
 from asgi_lifespan import LifespanManager
-from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from app.clock import utcnow
 from app.config import Settings
 from app.db import create_db_engine
-from app.identity.models import Identity
 from app.main import create_app
-from app.outbox.models import Delivery, InboundCall, State
 from app.state import BridgeState
 from app.system.migrations import upgrade
-from app.system.models import UpstreamState
 from app.worker.runner import build_clevertap_uploader
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
-from tests.worker.conftest import all_deliveries, attempts_of, get_delivery
-
-# The row readers of the delivery tests, under the names the upload tests use.
-deliveries = all_deliveries
-delivery = get_delivery
-attempts = attempts_of
+from tests.factories import upstream_state
 
 ACCOUNT_HEADERS = {
     "X-CleverTap-Account-Id": "TEST-ACCOUNT",
@@ -185,52 +175,10 @@ def ct_partial(
 # --- rows ------------------------------------------------------------------------------------
 
 
-def calls(engine: Engine) -> list[InboundCall]:
-    with Session(engine) as session:
-        rows = list(session.scalars(select(InboundCall).order_by(InboundCall.id)))
-        session.expunge_all()
-        return rows
-
-
-def identities(engine: Engine) -> dict[str, str]:
-    with Session(engine) as session:
-        return {i.email: i.clevertap_id for i in session.scalars(select(Identity))}
-
-
-def upstream_state(engine: Engine, upstream: str = "clevertap") -> UpstreamState | None:
-    with Session(engine) as session:
-        row = session.get(UpstreamState, upstream)
-        if row is not None:
-            session.expunge(row)
-        return row
-
-
 def is_paused(engine: Engine, upstream: str = "clevertap") -> bool:
+    """Rows are read and written by ``tests.factories``; this one reads the pause switch."""
     row = upstream_state(engine, upstream)
     return row is not None and row.paused
-
-
-def payload(row: Delivery) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(row.payload)
-    return data
-
-
-def make_due(engine: Engine, ids: list[int] | None = None) -> None:
-    """Pending rows become due now (skipping the backoff wait)."""
-    stmt = (
-        update(Delivery)
-        .where(Delivery.state == State.PENDING.value)
-        .values(next_attempt_at=utcnow() - timedelta(seconds=1))
-    )
-    if ids is not None:
-        stmt = stmt.where(Delivery.id.in_(ids))
-    with engine.begin() as conn:
-        conn.execute(stmt)
-
-
-def set_next_attempt(engine: Engine, ids: list[int], when: datetime) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(Delivery).where(Delivery.id.in_(ids)).values(next_attempt_at=when))
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> bool:

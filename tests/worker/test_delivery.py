@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ import respx
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from app.clock import ManualClock
 from app.outbox import repository
 from app.outbox.models import AttemptOutcome, State
 from app.outbox.policy import MAX_RETRY_AFTER, Outcome
@@ -29,20 +29,21 @@ from app.state import BridgeState
 from app.upstream import MAX_KEPT_BODY
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
-from tests.worker.conftest import (
-    DelivererFactory,
-    FakeClock,
+from tests.factories import (
+    add_deliveries,
     all_deliveries,
-    any_call,
     attempts_of,
     get_delivery,
     make_due,
+    upstream_state,
+)
+from tests.worker.conftest import (
+    DelivererFactory,
+    any_call,
     mm_ok,
     mm_status,
-    post_campaign,
     post_ct,
     seconds_between,
-    upstream_state,
 )
 
 SCHEDULE = (1.0, 2.0, 4.0)  # the compressed schedule of the test settings
@@ -68,7 +69,12 @@ async def test_campaign_trigger_posts_stored_payload_with_api_key(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "Ann@Example.com", campaign_id="camp-42")
+    [delivery_id] = add_deliveries(
+        state.engine,
+        "Ann@Example.com",
+        target="camp-42",
+        data={"clevertap_id": "__obj0", "promocode": "MT50"},
+    )
     route = mailmodo.post("/api/v1/triggerCampaign/camp-42").mock(return_value=mm_ok())
 
     stats = await deliverer.run_once(10)
@@ -83,7 +89,7 @@ async def test_campaign_trigger_posts_stored_payload_with_api_key(
     row = get_delivery(state.engine, delivery_id)
     assert request.content == row.payload.encode()
     sent = orjson.loads(request.content)
-    assert sent["email"] == "Ann@Example.com"  # as CleverTap sent it; the row keys on lower case
+    assert sent["email"] == "Ann@Example.com"  # as stored; the row keys on lower case
     assert row.email == "ann@example.com"
     assert sent["data"]["clevertap_id"] == "__obj0"
     assert sent["data"]["promocode"] == "MT50"
@@ -175,7 +181,7 @@ async def test_success_is_delivered_and_ref_kept(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_ok("ref-123"))
 
     await deliverer.run_once(10)
@@ -252,7 +258,7 @@ async def test_refusals_fail_for_good_with_reason(
     body: Any,
     fragments: list[str],
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(status, body))
 
     stats = await deliverer.run_once(10)
@@ -287,10 +293,10 @@ async def test_unavailable_answers_are_retried_on_schedule(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
     status: int,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(status))
 
     stats = await deliverer.run_once(10)
@@ -305,7 +311,7 @@ async def test_unavailable_answers_are_retried_on_schedule(
     assert row.finished_at is None
     assert row.reason is not None
     assert f"Mailmodo unavailable: HTTP {status}" in row.reason
-    [expected] = replay_jitter(seeded_jitter, SCHEDULE[0])
+    [expected] = replay_jitter(clock.seed, SCHEDULE[0])
     assert delay_of(row) == pytest.approx(expected, abs=1e-5)
     assert 0.8 <= delay_of(row) <= 1.2
     assert row.next_attempt_at > datetime.now(UTC)
@@ -330,11 +336,11 @@ async def test_timeouts_and_network_errors_are_retried(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
     error: Exception,
     what: str,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(side_effect=error)
 
     await deliverer.run_once(10)
@@ -345,7 +351,7 @@ async def test_timeouts_and_network_errors_are_retried(
     assert row.last_status_code is None
     assert row.reason is not None
     assert f"Mailmodo {what}" in row.reason
-    [expected] = replay_jitter(seeded_jitter, SCHEDULE[0])
+    [expected] = replay_jitter(clock.seed, SCHEDULE[0])
     assert delay_of(row) == pytest.approx(expected, abs=1e-5)
     [attempt] = attempts_of(state.engine, delivery_id)
     assert attempt.outcome == AttemptOutcome.RETRY
@@ -359,11 +365,11 @@ async def test_backoff_grows_then_dead_with_every_attempt_kept(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(503, {"message": "down"}))
-    expected = replay_jitter(seeded_jitter, *SCHEDULE)
+    expected = replay_jitter(clock.seed, *SCHEDULE)
 
     for n, want in enumerate(expected, start=1):
         await deliverer.run_once(10)
@@ -403,7 +409,7 @@ async def test_retry_after_seconds_is_honoured_when_longer(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(503, headers={"Retry-After": "30"}))
 
     await deliverer.run_once(10)
@@ -418,14 +424,14 @@ async def test_retry_after_shorter_than_schedule_keeps_backoff(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(500, headers={"Retry-After": "0"}))
 
     await deliverer.run_once(10)
 
-    [expected] = replay_jitter(seeded_jitter, SCHEDULE[0])
+    [expected] = replay_jitter(clock.seed, SCHEDULE[0])
     assert delay_of(get_delivery(state.engine, delivery_id)) == pytest.approx(expected, abs=1e-5)
 
 
@@ -435,7 +441,7 @@ async def test_retry_after_http_date_is_honoured(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     any_call(mailmodo).mock(return_value=mm_status(503, headers={"Retry-After": when}))
 
@@ -452,7 +458,7 @@ async def test_absurd_retry_after_is_capped(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(502, headers={"Retry-After": "9999999"}))
 
     await deliverer.run_once(10)
@@ -474,13 +480,14 @@ async def test_429_defers_without_using_an_attempt_and_honours_retry_after(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
+    clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(
         return_value=mm_status(429, {"message": "Too many requests"}, {"Retry-After": "17"})
     )
 
-    before = time.time()
+    now = clock.freeze().timestamp()
     stats = await deliverer.run_once(10)
 
     assert stats.outcomes == {"pending": 1}
@@ -495,7 +502,7 @@ async def test_429_defers_without_using_an_attempt_and_honours_retry_after(
     [attempt] = attempts_of(state.engine, delivery_id)
     assert (attempt.number, attempt.outcome, attempt.status_code) == (1, "rate_limited", 429)
     # Every worker holds off: the shared rate slot moved past the Retry-After.
-    assert rate_slot(state) >= before + 17
+    assert rate_slot(state) == pytest.approx(now + 17)
 
 
 async def test_429_without_retry_after_backs_off_exponentially(
@@ -503,11 +510,11 @@ async def test_429_without_retry_after_backs_off_exponentially(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    seeded_jitter: int,
+    clock: ManualClock,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(429, {"message": "slow down"}))
-    expected = replay_jitter(seeded_jitter, 5.0, 10.0, 20.0)
+    expected = replay_jitter(clock.seed, 5.0, 10.0, 20.0)
 
     for n, want in enumerate(expected, start=1):
         await deliverer.run_once(10)
@@ -524,7 +531,7 @@ async def test_429s_never_use_up_the_attempts(
     mailmodo: respx.MockRouter,
 ) -> None:
     """More 429s than the schedule has attempts, and the row is still delivered."""
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     storm = [mm_status(429) for _ in range(6)]
     route = any_call(mailmodo).mock(side_effect=[*storm, mm_ok("after-storm")])
 
@@ -551,7 +558,7 @@ async def test_attempt_rows_record_every_call_in_order(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(
         side_effect=[
             mm_status(503, {"message": "maintenance"}),
@@ -590,7 +597,7 @@ async def test_huge_response_body_is_kept_truncated_to_2kb(
     mailmodo: respx.MockRouter,
     status: int,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     # Multi-byte characters, so truncation must not split one.
     huge = orjson.dumps({"success": True, "ref": "r-1", "junk": "é€" * 5000}).decode()
     any_call(mailmodo).mock(return_value=httpx.Response(status, text=huge))
@@ -622,7 +629,7 @@ async def test_rejected_key_pauses_without_burning_attempts(
     mailmodo: respx.MockRouter,
     status: int,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
     any_call(mailmodo).mock(return_value=mm_status(status, {"message": "Invalid apiKey"}))
 
     stats = await deliverer.run_once(10)
@@ -638,7 +645,7 @@ async def test_rejected_key_pauses_without_burning_attempts(
         assert "rejected the credentials" in row.reason
         [attempt] = attempts_of(state.engine, delivery_id)
         assert (attempt.outcome, attempt.status_code) == ("auth_error", status)
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused is True
     assert paused.reason is not None
@@ -659,14 +666,14 @@ async def test_paused_upstream_claims_nothing_before_the_probe(
     mailmodo: respx.MockRouter,
 ) -> None:
     deliverer = make_deliverer()
-    await post_campaign(client, "a@example.com", "b@example.com")
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401, {"message": "Invalid apiKey"}))
     await deliverer.run_once(10)
     assert route.call_count == 2
 
     # While paused nothing is claimed, even rows that are due, by any worker with that key.
     make_due(state.engine)
-    await post_campaign(client, "c@example.com", campaign_id="camp-2")
+    add_deliveries(state.engine, "c@example.com", target="camp-2")
     assert (await deliverer.run_once(10)).claimed == 0
     assert (await make_deliverer("worker-b").run_once(10)).claimed == 0
     assert route.call_count == 2
@@ -678,9 +685,9 @@ async def test_probe_after_pause_sends_one_row_and_success_resumes(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com", "c@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await deliverer.run_once(10)
     assert route.call_count == 3
@@ -693,7 +700,7 @@ async def test_probe_after_pause_sends_one_row_and_success_resumes(
     probe = await deliverer.run_once(10)
     assert probe.claimed == 1
     assert probe.outcomes == {"delivered": 1}
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused is False
     assert paused.reason is None
@@ -712,11 +719,11 @@ async def test_probe_rejected_again_keeps_the_pause(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     deliverer = make_deliverer()
     other = make_deliverer("worker-b")
-    await post_campaign(client, "a@example.com", "b@example.com")
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(403))
     await deliverer.run_once(10)
 
@@ -726,7 +733,7 @@ async def test_probe_rejected_again_keeps_the_pause(
     # The probe pushed the next one out: another worker does not probe meanwhile.
     assert (await other.run_once(10)).claimed == 0
 
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused is True
     assert paused.probe_at is not None
@@ -741,26 +748,26 @@ async def test_new_api_key_clears_the_pause_at_once(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     old = make_deliverer()
-    [first] = await post_campaign(client, "a@example.com")
+    [first] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await old.run_once(10)
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "mailmodo")
     assert paused is not None
     assert paused.paused
 
     # The operator fixes the key and restarts: no waiting for the probe.
     new = make_deliverer(mailmodo_api_key="new-key")
     route.mock(return_value=mm_ok())
-    [second] = await post_campaign(client, "b@example.com", campaign_id="camp-2")
+    [second] = add_deliveries(state.engine, "b@example.com", target="camp-2")
 
     stats = await new.run_once(10)
 
     # Lifting the pause makes the row the 401 held back due at once, with the new one.
     assert stats.claimed == 2
-    resumed = upstream_state(state.engine)
+    resumed = upstream_state(state.engine, "mailmodo")
     assert resumed is not None
     assert resumed.paused is False
     assert get_delivery(state.engine, first).state == State.DELIVERED
@@ -775,17 +782,17 @@ async def test_answer_after_pause_other_than_auth_resumes(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     """A probe that reaches Mailmodo and is not refused (here 400) proves the key works."""
-    await post_campaign(client, "a@example.com", "b@example.com")
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_status(401))
     await deliverer.run_once(10)
 
     clock.advance(state.settings.pause_probe_seconds + 1)
     route.mock(return_value=mm_status(400, {"message": "bad email"}))
     await deliverer.run_once(10)
-    resumed = upstream_state(state.engine)
+    resumed = upstream_state(state.engine, "mailmodo")
     assert resumed is not None
     assert resumed.paused is False
     assert (await deliverer.run_once(10)).claimed == 1
@@ -799,11 +806,11 @@ async def test_crashed_worker_rows_return_after_the_lease(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     crashed = make_deliverer("worker-crashed")
     survivor = make_deliverer("worker-survivor")
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok("from-survivor"))
 
     # The first worker claims, then "crashes": it never calls Mailmodo nor records anything.
@@ -864,7 +871,7 @@ async def test_claim_takes_only_due_rows_up_to_the_limit(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, *(f"u{i}@example.com" for i in range(5)))
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(5)))
     any_call(mailmodo).mock(return_value=mm_ok())
 
     first = await deliverer.run_once(2)
@@ -881,17 +888,17 @@ async def test_row_whose_lease_ran_out_while_waiting_for_a_slot_is_not_sent_twic
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     """A 429 with a Retry-After longer than the lease (up to 6 h is accepted) pushes every
     worker's rate slots past the lease of the rows they have already claimed."""
     slow = make_deliverer("worker-slow")
     fast = make_deliverer("worker-fast")
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
 
     [claimed] = await asyncio.to_thread(slow.claim, 1)
-    waiting = asyncio.create_task(slow.deliver(claimed, time.time() + 0.3))
+    waiting = asyncio.create_task(slow.deliver(claimed, clock.epoch() + 0.3))
     await asyncio.sleep(0.05)
 
     # Meanwhile the lease runs out; another worker takes the row and delivers it.
@@ -913,10 +920,10 @@ async def test_call_that_could_outlast_its_lease_is_not_started(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     """Less lease left than a whole call (timeout + margin): given back unsent."""
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
     [claimed] = await asyncio.to_thread(deliverer.claim, 1)
 

@@ -9,19 +9,21 @@ import pytest
 import respx
 
 import app.worker.delivery as delivery_module
+from app.clock import ManualClock
 from app.outbox.models import State
 from app.state import BridgeState
 from app.worker import ratelimit
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH
-from tests.worker.conftest import (
-    DelivererFactory,
-    FakeClock,
+from tests.factories import (
+    add_deliveries,
     all_deliveries,
-    any_call,
     attempts_of,
     get_delivery,
-    post_campaign,
+)
+from tests.worker.conftest import (
+    DelivererFactory,
+    any_call,
 )
 
 
@@ -38,7 +40,7 @@ async def test_an_unreadable_answer_is_a_recorded_retry_not_a_silent_loop(
             200, stream=httpx.ByteStream(b"not gzip at all"), headers={"Content-Encoding": "gzip"}
         )
     )
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     stats = await deliverer.run_once(10)
     assert stats.outcomes == {"pending": 1}
     row = get_delivery(state.engine, delivery_id)
@@ -55,7 +57,7 @@ async def test_contact_write_is_not_sent_once_the_lease_could_have_moved(
     state: BridgeState,
     mailmodo: respx.MockRouter,
     make_deliverer: DelivererFactory,
-    clock: FakeClock,
+    clock: ManualClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Between the contact read and the write a worker waits for a second rate slot; if its

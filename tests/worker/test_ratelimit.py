@@ -15,6 +15,7 @@ import respx
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from app.clock import ManualClock
 from app.db import create_db_engine
 from app.outbox.models import State
 from app.state import BridgeState
@@ -23,14 +24,16 @@ from app.system.migrations import upgrade
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 from tests.conftest import make_settings
+from tests.factories import (
+    add_deliveries,
+    attempts_of,
+    get_delivery,
+)
 from tests.worker.conftest import (
     DelivererFactory,
     any_call,
-    attempts_of,
-    get_delivery,
     mm_ok,
     mm_status,
-    post_campaign,
     reset_rate_slots,
 )
 
@@ -52,11 +55,11 @@ def slots_apart(slots: list[float], interval: float) -> bool:
 # --- the shared clock -----------------------------------------------------------------------
 
 
-async def test_reservations_are_spaced_across_limiters(db: Engine) -> None:
+async def test_reservations_are_spaced_across_limiters(db: Engine, clock: ManualClock) -> None:
     """Two workers (two limiters on one database) never get slots closer than 1/rate."""
     first = SharedRateLimiter(db, "mailmodo", 10.0)
     second = SharedRateLimiter(db, "mailmodo", 10.0)
-    before = time.time()
+    now = clock.freeze().timestamp()
 
     slots = [
         *await first.reserve(3),
@@ -68,7 +71,7 @@ async def test_reservations_are_spaced_across_limiters(db: Engine) -> None:
     assert len(slots) == len(set(slots)) == 10
     assert slots == sorted(slots)
     assert slots_apart(slots, 0.1)
-    assert before - 0.001 <= slots[0] <= time.time()
+    assert slots[0] == pytest.approx(now)  # the first slot is "now" by the clock
 
 
 def test_gcra_slot_arithmetic(db: Engine) -> None:
@@ -95,17 +98,17 @@ def test_push_only_moves_the_slot_later(db: Engine) -> None:
         assert system_repo.reserve_rate_slot(conn, "x", now=101.0, interval=0.2) == 150.0
 
 
-async def test_hold_off_pushes_every_limiter(db: Engine) -> None:
+async def test_hold_off_pushes_every_limiter(db: Engine, clock: ManualClock) -> None:
     throttled = SharedRateLimiter(db, "mailmodo", 100.0)
     other = SharedRateLimiter(db, "mailmodo", 100.0)
+    now = clock.freeze().timestamp()
     await throttled.reserve(1)
-    before = time.time()
 
     await throttled.hold_off(5)
     await throttled.hold_off(1)  # a shorter one later does not pull the slot back
 
     [slot] = await other.reserve(1)
-    assert before + 5 <= slot <= time.time() + 5
+    assert slot == pytest.approx(now + 5)
     [after] = await throttled.reserve(1)
     assert after == pytest.approx(slot + 0.01)
 
@@ -174,6 +177,18 @@ async def test_wait_until_gives_up_when_stopped() -> None:
     assert await wait_until(time.time() - 1, stop) is False
 
 
+async def test_limiter_and_waiting_read_the_one_clock(db: Engine, clock: ManualClock) -> None:
+    """Slots and waits are in the clock's time, not the machine's: a clock an hour ahead gets
+    slots an hour ahead, and a slot due by that clock is not waited for."""
+    clock.advance(3600)
+    [slot] = await SharedRateLimiter(db, "mailmodo", 10.0).reserve(1)
+    assert slot == pytest.approx(clock.epoch(), abs=1)
+    assert slot > time.time() + 3590
+    began = time.monotonic()
+    assert await wait_until(slot, asyncio.Event()) is True
+    assert time.monotonic() - began < 0.05
+
+
 # --- through the deliverer ------------------------------------------------------------------
 
 
@@ -183,7 +198,7 @@ async def test_waiting_for_a_slot_uses_no_attempt(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    [delivery_id] = await post_campaign(client, "a@example.com")
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
     sent_at: list[float] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -219,7 +234,7 @@ async def test_stop_while_waiting_for_a_slot_releases_unsent(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
     await deliverer.limiter.reserve(1)
     await deliverer.limiter.hold_off(30)
@@ -247,14 +262,15 @@ async def test_429_retry_after_holds_off_other_workers(
     state: BridgeState,
     make_deliverer: DelivererFactory,
     mailmodo: respx.MockRouter,
+    clock: ManualClock,
 ) -> None:
     throttled = make_deliverer("worker-a")
     other = make_deliverer("worker-b")
-    await post_campaign(client, "a@example.com")
+    add_deliveries(state.engine, "a@example.com")
     any_call(mailmodo).mock(return_value=mm_status(429, headers={"Retry-After": "3"}))
-    before = time.time()
+    now = clock.freeze().timestamp()
 
     await throttled.run_once(10)
 
     [slot] = await other.limiter.reserve(1)
-    assert slot >= before + 3
+    assert slot == pytest.approx(now + 3)

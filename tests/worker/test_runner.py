@@ -16,6 +16,7 @@ import respx
 from asgi_lifespan import LifespanManager
 from sqlalchemy.orm import Session
 
+from app.clock import ManualClock
 from app.config import Settings
 from app.main import create_app
 from app.outbox.models import State
@@ -24,13 +25,15 @@ from app.system.models import WorkerHeartbeat
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.runner import WorkerRunner
 from tests.conftest import CT_AUTH, make_settings, profiles_body
-from tests.worker.conftest import (
-    DelivererFactory,
-    FakeClock,
+from tests.factories import (
+    add_deliveries,
     all_deliveries,
-    any_call,
     attempts_of,
     get_delivery,
+)
+from tests.worker.conftest import (
+    DelivererFactory,
+    any_call,
     mm_ok,
     mm_status,
     post_campaign,
@@ -102,7 +105,7 @@ async def test_runner_delivers_pending_rows_and_beats(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, *(f"u{i}@example.com" for i in range(4)))
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(4)))
     route = any_call(mailmodo).mock(return_value=mm_ok())
 
     async with running(state, deliverer) as (runner, _stop):
@@ -112,7 +115,7 @@ async def test_runner_delivers_pending_rows_and_beats(
         assert (datetime.now(UTC) - beat.beat_at).total_seconds() < 5
         first_beat = beat.beat_at
         # Work committed while the runner runs is picked up too.
-        [late] = await post_campaign(client, "late@example.com", campaign_id="camp-2")
+        [late] = add_deliveries(state.engine, "late@example.com", target="camp-2")
         runner.wake_threadsafe()
         await wait_for(lambda: get_delivery(state.engine, late).state == State.DELIVERED)
         # It keeps beating.
@@ -132,7 +135,7 @@ async def test_runner_without_mailmodo_key_keeps_rows_waiting(
     state: BridgeState,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com")
+    ids = add_deliveries(state.engine, "a@example.com")
     route = any_call(mailmodo).mock(return_value=mm_ok())
 
     async with running(state, None):
@@ -151,7 +154,7 @@ async def test_concurrency_cap_bounds_calls_in_flight(
     mailmodo: respx.MockRouter,
 ) -> None:
     cap = 3
-    await post_campaign(client, *(f"u{i}@example.com" for i in range(9)))
+    add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(9)))
     in_flight = 0
     most = 0
 
@@ -181,7 +184,7 @@ async def test_rate_limit_spaces_calls_and_waiting_uses_no_attempt(
     mailmodo: respx.MockRouter,
 ) -> None:
     rate = 20.0
-    ids = await post_campaign(client, *(f"u{i}@example.com" for i in range(8)))
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(8)))
     sent_at: list[float] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -216,7 +219,7 @@ async def test_shutdown_releases_calls_still_in_flight_after_the_grace(
     mailmodo: respx.MockRouter,
 ) -> None:
     grace = state.settings.shutdown_grace_seconds
-    ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com", "c@example.com")
 
     started: list[str] = []
 
@@ -255,7 +258,7 @@ async def test_shutdown_lets_quick_calls_in_flight_finish(
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
 ) -> None:
-    ids = await post_campaign(client, "a@example.com", "b@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
 
     started: list[str] = []
 
@@ -284,7 +287,7 @@ async def test_rows_waiting_for_a_rate_slot_at_stop_are_released_unsent(
     route = any_call(mailmodo).mock(return_value=mm_ok())
     await deliverer.limiter.reserve(1)
     await deliverer.limiter.hold_off(30)  # as after a 429 with Retry-After: 30
-    ids = await post_campaign(client, "a@example.com", "b@example.com", "c@example.com")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com", "c@example.com")
 
     async with running(state, deliverer) as (_runner, stop):
         await wait_for(
@@ -322,7 +325,7 @@ async def test_outage_then_recovery_delivers_exactly_once(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     emails = ["a@example.com", "b@example.com", "c@example.com"]
     ids = await post_campaign(client, *emails)
@@ -360,10 +363,10 @@ async def test_429_storm_then_recovery_delivers_without_using_attempts(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
     mailmodo: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     emails = ["a@example.com", "b@example.com"]
-    ids = await post_campaign(client, *emails)
+    ids = add_deliveries(state.engine, *emails)
     storm = [mm_status(429, {"message": "Too many requests"}) for _ in range(6)]
     answer, calls = per_email(storm, lambda email: mm_ok(f"ref-{email}"))
     any_call(mailmodo).mock(side_effect=answer)

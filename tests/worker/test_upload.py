@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.outbox.models import State
@@ -22,23 +23,26 @@ from app.state import BridgeState
 from app.system.models import UpstreamState
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CLEVERTAP_URL, make_settings
+from tests.factories import (
+    add_events,
+    all_deliveries,
+    attempts_of,
+    get_delivery,
+    make_due,
+    upstream_state,
+)
 from tests.worker.conftest_upload import (
     ACCOUNT_HEADERS,
     all_sent,
-    attempts,
     close_to,
     ct_partial,
     ct_success,
-    deliveries,
-    delivery,
     is_paused,
-    make_due,
     opened,
     post_mm,
     running_app,
     sent_records,
     uploader_for,
-    upstream_state,
     wait_until,
 )
 
@@ -55,14 +59,12 @@ def upload(clevertap_api: respx.MockRouter) -> respx.Route:
     return clevertap_api.post("/1/upload")
 
 
-async def make_events(client: httpx.AsyncClient, n: int, **extra: Any) -> list[int]:
-    """``n`` opened events for distinct known profiles, in id order."""
+def make_events(engine: Engine, n: int, data: dict[str, Any] | None = None) -> list[int]:
+    """``n`` opened events for distinct known profiles (``__u<i>``), in id order, written
+    directly (not through the Mailmodo callback parser)."""
     ids: list[int] = []
     for i in range(n):
-        answer = await post_mm(
-            client, opened(f"u{i}@example.com", clevertap_id=f"__u{i}", event_id=f"e{i}", **extra)
-        )
-        ids.extend(answer["ids"])
+        ids += add_events(engine, f"u{i}@example.com", clevertap_id=f"__u{i}", data=data)
     return ids
 
 
@@ -78,7 +80,7 @@ def record_for(i: int, **extra: Any) -> dict[str, Any]:
 
 
 def states(state: BridgeState) -> list[str]:
-    return [d.state for d in deliveries(state.engine)]
+    return [d.state for d in all_deliveries(state.engine)]
 
 
 # --- batching and the wire format ------------------------------------------------------------
@@ -88,7 +90,7 @@ async def test_batches_hold_up_to_the_batch_size(
     client: httpx.AsyncClient, state: BridgeState, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_success)
-    ids = await make_events(client, 25)
+    ids = make_events(state.engine, 25)
     settings = make_settings(state.settings.database_url, clevertap_batch_size=10)
     async with uploader_for(state.engine, settings) as small:
         claimed = [(await small.run_once()).claimed for _ in range(4)]
@@ -104,7 +106,7 @@ async def test_batches_hold_up_to_the_batch_size(
         assert request.headers["Content-Type"] == "application/json"
     assert states(state) == [State.DELIVERED.value] * 25
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.attempts, row.last_status_code, row.reason, row.lease_token) == (
             1,
             200,
@@ -159,14 +161,14 @@ async def test_success_is_delivered_with_an_attempt(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_success)
-    [delivery_id] = await make_events(client, 1, campaign_name="Welcome")
+    [delivery_id] = make_events(state.engine, 1, {"Campaign Name": "Welcome"})
     stats = await uploader.run_once()
     assert (stats.claimed, stats.outcomes) == (1, {"delivered": 1})
     [[record]] = all_sent(upload)
     assert record == record_for(0, evtData={"Campaign Name": "Welcome"})
-    row = delivery(state.engine, delivery_id)
+    row = get_delivery(state.engine, delivery_id)
     assert (row.state, row.attempts, row.deferrals) == (State.DELIVERED.value, 1, 0)
-    [attempt] = attempts(state.engine, delivery_id)
+    [attempt] = attempts_of(state.engine, delivery_id)
     assert (attempt.number, attempt.outcome, attempt.status_code, attempt.worker_id) == (
         1,
         "delivered",
@@ -184,17 +186,17 @@ async def test_partial_answer_fails_the_skipped_record_for_good(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_partial({2: (509, ERROR_509)}))
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     stats = await uploader.run_once()
     assert stats.outcomes == {"delivered": 2, "failed": 1}
     assert states(state) == ["delivered", "failed", "delivered"]
-    bad = delivery(state.engine, ids[1])
+    bad = get_delivery(state.engine, ids[1])
     assert bad.attempts == 1
     assert bad.finished_at is not None
     assert bad.reason == (
         f"CleverTap skipped the record: 509: {ERROR_509} Skipped record number : 2"
     )
-    [attempt] = attempts(state.engine, ids[1])
+    [attempt] = attempts_of(state.engine, ids[1])
     assert attempt.outcome == "failed"
     assert attempt.response_body is not None
     assert '"code":509' in attempt.response_body
@@ -209,10 +211,10 @@ async def test_skipped_record_is_matched_by_its_echo_without_a_record_number(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(side_effect=ct_partial({3: (526, "Invalid objectId")}, number_in_error=False))
-    await make_events(client, 4)
+    make_events(state.engine, 4)
     await uploader.run_once()
     assert states(state) == ["delivered", "delivered", "failed", "delivered"]
-    assert deliveries(state.engine)[2].reason == (
+    assert all_deliveries(state.engine)[2].reason == (
         "CleverTap skipped the record: 526: Invalid objectId"
     )
 
@@ -223,9 +225,9 @@ async def test_several_skipped_records_in_one_answer(
     upload.mock(
         side_effect=ct_partial({1: (522, "Too many properties."), 4: (555, "Server error.")})
     )
-    await make_events(client, 5)
+    make_events(state.engine, 5)
     await uploader.run_once()
-    rows = deliveries(state.engine)
+    rows = all_deliveries(state.engine)
     assert [(r.state, r.attempts) for r in rows] == [
         ("failed", 1),
         ("delivered", 1),
@@ -240,10 +242,10 @@ async def test_code_555_retries_only_that_record(
 ) -> None:
     first = ct_partial({2: (555, "Something went wrong.")})
     upload.mock(side_effect=lambda request: (first if not upload.calls else ct_success)(request))
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     started = utcnow()
     await uploader.run_once()
-    retried = delivery(state.engine, ids[1])
+    retried = get_delivery(state.engine, ids[1])
     assert (retried.state, retried.attempts, retried.finished_at) == ("pending", 1, None)
     assert retried.reason is not None
     assert retried.reason.startswith("CleverTap skipped the record: 555: ")
@@ -256,9 +258,9 @@ async def test_code_555_retries_only_that_record(
     assert (await uploader.run_once()).claimed == 1
     assert [len(r) for r in all_sent(upload)] == [3, 1]
     assert all_sent(upload)[1] == [record_for(1)]
-    row = delivery(state.engine, ids[1])
+    row = get_delivery(state.engine, ids[1])
     assert (row.state, row.attempts, row.reason) == ("delivered", 2, None)
-    assert [a.outcome for a in attempts(state.engine, ids[1])] == ["retry", "delivered"]
+    assert [a.outcome for a in attempts_of(state.engine, ids[1])] == ["retry", "delivered"]
 
 
 async def test_a_record_that_keeps_failing_ends_dead_and_is_not_sent_again(
@@ -267,17 +269,17 @@ async def test_a_record_that_keeps_failing_ends_dead_and_is_not_sent_again(
     """555 every time: retried along the schedule (3 delays here), then dead; its neighbours
     are delivered meanwhile and never held back."""
     upload.mock(side_effect=ct_partial({1: (555, "Server error.")}))
-    ids = await make_events(client, 2)
+    ids = make_events(state.engine, 2)
     for _ in range(6):
         await uploader.run_once()
         make_due(state.engine)
     sent = all_sent(upload)
     assert [len(records) for records in sent] == [2, 1, 1, 1]
-    row = delivery(state.engine, ids[0])
+    row = get_delivery(state.engine, ids[0])
     assert (row.state, row.attempts) == (State.DEAD.value, 4)
     assert row.reason is not None
     assert row.reason.startswith("gave up after 4 attempts; last: CleverTap skipped the record")
-    assert delivery(state.engine, ids[1]).state == State.DELIVERED.value
+    assert get_delivery(state.engine, ids[1]).state == State.DELIVERED.value
 
 
 @pytest.mark.parametrize(
@@ -297,9 +299,9 @@ async def test_a_200_answer_we_cannot_read_is_retried(
     answer: httpx.Response,
 ) -> None:
     upload.mock(return_value=answer)
-    await make_events(client, 2)
+    make_events(state.engine, 2)
     await uploader.run_once()
-    assert [(d.state, d.attempts) for d in deliveries(state.engine)] == [("pending", 1)] * 2
+    assert [(d.state, d.attempts) for d in all_deliveries(state.engine)] == [("pending", 1)] * 2
 
 
 # --- whole-request answers -------------------------------------------------------------------
@@ -309,12 +311,12 @@ async def test_429_defers_everything_without_using_an_attempt(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(429, text="Too many concurrent requests"))
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     before = utcnow()
     stats = await uploader.run_once()
     assert stats.outcomes == {"pending": 3}
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.deferrals, row.last_status_code) == (
             "pending",
             0,
@@ -323,7 +325,7 @@ async def test_429_defers_everything_without_using_an_attempt(
         )
         assert row.reason == "CleverTap throttled: HTTP 429: Too many concurrent requests"
         assert row.next_attempt_at > before
-        assert [a.outcome for a in attempts(state.engine, delivery_id)] == ["rate_limited"]
+        assert [a.outcome for a in attempts_of(state.engine, delivery_id)] == ["rate_limited"]
     assert not is_paused(state.engine)
 
 
@@ -331,9 +333,9 @@ async def test_429_honours_retry_after(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(429, headers={"Retry-After": "120"}))
-    [delivery_id] = await make_events(client, 1)
+    [delivery_id] = make_events(state.engine, 1)
     await uploader.run_once()
-    row = delivery(state.engine, delivery_id)
+    row = get_delivery(state.engine, delivery_id)
     assert close_to(row.next_attempt_at, utcnow() + timedelta(seconds=120), seconds=5)
 
 
@@ -362,16 +364,16 @@ async def test_server_errors_and_timeouts_are_retried_with_an_attempt(
         upload.mock(side_effect=answer)
     else:
         upload.mock(return_value=answer)
-    ids = await make_events(client, 2)
+    ids = make_events(state.engine, 2)
     before = utcnow()
     await uploader.run_once()
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.deferrals, row.finished_at) == ("pending", 1, 0, None)
         assert row.reason is not None
         assert row.reason.startswith(reason), row.reason
         assert row.next_attempt_at >= before + timedelta(seconds=0.7)
-        assert [a.outcome for a in attempts(state.engine, delivery_id)] == ["retry"]
+        assert [a.outcome for a in attempts_of(state.engine, delivery_id)] == ["retry"]
     # Once due, the same records go again, together.
     upload.mock(side_effect=ct_success)
     make_due(state.engine)
@@ -388,10 +390,10 @@ async def test_400_is_bisected_and_fails_only_what_it_refuses_for_good(
             400, json={"status": "fail", "error": "Malformed request", "code": 400}
         )
     )
-    ids = await make_events(client, 2)
+    ids = make_events(state.engine, 2)
     await uploader.run_once()
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.last_status_code) == ("failed", 1, 400)
         assert row.reason == "CleverTap refused: HTTP 400: Malformed request"
     # the pair, then each record alone
@@ -417,9 +419,9 @@ async def test_one_refused_record_does_not_take_its_batch_down(
         )
 
     upload.mock(side_effect=answer)
-    ids = await make_events(client, 8)
+    ids = make_events(state.engine, 8)
     await uploader.run_once()
-    states = [delivery(state.engine, i).state for i in ids]
+    states = [get_delivery(state.engine, i).state for i in ids]
     assert states == ["delivered"] * 2 + ["failed"] + ["delivered"] * 5
     assert upload.call_count <= 1 + 2 * 3  # log2(8) levels, two halves each
 
@@ -444,28 +446,28 @@ async def test_401_pauses_clevertap_until_a_probe_succeeds(
             401, json={"status": "fail", "error": "Account ID is not valid", "code": 401}
         )
     )
-    ids = await make_events(client, 3)
+    ids = make_events(state.engine, 3)
     await uploader.run_once()
 
-    paused = upstream_state(state.engine)
+    paused = upstream_state(state.engine, "clevertap")
     assert paused is not None
     assert paused.paused is True
     assert paused.reason == (
         "CleverTap rejected the credentials: HTTP 401: Account ID is not valid"
     )
     for delivery_id in ids:
-        row = delivery(state.engine, delivery_id)
+        row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts, row.deferrals, row.last_status_code) == (
             "pending",
             0,
             1,
             401,
         )
-        assert [a.outcome for a in attempts(state.engine, delivery_id)] == ["auth_error"]
+        assert [a.outcome for a in attempts_of(state.engine, delivery_id)] == ["auth_error"]
 
     # While paused nothing is claimed, even rows that are due, and nothing is sent.
     make_due(state.engine)
-    await post_mm(client, opened("late@example.com", clevertap_id="__late"))  # new, due now
+    add_events(state.engine, "late@example.com", clevertap_id="__late")  # new, due now
     for _ in range(3):
         assert (await uploader.run_once()).claimed == 0
     assert upload.call_count == 1
@@ -474,36 +476,39 @@ async def test_401_pauses_clevertap_until_a_probe_succeeds(
     upload.mock(side_effect=ct_success)
     set_probe_due(state)
     assert (await uploader.run_once()).claimed == 1
-    resumed = upstream_state(state.engine)
+    resumed = upstream_state(state.engine, "clevertap")
     assert resumed is not None
     assert resumed.paused is False
     assert (await uploader.run_once()).claimed == 3
     assert states(state) == ["delivered"] * 4
     assert [len(r) for r in all_sent(upload)] == [3, 1, 3]
     for delivery_id in ids:
-        assert delivery(state.engine, delivery_id).attempts == 1
+        assert get_delivery(state.engine, delivery_id).attempts == 1
 
 
 async def test_a_failed_probe_keeps_the_pause(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(401, json={"error": "Account ID is not valid"}))
-    await make_events(client, 2)
+    make_events(state.engine, 2)
     await uploader.run_once()
     make_due(state.engine)
     set_probe_due(state)
     assert (await uploader.run_once()).claimed == 1
     assert is_paused(state.engine)
     assert (await uploader.run_once()).claimed == 0
-    assert [a.number for a in attempts(state.engine, deliveries(state.engine)[0].id)] == [1, 2]
-    assert [d.attempts for d in deliveries(state.engine)] == [0, 0]
+    assert [a.number for a in attempts_of(state.engine, all_deliveries(state.engine)[0].id)] == [
+        1,
+        2,
+    ]
+    assert [d.attempts for d in all_deliveries(state.engine)] == [0, 0]
 
 
 async def test_new_credentials_lift_the_pause(
     client: httpx.AsyncClient, state: BridgeState, uploader: CleverTapUploader, upload: respx.Route
 ) -> None:
     upload.mock(return_value=httpx.Response(401, json={"error": "Account ID is not valid"}))
-    await make_events(client, 2)
+    make_events(state.engine, 2)
     await uploader.run_once()
     make_due(state.engine)
     upload.mock(side_effect=ct_success)
@@ -581,8 +586,8 @@ async def test_runner_keeps_full_batches_going_without_lingering(
 async def test_batches_partial_answers_and_pause_on_every_backend(
     database_url: str, upload: respx.Route
 ) -> None:
-    async with running_app(make_settings(database_url, clevertap_batch_size=3)) as (client, state):
-        ids = await make_events(client, 5)
+    async with running_app(make_settings(database_url, clevertap_batch_size=3)) as (_client, state):
+        ids = make_events(state.engine, 5)
         async with uploader_for(state.engine, state.settings) as uploader:
             upload.mock(side_effect=ct_partial({2: (509, ERROR_509), 3: (555, "Busy.")}))
             assert (await uploader.run_once()).claimed == 3
@@ -591,15 +596,15 @@ async def test_batches_partial_answers_and_pause_on_every_backend(
             make_due(state.engine)
             assert (await uploader.run_once()).claimed == 0
         assert [len(r) for r in all_sent(upload)] == [3, 2]
-        assert [(r.state, r.attempts, r.deferrals) for r in deliveries(state.engine)] == [
+        assert [(r.state, r.attempts, r.deferrals) for r in all_deliveries(state.engine)] == [
             ("delivered", 1, 0),
             ("failed", 1, 0),
             ("pending", 1, 0),
             ("pending", 0, 1),
             ("pending", 0, 1),
         ]
-        assert [r.id for r in deliveries(state.engine)] == ids
-        paused = upstream_state(state.engine)
+        assert [r.id for r in all_deliveries(state.engine)] == ids
+        paused = upstream_state(state.engine, "clevertap")
         assert paused is not None
         assert paused.paused is True
 
@@ -654,15 +659,15 @@ async def test_shutdown_gives_a_batch_in_flight_back_unsent(
         sqlite_url, embedded_worker=True, clevertap_linger_ms=0, shutdown_grace_seconds=0.2
     )
     begun = time.monotonic()
-    async with running_app(settings) as (client, state):
-        ids = await make_events(client, 3)
+    async with running_app(settings) as (_client, state):
+        ids = make_events(state.engine, 3)
         await asyncio.wait_for(started.wait(), 10)
         engine = state.engine
     assert time.monotonic() - begun < 10
-    rows = deliveries(engine)
+    rows = all_deliveries(engine)
     assert [r.id for r in rows] == ids
     assert [(r.state, r.attempts, r.deferrals, r.lease_token) for r in rows] == [
         ("pending", 0, 0, None)
     ] * 3
     assert all(r.next_attempt_at <= utcnow() for r in rows)
-    assert all(attempts(engine, i) == [] for i in ids)
+    assert all(attempts_of(engine, i) == [] for i in ids)
