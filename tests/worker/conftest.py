@@ -25,8 +25,8 @@ from app.config import Settings
 from app.outbox.models import Attempt, Delivery, State
 from app.state import BridgeState
 from app.system.models import UpstreamState
+from app.worker.build import build_mailmodo_deliverer
 from app.worker.delivery import MailmodoDeliverer
-from app.worker.runner import build_mailmodo_deliverer
 from tests.conftest import CT_AUTH, profiles_body
 
 #: Every Mailmodo call the bridge makes, whatever the operation and target.

@@ -31,7 +31,7 @@ from app.outbox.models import Delivery, InboundCall, State
 from app.state import BridgeState
 from app.system.migrations import upgrade
 from app.system.models import UpstreamState
-from app.worker.runner import build_clevertap_uploader
+from app.worker.build import build_clevertap_uploader
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
 from tests.worker.conftest import all_deliveries, attempts_of, get_delivery
