@@ -97,6 +97,19 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+def shown_url(url: str) -> str:
+    """The database URL with its password hidden: for the banner and operators' messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sqlite_file_missing(settings: Settings) -> bool:
+    """Opening a missing SQLite file would create it; a check or a read must not."""
+    if not settings.is_sqlite:
+        return False
+    path = make_url(settings.database_url).database
+    return path not in (None, "", ":memory:") and not Path(str(path)).exists()
+
+
 class _FileLock:
     """An exclusive ``flock`` on a side file, shared by every process using the database.
 

@@ -19,28 +19,28 @@ from app.admin.router import router as admin_router
 from app.clevertap.router import router as clevertap_router
 from app.config import IngestWriterMode, Settings, get_settings
 from app.db import create_db_engine, create_session_factory
+from app.errors import BridgeError, error_response, internal_error
+from app.health.metrics import app_registry
 from app.health.router import router as health_router
 from app.inbound.router import WebhookDispatch
-from app.inbound.service import json_response
 from app.mailmodo.router import router as mailmodo_router
-from app.metrics import app_registry
 from app.outbox.writer import IngestWriter, Writer
 from app.outbox.writer_process import ProcessWriter
 from app.security import load_credentials
 from app.state import BridgeState
 from app.system.migrations import current_revision, head_revision, upgrade
-from app.worker.runner import (
-    WorkerRunner,
-    build_clevertap_uploader,
-    build_mailmodo_deliverer,
-    new_worker_id,
-)
+from app.worker.build import build_runner
+from app.worker.runner import WorkerRunner
 
 log = structlog.get_logger(__name__)
 
 
-class DatabaseNotReady(RuntimeError):
-    pass
+class DatabaseNotReady(BridgeError):
+    """The PostgreSQL schema is behind: ``serve`` and ``worker`` refuse to start (503 if it
+    ever reached an answer); the message says what to run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, message)
 
 
 class BridgeApp(FastAPI):
@@ -120,16 +120,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             await asyncio.to_thread(prepare_database, settings)
         engine = create_db_engine(settings)
         credentials = await asyncio.to_thread(load_credentials, engine, settings)
-        runner: WorkerRunner | None = None
-        if settings.embedded_worker:
-            worker_id = new_worker_id()
-            runner = WorkerRunner(
-                engine=engine,
-                settings=settings,
-                worker_id=worker_id,
-                mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
-                clevertap=build_clevertap_uploader(engine, settings, worker_id),
-            )
+        runner: WorkerRunner | None = (
+            build_runner(engine, settings) if settings.embedded_worker else None
+        )
         writer = await start_writer(settings, engine, runner.wake_threadsafe if runner else None)
         state: BridgeState | None = None
         try:
@@ -177,17 +170,18 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.include_router(admin_router)
     app.dispatch = WebhookDispatch([clevertap_router, mailmodo_router])
 
+    @app.exception_handler(BridgeError)
+    async def bridge_error(_request: Request, exc: BridgeError) -> Response:
+        return exc.response()
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        return json_response(
-            {"error": str(exc.detail), "detail": None},
-            exc.status_code,
-            dict(exc.headers) if exc.headers else None,
-        )
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, str(exc.detail), None, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", error=type(exc).__name__)
-        return json_response({"error": "internal error", "detail": type(exc).__name__}, 500)
+        return internal_error(exc)
 
     return app

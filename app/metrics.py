@@ -1,26 +1,16 @@
-"""Prometheus metrics (``/metrics``).
+"""Prometheus counters and histograms, and the ``observe_*`` helpers that feed them.
 
-Counters and histograms are per process (Prometheus sums them across replicas); the outbox
-gauges are read from the database at scrape time, so every replica reports the same,
-global values.
+They are per process (Prometheus sums them across replicas). This module imports nothing from
+the app, so the hot path (inbound, writer) and the worker can count without pulling in the
+database; the outbox gauges, read from the database at scrape time, are in
+``app.health.metrics``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
-from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
-
-from app.clock import utcnow
-from app.db import read_only
-from app.outbox.models import Delivery, State
-from app.system.models import UpstreamState
+from prometheus_client import Counter, Histogram
 
 INBOUND_REQUESTS = Counter(
     "ctmm_bridge_inbound_requests_total",
@@ -60,7 +50,9 @@ UPLOAD_BATCH = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 750, 900, 1000),
 )
 
-FINAL_STATES = {State.DELIVERED.value, State.FAILED.value, State.DEAD.value}
+#: The ``outcome`` values of ``ctmm_bridge_deliveries_total``: the delivery states an attempt
+#: can end in (``app.outbox.models.State`` values; a test keeps the two in step).
+FINAL_STATES = frozenset({"delivered", "failed", "dead"})
 
 
 def observe_inbound(route: str, status: int, result: dict[str, object] | None = None) -> None:
@@ -97,76 +89,3 @@ def observe_attempt(upstream: str, outcome: str, state: str, duration_ms: float 
         DELIVERIES.labels(upstream, state).inc()
     if duration_ms:
         UPSTREAM_LATENCY.labels(upstream).observe(duration_ms / 1000)
-
-
-class OutboxCollector(Collector):
-    """Outbox depth, lag, parked identities and pauses, read from the database per scrape."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = read_only(engine)
-
-    def collect(self) -> Iterable[Metric]:
-        depth = GaugeMetricFamily(
-            "ctmm_bridge_outbox_items",
-            "Outbox items by upstream and state.",
-            labels=["upstream", "state"],
-        )
-        oldest = GaugeMetricFamily(
-            "ctmm_bridge_outbox_oldest_pending_age_seconds",
-            "Age of the oldest pending item, by upstream (0 when none).",
-            labels=["upstream"],
-        )
-        parked = GaugeMetricFamily(
-            "ctmm_bridge_parked_identities",
-            "Distinct emails with events parked for want of a CleverTap ID.",
-        )
-        paused = GaugeMetricFamily(
-            "ctmm_bridge_upstream_paused",
-            "1 while deliveries to an upstream are paused (credentials rejected).",
-            labels=["upstream"],
-        )
-        now = utcnow()
-        with self.engine.connect() as conn:
-            counts = conn.execute(
-                select(Delivery.upstream, Delivery.state, func.count()).group_by(
-                    Delivery.upstream, Delivery.state
-                )
-            ).all()
-            oldest_rows = conn.execute(
-                select(Delivery.upstream, func.min(Delivery.created_at))
-                .where(Delivery.state == State.PENDING.value)
-                .group_by(Delivery.upstream)
-            ).all()
-            parked_emails = conn.execute(
-                select(func.count(func.distinct(Delivery.email))).where(
-                    Delivery.state == State.PARKED.value
-                )
-            ).scalar_one()
-            pauses = conn.execute(select(UpstreamState.upstream, UpstreamState.paused)).all()
-        seen = {(u, s) for u, s, _ in counts}
-        for upstream in ("mailmodo", "clevertap"):
-            for known in State:
-                if (upstream, known.value) not in seen:
-                    depth.add_metric([upstream, known.value], 0)
-        for upstream, state_name, count in counts:
-            depth.add_metric([upstream, state_name], count)
-        ages = {u: _age(now, created) for u, created in oldest_rows}
-        for upstream in ("mailmodo", "clevertap"):
-            oldest.add_metric([upstream], ages.get(upstream, 0.0))
-        parked.add_metric([], parked_emails)
-        paused_map = {u: bool(p) for u, p in pauses}
-        for upstream in ("mailmodo", "clevertap"):
-            paused.add_metric([upstream], 1 if paused_map.get(upstream) else 0)
-        yield from (depth, oldest, parked, paused)
-
-
-def _age(now: datetime, created: datetime | None) -> float:
-    if created is None:
-        return 0.0
-    return max(0.0, (now - created).total_seconds())
-
-
-def app_registry(engine: Engine) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(OutboxCollector(engine))
-    return registry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import Request
 from prometheus_client import CollectorRegistry
@@ -13,7 +14,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.outbox.writer import Writer
 from app.security import Credentials
-from app.worker.runner import WorkerRunner
+
+
+class Runner(Protocol):
+    """What the app does with its embedded worker (``app.worker.runner.WorkerRunner``).
+
+    A protocol, not the class, so the routers that read this state do not import the worker
+    (and through it every upstream)."""
+
+    worker_id: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def wake_threadsafe(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -24,7 +39,7 @@ class BridgeState:
     credentials: Credentials
     writer: Writer
     metrics: CollectorRegistry
-    runner: WorkerRunner | None = None
+    runner: Runner | None = None
     runner_task: asyncio.Task[None] | None = None
     stop: asyncio.Event | None = None
 

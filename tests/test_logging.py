@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from app.logging import configure_logging, mask_email, mask_path
 from app.main import create_app
-from app.worker.runner import build_mailmodo_deliverer
+from app.worker.build import build_mailmodo_deliverer
 from tests.conftest import CT_SECRET, MAILMODO_KEY, MM_SECRET, make_settings, profiles_body
 
 

@@ -8,8 +8,10 @@ import httpx
 import respx
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.metrics import FINAL_STATES
+from app.outbox.models import State
 from app.state import BridgeState
-from app.worker.runner import build_mailmodo_deliverer
+from app.worker.build import build_mailmodo_deliverer
 from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
 
 
@@ -111,3 +113,8 @@ async def test_parked_identities_gauge(client: httpx.AsyncClient) -> None:
     text = await scrape(client)
     assert value(text, "ctmm_bridge_parked_identities") == 2
     assert value(text, "ctmm_bridge_outbox_items", upstream="clevertap", state="parked") == 3
+
+
+def test_final_states_are_the_delivery_states_an_attempt_ends_in() -> None:
+    """metrics.py imports nothing from the app; this keeps its label values in step."""
+    assert {State(value) for value in FINAL_STATES} == {State.DELIVERED, State.FAILED, State.DEAD}

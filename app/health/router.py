@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import Response
 
 from app import __version__
+from app.errors import json_response
 from app.health.service import readiness
-from app.inbound.service import json_response
 from app.state import bridge
 
 router = APIRouter(tags=["health"])

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.inbound.service import json_response
+from app.errors import internal_error
 
 log = structlog.get_logger(__name__)
 
@@ -93,5 +93,5 @@ class WebhookDispatch:
         except Exception as exc:
             # The same answer as the app's catch-all handler on FastAPI's path.
             log.exception("unhandled error", error=type(exc).__name__)
-            response = json_response({"error": "internal error", "detail": type(exc).__name__}, 500)
+            response = internal_error(exc)
         await response(scope, receive, send)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from app.clock import utcnow
 from app.config import Settings
+from app.errors import BridgeError, error_response, json_response
 from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord
@@ -29,24 +30,14 @@ log = structlog.get_logger(__name__)
 JSON_TYPES = ("application/json",)
 
 
-class InboundError(Exception):
-    """An answer other than 200, with a JSON body ``{"error": ..., "detail": ...}``."""
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="ctmm-bridge"'}
+
+
+class InboundError(BridgeError):
+    """An answer other than 200 to a webhook call; a 401 asks for Basic credentials."""
 
     def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-    def response(self) -> Response:
-        headers = {"WWW-Authenticate": 'Basic realm="ctmm-bridge"'} if self.status == 401 else None
-        return json_response({"error": self.error, "detail": self.detail}, self.status, headers)
-
-
-def json_response(
-    content: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+        super().__init__(status, error, detail, _BASIC_CHALLENGE if status == 401 else None)
 
 
 def secret_matches(candidate: str | None, secrets: Sequence[str]) -> bool:
@@ -281,10 +272,8 @@ async def handle_webhook(
     except WriterUnavailable as exc:
         observe_inbound(route, 503)
         log.error("inbound call not stored", route=route, error=str(exc))
-        return json_response(
-            {"error": "temporarily unavailable", "detail": "the database is not available"},
-            503,
-            {"Retry-After": "5"},
+        return error_response(
+            503, "temporarily unavailable", "the database is not available", {"Retry-After": "5"}
         )
     observe_inbound(route, 200, answer)
     return json_response(answer)

@@ -173,9 +173,9 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread (tests)
             signal.signal(sig, signal.SIG_IGN)
-    from app.cli import tune_gc_for_serving
     from app.db import create_db_engine
     from app.logging import configure_logging
+    from app.runtime import tune_gc_for_serving
 
     configure_logging(settings)
     tune_gc_for_serving()

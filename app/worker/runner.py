@@ -13,21 +13,16 @@ import uuid
 from collections.abc import Coroutine
 from contextlib import suppress
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
 
-from app.clevertap.client import CleverTapClient
 from app.clock import utcnow
 from app.config import Settings
-from app.mailmodo.client import MailmodoClient
 from app.outbox import repository
-from app.outbox.policy import RetryPolicy
-from app.security import fingerprint
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
-from app.worker.ratelimit import SharedRateLimiter
 from app.worker.upload import CleverTapUploader
 
 log = structlog.get_logger(__name__)
@@ -35,73 +30,6 @@ log = structlog.get_logger(__name__)
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-class _ConsumerSettings(TypedDict):
-    policy: RetryPolicy
-    worker_id: str
-    lease_seconds: float
-    key_fingerprint: str | None
-    pause_probe_seconds: float
-
-
-def _consumer_settings(settings: Settings, worker_id: str, key: str) -> _ConsumerSettings:
-    return {
-        "policy": RetryPolicy(
-            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
-        ),
-        "worker_id": worker_id,
-        "lease_seconds": settings.lease_seconds,
-        "key_fingerprint": fingerprint(key),
-        "pause_probe_seconds": settings.pause_probe_seconds,
-    }
-
-
-def build_clevertap_uploader(
-    engine: Engine, settings: Settings, worker_id: str, client: CleverTapClient | None = None
-) -> CleverTapUploader | None:
-    """None when the CleverTap project is not configured: events wait, readiness says why."""
-    if not (settings.clevertap_account_id and settings.clevertap_passcode):
-        return None
-    client = client or CleverTapClient(
-        base_url=settings.clevertap_base_url,
-        account_id=settings.clevertap_account_id,
-        passcode=settings.clevertap_passcode,
-        timeout=settings.clevertap_timeout_seconds,
-        max_connections=settings.clevertap_max_concurrency,
-    )
-    return CleverTapUploader(
-        engine=engine,
-        client=client,
-        batch_size=settings.clevertap_batch_size,
-        **_consumer_settings(
-            settings,
-            worker_id,
-            # A new passcode, account or region resumes a pause at once.
-            f"{settings.clevertap_account_id}:{settings.clevertap_passcode}:"
-            f"{settings.clevertap_base_url}",
-        ),
-    )
-
-
-def build_mailmodo_deliverer(
-    engine: Engine, settings: Settings, worker_id: str, client: MailmodoClient | None = None
-) -> MailmodoDeliverer | None:
-    """None when no Mailmodo API key is configured: rows wait, readiness says why."""
-    if not settings.mailmodo_api_key:
-        return None
-    client = client or MailmodoClient(
-        base_url=settings.mailmodo_api_url,
-        api_key=settings.mailmodo_api_key,
-        timeout=settings.mailmodo_timeout_seconds,
-        max_connections=settings.mailmodo_max_concurrency,
-    )
-    return MailmodoDeliverer(
-        engine=engine,
-        client=client,
-        limiter=SharedRateLimiter(engine, "mailmodo", settings.mailmodo_rate_per_second),
-        **_consumer_settings(settings, worker_id, settings.mailmodo_api_key),
-    )
 
 
 class WorkerRunner:

@@ -15,7 +15,7 @@ from app.clock import utcnow
 from app.outbox.models import Attempt, Delivery, InboundCall, State
 from app.state import BridgeState
 from app.system import repository as system_repo
-from app.worker.runner import build_mailmodo_deliverer
+from app.worker.build import build_mailmodo_deliverer
 from tests.admin.conftest import (
     AUTH,
     age_rows,

@@ -17,7 +17,7 @@ from app.clevertap.client import CleverTapClient
 from app.outbox.models import State
 from app.state import BridgeState
 from app.upstream import UpstreamTimeout, UpstreamUnreachable
-from app.worker.runner import build_clevertap_uploader
+from app.worker.build import build_clevertap_uploader
 from tests.conftest import CLEVERTAP_URL, make_settings
 from tests.factories import (
     all_deliveries,

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app.outbox.models import Delivery
 from app.state import BridgeState
-from app.worker.runner import build_mailmodo_deliverer
+from app.worker.build import build_mailmodo_deliverer
 from tests.conftest import CT_AUTH
 
 ROUTE = "/clevertap/lists/Newsletter/contacts"

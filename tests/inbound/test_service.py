@@ -18,7 +18,6 @@ from app.inbound.service import (
     check_content_type,
     clevertap_credential,
     dedup_key,
-    json_response,
     keep_rejected,
     parse_json,
     read_body,
@@ -251,12 +250,6 @@ def test_error_response_is_json_and_401_asks_for_basic() -> None:
     other = InboundError(415, "unsupported media type").response()
     assert "www-authenticate" not in other.headers
     assert orjson.loads(bytes(other.body)) == {"error": "unsupported media type", "detail": None}
-
-
-def test_json_response_headers() -> None:
-    response = json_response({"x": 1}, 503, {"Retry-After": "5"})
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
 
 
 # --- keeping rejected calls --------------------------------------------------------------------

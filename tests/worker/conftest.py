@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from app.state import BridgeState
+from app.worker.build import build_mailmodo_deliverer
 from app.worker.delivery import MailmodoDeliverer
-from app.worker.runner import build_mailmodo_deliverer
 from tests.conftest import CT_AUTH, profiles_body
 
 #: Every Mailmodo call the bridge makes, whatever the operation and target.

@@ -26,7 +26,7 @@ from app.db import create_db_engine
 from app.main import create_app
 from app.state import BridgeState
 from app.system.migrations import upgrade
-from app.worker.runner import build_clevertap_uploader
+from app.worker.build import build_clevertap_uploader
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
 from tests.factories import upstream_state

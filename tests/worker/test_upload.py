@@ -21,6 +21,7 @@ from app.clock import utcnow
 from app.outbox.models import State
 from app.state import BridgeState
 from app.system.models import UpstreamState
+from app.worker.runner import WorkerRunner
 from app.worker.upload import CleverTapUploader
 from tests.conftest import CLEVERTAP_URL, make_settings
 from tests.factories import (
@@ -530,7 +531,7 @@ async def test_embedded_runner_sends_a_burst_in_full_batches(
     settings = make_settings(sqlite_url, embedded_worker=True, clevertap_linger_ms=50)
     assert settings.clevertap_batch_size == 1000
     async with running_app(settings) as (client, state):
-        assert state.runner is not None
+        assert isinstance(state.runner, WorkerRunner)
         assert state.runner.clevertap is not None
         bodies = [
             opened(f"b{i}@example.com", clevertap_id=f"__b{i}", event_id=f"burst-{i}")

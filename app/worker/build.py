@@ -1,0 +1,99 @@
+"""Assembling a worker from the settings: ONE place, used by ``serve`` (the embedded worker),
+``ctmm-bridge worker`` and the sandbox (through ``serve``'s app)."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from sqlalchemy.engine import Engine
+
+from app.clevertap.client import CleverTapClient
+from app.config import Settings
+from app.mailmodo.client import MailmodoClient
+from app.outbox.policy import RetryPolicy
+from app.security import fingerprint
+from app.worker.delivery import MailmodoDeliverer
+from app.worker.ratelimit import SharedRateLimiter
+from app.worker.runner import WorkerRunner, new_worker_id
+from app.worker.upload import CleverTapUploader
+
+
+def build_runner(
+    engine: Engine, settings: Settings, *, worker_id: str | None = None
+) -> WorkerRunner:
+    """A runner with a consumer for each upstream whose credentials are configured."""
+    worker_id = worker_id or new_worker_id()
+    return WorkerRunner(
+        engine=engine,
+        settings=settings,
+        worker_id=worker_id,
+        mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
+        clevertap=build_clevertap_uploader(engine, settings, worker_id),
+    )
+
+
+class _ConsumerSettings(TypedDict):
+    policy: RetryPolicy
+    worker_id: str
+    lease_seconds: float
+    key_fingerprint: str | None
+    pause_probe_seconds: float
+
+
+def _consumer_settings(settings: Settings, worker_id: str, key: str) -> _ConsumerSettings:
+    return {
+        "policy": RetryPolicy(
+            settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds
+        ),
+        "worker_id": worker_id,
+        "lease_seconds": settings.lease_seconds,
+        "key_fingerprint": fingerprint(key),
+        "pause_probe_seconds": settings.pause_probe_seconds,
+    }
+
+
+def build_clevertap_uploader(
+    engine: Engine, settings: Settings, worker_id: str, client: CleverTapClient | None = None
+) -> CleverTapUploader | None:
+    """None when the CleverTap project is not configured: events wait, readiness says why."""
+    if not (settings.clevertap_account_id and settings.clevertap_passcode):
+        return None
+    client = client or CleverTapClient(
+        base_url=settings.clevertap_base_url,
+        account_id=settings.clevertap_account_id,
+        passcode=settings.clevertap_passcode,
+        timeout=settings.clevertap_timeout_seconds,
+        max_connections=settings.clevertap_max_concurrency,
+    )
+    return CleverTapUploader(
+        engine=engine,
+        client=client,
+        batch_size=settings.clevertap_batch_size,
+        **_consumer_settings(
+            settings,
+            worker_id,
+            # A new passcode, account or region resumes a pause at once.
+            f"{settings.clevertap_account_id}:{settings.clevertap_passcode}:"
+            f"{settings.clevertap_base_url}",
+        ),
+    )
+
+
+def build_mailmodo_deliverer(
+    engine: Engine, settings: Settings, worker_id: str, client: MailmodoClient | None = None
+) -> MailmodoDeliverer | None:
+    """None when no Mailmodo API key is configured: rows wait, readiness says why."""
+    if not settings.mailmodo_api_key:
+        return None
+    client = client or MailmodoClient(
+        base_url=settings.mailmodo_api_url,
+        api_key=settings.mailmodo_api_key,
+        timeout=settings.mailmodo_timeout_seconds,
+        max_connections=settings.mailmodo_max_concurrency,
+    )
+    return MailmodoDeliverer(
+        engine=engine,
+        client=client,
+        limiter=SharedRateLimiter(engine, "mailmodo", settings.mailmodo_rate_per_second),
+        **_consumer_settings(settings, worker_id, settings.mailmodo_api_key),
+    )
