@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from app.clock import utcnow
 from app.db import read_only
 from app.outbox.models import Delivery, State
+from app.outbox.transitions import TERMINAL_STATES
 from app.system.models import UpstreamState
 
 INBOUND_REQUESTS = Counter(
@@ -60,8 +61,6 @@ UPLOAD_BATCH = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 750, 900, 1000),
 )
 
-FINAL_STATES = {State.DELIVERED.value, State.FAILED.value, State.DEAD.value}
-
 
 def observe_inbound(route: str, status: int, result: dict[str, object] | None = None) -> None:
     _inbound_requests(route, status).inc()
@@ -93,7 +92,8 @@ def _inbound_items(route: str, outcome: str) -> Counter:
 
 def observe_attempt(upstream: str, outcome: str, state: str, duration_ms: float | None) -> None:
     ATTEMPTS.labels(upstream, outcome).inc()
-    if state in FINAL_STATES:
+    # An attempt ends in delivered, failed, dead or pending: the first three are final.
+    if state in TERMINAL_STATES:
         DELIVERIES.labels(upstream, state).inc()
     if duration_ms:
         UPSTREAM_LATENCY.labels(upstream).observe(duration_ms / 1000)

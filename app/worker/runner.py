@@ -22,7 +22,7 @@ from app.clevertap.client import CleverTapClient
 from app.clock import utcnow
 from app.config import Settings
 from app.mailmodo.client import MailmodoClient
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.policy import RetryPolicy
 from app.security import fingerprint
 from app.system import repository as system_repo
@@ -195,9 +195,9 @@ class WorkerRunner:
         """Housekeeping every worker may do (idempotent): parked events and retention."""
         now = utcnow()
         with self.engine.begin() as conn:
-            released = repository.release_resolvable_parked(conn, now=now)
+            released = repository.release_resolvable_parked(conn, transitions.release_parked(now))
             expired = repository.expire_parked(
-                conn, now=now, ttl_hours=self.settings.park_ttl_hours
+                conn, transitions.expire_parked(now, ttl_hours=self.settings.park_ttl_hours)
             )
         if released or expired:
             log.info("parked events", released=released, expired_to_dead=expired)
