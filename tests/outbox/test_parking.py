@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.identity.models import Identity
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.models import State
 from app.state import BridgeState
 from tests.conftest import make_settings
@@ -61,7 +61,7 @@ async def test_parked_past_the_ttl_becomes_dead(
 
     now = utcnow()
     with state.engine.begin() as conn:
-        expired = repository.expire_parked(conn, now=now, ttl_hours=72)
+        expired = repository.expire_parked(conn, transitions.expire_parked(now, ttl_hours=72))
     assert expired == 1
 
     row = delivery(state.engine, old)
@@ -75,7 +75,9 @@ async def test_parked_past_the_ttl_becomes_dead(
     assert delivery(state.engine, due["ids"][0]).state == State.PENDING.value
 
     with state.engine.begin() as conn:
-        assert repository.expire_parked(conn, now=utcnow(), ttl_hours=72) == 0
+        assert (
+            repository.expire_parked(conn, transitions.expire_parked(utcnow(), ttl_hours=72)) == 0
+        )
 
 
 async def test_an_expired_event_stays_dead_when_its_identity_arrives(
@@ -84,10 +86,10 @@ async def test_an_expired_event_stays_dead_when_its_identity_arrives(
     old = await park(client, "late@example.com", "e1")
     set_next_attempt(state.engine, [old], utcnow() - timedelta(seconds=1))
     with state.engine.begin() as conn:
-        repository.expire_parked(conn, now=utcnow(), ttl_hours=72)
+        repository.expire_parked(conn, transitions.expire_parked(utcnow(), ttl_hours=72))
     await learn_identity(client, "late@example.com")
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=utcnow()) == 0
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(utcnow())) == 0
     row = delivery(state.engine, old)
     assert (row.state, row.clevertap_id) == (State.DEAD.value, None)
 
@@ -118,7 +120,7 @@ async def test_release_resolvable_parked_picks_up_identities_from_other_transact
 
     now = utcnow()
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=now) == 2
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(now)) == 2
     for delivery_id in (carl, carl_again):
         row = delivery(state.engine, delivery_id)
         assert (row.state, row.clevertap_id, row.reason) == (
@@ -129,7 +131,7 @@ async def test_release_resolvable_parked_picks_up_identities_from_other_transact
         assert row.next_attempt_at == now
     assert delivery(state.engine, other).state == State.PARKED.value
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=utcnow()) == 0
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(utcnow())) == 0
 
     async with uploader_for(state.engine, state.settings) as uploader:
         assert (await uploader.run_once()).claimed == 2
@@ -152,7 +154,7 @@ async def test_release_parked_keys_rows_by_the_id_just_learnt(
                 {"email": "a@example.com", "clevertap_id": "__a"},
                 {"email": "nobody@example.com", "clevertap_id": "__n"},
             ],
-            now=now,
+            transitions.release_parked(now),
         )
     assert (delivery(state.engine, a).state, delivery(state.engine, a).clevertap_id) == (
         State.PENDING.value,
@@ -212,8 +214,10 @@ async def test_park_release_expire_and_upload_on_every_backend(
     add_identity(state, "table@example.com", "__table")
     set_next_attempt(state.engine, [expires], utcnow() - timedelta(seconds=1))
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=utcnow()) == 1
-        assert repository.expire_parked(conn, now=utcnow(), ttl_hours=72) == 1
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(utcnow())) == 1
+        assert (
+            repository.expire_parked(conn, transitions.expire_parked(utcnow(), ttl_hours=72)) == 1
+        )
     assert delivery(state.engine, by_table).clevertap_id == "__table"
     assert delivery(state.engine, expires).state == State.DEAD.value
     assert delivery(state.engine, stays).state == State.PARKED.value
