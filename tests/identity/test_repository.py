@@ -31,7 +31,7 @@ def db(database_url: str) -> Iterator[Engine]:
 def stored(engine: Engine) -> dict[str, str]:
     with engine.connect() as conn:
         rows = conn.execute(select(Identity.email, Identity.clevertap_id)).all()
-    return {email: clevertap_id for email, clevertap_id in rows}
+    return {str(row[0]): str(row[1]) for row in rows}
 
 
 def test_the_newest_observation_wins(db: Engine) -> None:
