@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Connection, Dialect, Enum, Table
 
 from app.db import UTCDateTime, sqlite_utc_text
 
@@ -94,15 +95,25 @@ def row_insert(
             columns=tuple(
                 (
                     name,
-                    sqlite_utc_text
-                    if isinstance(table.c[name].type, UTCDateTime)
-                    else table.c[name].type.dialect_impl(dialect).bind_processor(dialect),
+                    _converter(table.c[name].type, dialect),
                 )
                 for name in order
             ),
         )
         _ROW_INSERTS[cache_key] = plan
     return plan
+
+
+def _converter(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """How a column's value is bound on SQLite: as its type does, minus two costs. Aware
+    timestamps become text directly; a ``StrEnum`` member already is its stored text (the
+    driver binds a ``str`` subclass as its string), so the enum type's look-up is skipped."""
+    if isinstance(type_, UTCDateTime):
+        return sqlite_utc_text
+    if isinstance(type_, Enum) and issubclass(type_.enum_class or object, StrEnum):
+        return None
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
 
 
 def sqlite_executemany(conn: Connection, plan: RowInsert, rows: list[dict[str, Any]]) -> None:

@@ -8,7 +8,6 @@ release itself (``app.outbox.repository``) passes the email column of the rows i
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, ScalarSelect, Table, select
@@ -40,13 +39,11 @@ def _identity_upsert(dialect: str) -> Any:
 _IDENTITY_UPSERT = {name: _identity_upsert(name) for name in ("postgresql", "sqlite")}
 
 
-def observation(email: str, clevertap_id: str, source: str, now: datetime) -> dict[str, Any]:
-    """One identity row as ``upsert`` takes it."""
-    return {"email": email, "clevertap_id": clevertap_id, "source": source, "updated_at": now}
-
-
 def upsert(conn: Executor, rows: list[dict[str, Any]]) -> None:
-    """Learn pairs; the newest observation of an email wins (an older one changes nothing)."""
+    """Learn pairs; the newest observation of an email wins (an older one changes nothing).
+
+    Each row: ``email``, ``clevertap_id``, ``source``, ``updated_at`` (all rows alike).
+    """
     dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
     if isinstance(conn, Connection) and dialect == "sqlite":
         plan = row_insert(conn.dialect, IDENTITIES, tuple(rows[0]), _IDENTITY_UPSERT["sqlite"])

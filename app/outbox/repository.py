@@ -268,9 +268,12 @@ def _learn_identities(
     learnt: dict[str, dict[str, Any]] = {}
     for i in originals:
         for obs in records[i].identities:
-            learnt[obs.email] = identity_repo.observation(
-                obs.email, obs.clevertap_id, obs.source, now
-            )
+            learnt[obs.email] = {
+                "email": obs.email,
+                "clevertap_id": obs.clevertap_id,
+                "source": obs.source,
+                "updated_at": now,
+            }
     if learnt:
         rows = list(learnt.values())
         identity_repo.upsert(conn, rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +18,10 @@ from app.system.migrations import upgrade
 from tests.conftest import make_settings
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def observation(email: str, clevertap_id: str, source: str, at: datetime) -> dict[str, Any]:
+    return {"email": email, "clevertap_id": clevertap_id, "source": source, "updated_at": at}
 
 
 @pytest.fixture
@@ -39,16 +44,16 @@ def test_the_newest_observation_wins(db: Engine) -> None:
         repository.upsert(
             conn,
             [
-                repository.observation("a@example.com", "__a1", "t", T0),
-                repository.observation("b@example.com", "__b1", "t", T0),
+                observation("a@example.com", "__a1", "t", T0),
+                observation("b@example.com", "__b1", "t", T0),
             ],
         )
     with db.begin() as conn:
         repository.upsert(
             conn,
             [
-                repository.observation("a@example.com", "__a2", "t", T0 + timedelta(seconds=1)),
-                repository.observation("b@example.com", "__old", "t", T0 - timedelta(seconds=1)),
+                observation("a@example.com", "__a2", "t", T0 + timedelta(seconds=1)),
+                observation("b@example.com", "__old", "t", T0 - timedelta(seconds=1)),
             ],
         )
     assert stored(db) == {"a@example.com": "__a2", "b@example.com": "__b1"}
@@ -59,11 +64,11 @@ def test_resolve_prefers_what_the_batch_learnt(db: Engine) -> None:
         repository.upsert(
             conn,
             [
-                repository.observation("a@example.com", "__stored", "t", T0),
-                repository.observation("b@example.com", "__b", "t", T0),
+                observation("a@example.com", "__stored", "t", T0),
+                observation("b@example.com", "__b", "t", T0),
             ],
         )
-    learnt = {"a@example.com": repository.observation("a@example.com", "__new", "t", T0)}
+    learnt = {"a@example.com": observation("a@example.com", "__new", "t", T0)}
     wanted = {"a@example.com", "b@example.com", "nobody@example.com"}
     with db.connect() as conn:
         assert repository.resolve(conn, wanted, learnt) == {
