@@ -85,6 +85,7 @@ def _inbound_items(route: str, outcome: str) -> Counter:
 
 def observe_attempt(upstream: str, outcome: str, state: str, duration_ms: float | None) -> None:
     ATTEMPTS.labels(upstream, outcome).inc()
+    # An attempt ends in delivered, failed, dead or pending: the first three are final.
     if state in FINAL_STATES:
         DELIVERIES.labels(upstream, state).inc()
     if duration_ms:

@@ -1,8 +1,9 @@
 """All SQL of the operator's tools: listing, one delivery in full, replay, cancel, purge, stats.
 
 Functions take a ``Connection`` opened by the caller and never commit, like the outbox
-repository. Every state change is guarded in its ``WHERE`` clause (state, no live lease), so
-an operator racing a worker never overwrites the worker's result nor sends an item twice.
+repository. Every state change applies a change of ``app.outbox.transitions`` guarded in its
+``WHERE`` clause (its from-states, no live lease), so an operator racing a worker never
+overwrites the worker's result nor sends an item twice.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from sqlalchemy import (
 )
 
 from app.outbox.models import CallStatus, State
-from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES
+from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES, in_states
+from app.outbox.transitions import Cancellation, OperatorReplay, Purge
 from app.system import repository as system_repo
 from app.system.models import UpstreamState, WorkerHeartbeat
-
-REPLAYED_REASON = "replayed by operator"
-CANCELLED_REASON = "cancelled by operator"
 
 #: Columns shown in listings: everything but the payload, which only the detail view carries.
 LIST_COLUMNS = [c for c in DELIVERIES.c if c.name != "payload"]
@@ -165,55 +164,32 @@ def list_rejected(
 # -- changing one -------------------------------------------------------------------------------
 
 
-def replay_values(now: datetime) -> dict[str, Any]:
-    """Due now with a fresh schedule: attempts and deferrals start again from zero."""
-    return {
-        "state": State.PENDING.value,
-        "attempts": 0,
-        "deferrals": 0,
-        "next_attempt_at": now,
+def _operator_values(change: OperatorReplay | Cancellation) -> dict[str, Any]:
+    """The columns an operator's change sets; both end any (expired) lease."""
+    now = change.updated_at
+    common = {
+        "state": change.state,
         "lease_token": None,
         "leased_by": None,
-        "reason": REPLAYED_REASON,
-        "finished_at": None,
+        "reason": change.reason,
         "updated_at": now,
     }
+    if isinstance(change, Cancellation):
+        return common | {"finished_at": now}
+    # Due now with a fresh schedule: attempts and deferrals start again from zero.
+    return common | {"attempts": 0, "deferrals": 0, "next_attempt_at": now, "finished_at": None}
 
 
-def replay_one(
-    conn: Connection, delivery_id: int, *, from_states: Sequence[str], now: datetime
-) -> bool:
-    """False when the row left ``from_states`` or a worker leased it meanwhile."""
+def apply_one(conn: Connection, delivery_id: int, change: OperatorReplay | Cancellation) -> bool:
+    """False when the row left the change's ``from_states`` or a worker leased it meanwhile."""
     result = conn.execute(
         update(DELIVERIES)
         .where(
             DELIVERIES.c.id == delivery_id,
-            DELIVERIES.c.state.in_(list(from_states)),
-            not_(in_flight(now)),
+            in_states(change.from_states),
+            not_(in_flight(change.updated_at)),
         )
-        .values(**replay_values(now))
-    )
-    return bool(result.rowcount)
-
-
-def cancel_one(
-    conn: Connection, delivery_id: int, *, from_states: Sequence[str], now: datetime
-) -> bool:
-    result = conn.execute(
-        update(DELIVERIES)
-        .where(
-            DELIVERIES.c.id == delivery_id,
-            DELIVERIES.c.state.in_(list(from_states)),
-            not_(in_flight(now)),
-        )
-        .values(
-            state=State.CANCELLED.value,
-            lease_token=None,
-            leased_by=None,
-            reason=CANCELLED_REASON,
-            finished_at=now,
-            updated_at=now,
-        )
+        .values(**_operator_values(change))
     )
     return bool(result.rowcount)
 
@@ -222,7 +198,7 @@ def cancel_one(
 
 
 def replay_batch(
-    conn: Connection, f: DeliveryFilter, *, after_id: int, limit: int, now: datetime
+    conn: Connection, f: DeliveryFilter, change: OperatorReplay, *, after_id: int, limit: int
 ) -> tuple[int, int, int | None]:
     """Replay the next ``limit`` matching rows after ``after_id``.
 
@@ -243,8 +219,13 @@ def replay_batch(
         return 0, 0, None
     result = conn.execute(
         update(DELIVERIES)
-        .where(DELIVERIES.c.id.in_(ids), *conditions(f), not_(in_flight(now)))
-        .values(**replay_values(now))
+        .where(
+            DELIVERIES.c.id.in_(ids),
+            *conditions(f),
+            in_states(change.from_states),
+            not_(in_flight(change.updated_at)),
+        )
+        .values(**_operator_values(change))
     )
     return len(ids), int(result.rowcount or 0), ids[-1]
 
@@ -296,7 +277,13 @@ def count_standalone_calls(conn: Connection, cutoff: datetime) -> int:
 
 
 def purge_batch(
-    conn: Connection, f: DeliveryFilter, *, cutoff: datetime, after_id: int, limit: int
+    conn: Connection,
+    f: DeliveryFilter,
+    change: Purge,
+    *,
+    cutoff: datetime,
+    after_id: int,
+    limit: int,
 ) -> tuple[int, int, int | None]:
     """Delete the next ``limit`` matching deliveries (their attempts cascade) and the inbound
     calls they leave without any delivery.
@@ -305,7 +292,12 @@ def purge_batch(
     """
     rows = conn.execute(
         select(DELIVERIES.c.id, DELIVERIES.c.inbound_call_id)
-        .where(*conditions(f), DELIVERIES.c.updated_at < cutoff, DELIVERIES.c.id > after_id)
+        .where(
+            *conditions(f),
+            in_states(change.from_states),
+            DELIVERIES.c.updated_at < cutoff,
+            DELIVERIES.c.id > after_id,
+        )
         .order_by(DELIVERIES.c.id)
         .limit(limit)
     ).all()
@@ -317,7 +309,10 @@ def purge_batch(
     conn.execute(delete(ATTEMPTS).where(ATTEMPTS.c.delivery_id.in_(ids)))
     deleted = conn.execute(
         delete(DELIVERIES).where(
-            DELIVERIES.c.id.in_(ids), *conditions(f), DELIVERIES.c.updated_at < cutoff
+            DELIVERIES.c.id.in_(ids),
+            *conditions(f),
+            in_states(change.from_states),
+            DELIVERIES.c.updated_at < cutoff,
         )
     ).rowcount
     calls = 0

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from app.admin import service
+from app.admin import actions, service
 from app.admin.schemas import (
     ActionResult,
     DeliveryDetail,
@@ -168,7 +168,7 @@ def retry_delivery(
     delivery_id: int,
     force: Annotated[bool, Query(description="Also re-send a delivered item")] = False,
 ) -> ActionResult:
-    return service.retry_delivery(bridge(request).engine, delivery_id, force=force)
+    return actions.retry_delivery(bridge(request).engine, delivery_id, force=force)
 
 
 @router.post(
@@ -177,7 +177,7 @@ def retry_delivery(
     responses=_errors(404, 409, 422),
 )
 def cancel_delivery(request: Request, delivery_id: int) -> ActionResult:
-    return service.cancel_delivery(bridge(request).engine, delivery_id)
+    return actions.cancel_delivery(bridge(request).engine, delivery_id)
 
 
 @router.post(
@@ -189,7 +189,7 @@ def cancel_delivery(request: Request, delivery_id: int) -> ActionResult:
     responses=_errors(422),
 )
 def replay(request: Request, body: ReplayRequest) -> ReplayResult:
-    return service.replay(bridge(request).engine, body)
+    return actions.replay(bridge(request).engine, body)
 
 
 @router.post(
@@ -201,7 +201,7 @@ def replay(request: Request, body: ReplayRequest) -> ReplayResult:
     responses=_errors(422),
 )
 def purge(request: Request, body: PurgeRequest) -> PurgeResult:
-    return service.purge(bridge(request).engine, body)
+    return actions.purge(bridge(request).engine, body)
 
 
 @router.get(
@@ -242,4 +242,4 @@ def stats(request: Request) -> Stats:
     responses=_errors(422),
 )
 def resume_upstream(request: Request, upstream: Upstream) -> ResumeResult:
-    return service.resume_upstream(bridge(request).engine, upstream)
+    return actions.resume_upstream(bridge(request).engine, upstream)

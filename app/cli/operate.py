@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from app.admin import service
+from app.admin import actions, service
 from app.admin.schemas import Filters, PurgeRequest, ReplayRequest
 from app.admin.service import AdminError, parse_when
 from app.cli.context import admin_engine, admin_fail, load_settings
@@ -176,7 +176,7 @@ def replay(
         dry_run=dry_run,
     )
     with admin_engine() as engine:
-        plan = service.plan_replay(engine, request)
+        plan = actions.plan_replay(engine, request)
         if dry_run or not plan.matched:
             typer.echo(
                 f"{plan.matched} deliveries would be replayed (dry run)"
@@ -185,7 +185,7 @@ def replay(
             )
             return
         with typer.progressbar(length=plan.matched, label="replaying", file=sys.stderr) as bar:
-            result = service.run_replay(engine, plan, progress=bar.update)
+            result = actions.run_replay(engine, plan, progress=bar.update)
     skipped = result.matched - result.replayed
     typer.echo(
         f"replayed {result.replayed} deliveries"
@@ -228,7 +228,7 @@ def purge(
         dry_run=dry_run,
     )
     with admin_engine() as engine:
-        plan = service.plan_purge(engine, request)
+        plan = actions.plan_purge(engine, request)
         if dry_run:
             typer.echo(
                 f"{plan.matched} deliveries and {plan.calls} inbound calls older than "
@@ -237,7 +237,7 @@ def purge(
             return
         total = plan.matched + plan.calls
         with typer.progressbar(length=total, label="purging", file=sys.stderr) as bar:
-            result = service.run_purge(engine, plan, progress=bar.update)
+            result = actions.run_purge(engine, plan, progress=bar.update)
     typer.echo(f"deleted {result.deleted} deliveries and {result.calls_deleted} inbound calls")
 
 
@@ -250,7 +250,7 @@ def retry(
     Exit codes: 0 done; 1 no such delivery, or its state does not allow it; 2 bad usage.
     """
     with admin_engine() as engine:
-        result = service.retry_delivery(engine, delivery_id, force=force)
+        result = actions.retry_delivery(engine, delivery_id, force=force)
     typer.echo(f"delivery {result.id}: {result.previous_state} → {result.state}")
 
 
@@ -260,7 +260,7 @@ def cancel(delivery_id: int = typer.Argument(..., metavar="ID", help="Delivery i
     Exit codes: 0 done; 1 no such delivery, or it has finished; 2 bad usage.
     """
     with admin_engine() as engine:
-        result = service.cancel_delivery(engine, delivery_id)
+        result = actions.cancel_delivery(engine, delivery_id)
     typer.echo(f"delivery {result.id}: {result.previous_state} → {result.state}")
 
 
@@ -270,7 +270,7 @@ def resume(upstream: Upstream = typer.Argument(..., help="mailmodo or clevertap.
     Exit codes: 0 done (also when it was not paused); 1 database error; 2 bad usage.
     """
     with admin_engine() as engine:
-        result = service.resume_upstream(engine, upstream)
+        result = actions.resume_upstream(engine, upstream)
     typer.echo(result.detail)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, BigIntPK, UTCDateTime
@@ -51,8 +51,16 @@ class State(StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL_STATES = frozenset(
-    {State.DELIVERED, State.FAILED, State.DEAD, State.DROPPED, State.CANCELLED}
+#: The state column: the enum's values in a VARCHAR(16), as the migrations created it (no
+#: native enum, no CHECK constraint), so a new state needs no schema change. Rows read back
+#: as ``State`` members; only ``app.outbox.transitions`` decides what is written.
+STATE_TYPE = Enum(
+    State,
+    native_enum=False,
+    create_constraint=False,
+    length=16,
+    values_callable=lambda states: [s.value for s in states],
+    validate_strings=True,
 )
 
 
@@ -106,7 +114,7 @@ class Delivery(Base):
     email: Mapped[str | None] = mapped_column(String(320))
     clevertap_id: Mapped[str | None] = mapped_column(String(256))
     payload: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[State] = mapped_column(STATE_TYPE)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     deferrals: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,4 +1,6 @@
-"""How an upstream answer decides a delivery's fate, and the one transition function.
+"""How an upstream answer is classified into an outcome, and the retry delays.
+
+What an outcome does to a delivery's state is decided in ``app.outbox.transitions``.
 
 Classes of answer (both upstreams):
 
@@ -16,14 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from app.clock import jitter
-from app.outbox.models import AttemptOutcome, State
-from app.outbox.repository import Claimed
+from app.outbox.models import AttemptOutcome
 from app.upstream import (
     MAX_KEPT_BODY,
     UpstreamError,
@@ -138,17 +138,11 @@ def classify_error(exc: UpstreamError, upstream: str) -> Outcome:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """The new column values of a delivery, and the attempt row that explains them."""
-
-    values: dict[str, Any]
-    attempt_number: int
-    state: State
-
-
 class RetryPolicy:
-    """Backoff with jitter on a fixed schedule; past its last delay an item is dead."""
+    """Backoff with jitter on a fixed schedule; past its last delay an item is dead.
+
+    Delays only: ``transitions.after_attempt`` turns them into a change of state.
+    """
 
     def __init__(
         self,
@@ -183,73 +177,6 @@ class RetryPolicy:
             return min(retry_after, MAX_RETRY_AFTER)
         base = self.rate_limit_base * (2 ** min(deferrals_done - 1, 16))
         return jitter(min(base, self.rate_limit_cap))
-
-    def transition(self, claimed: Claimed, outcome: Outcome, now: datetime) -> Transition:
-        """The single place where a delivery's state changes after an attempt."""
-        number = claimed.attempts + claimed.deferrals + 1
-        values: dict[str, Any] = {
-            "last_status_code": outcome.status_code,
-            "updated_at": now,
-            "lease_token": None,
-            "leased_by": None,
-            # Final states keep "now" here, not the lease deadline, which would read as a
-            # next attempt; pending states below set their real due time.
-            "next_attempt_at": now,
-        }
-        kind = outcome.kind
-        if kind is AttemptOutcome.DELIVERED:
-            values |= {
-                "state": State.DELIVERED.value,
-                "attempts": claimed.attempts + 1,
-                "upstream_ref": outcome.ref,
-                "reason": None,
-                "finished_at": now,
-            }
-            return Transition(values, number, State.DELIVERED)
-        if kind is AttemptOutcome.FAILED:
-            values |= {
-                "state": State.FAILED.value,
-                "attempts": claimed.attempts + 1,
-                "reason": outcome.reason,
-                "finished_at": now,
-            }
-            return Transition(values, number, State.FAILED)
-        if kind in (AttemptOutcome.RATE_LIMITED, AttemptOutcome.AUTH_ERROR):
-            deferrals = claimed.deferrals + 1
-            delay = (
-                self.deferral_delay(deferrals, outcome.retry_after)
-                if kind is AttemptOutcome.RATE_LIMITED
-                else self.pause_probe_seconds
-            )
-            values |= {
-                "state": State.PENDING.value,
-                "deferrals": deferrals,
-                "reason": outcome.reason,
-                "next_attempt_at": now + timedelta(seconds=delay),
-            }
-            return Transition(values, number, State.PENDING)
-        attempts = claimed.attempts + 1
-        retry_in = self.retry_delay(attempts, outcome.retry_after)
-        if retry_in is None:
-            values |= {
-                "state": State.DEAD.value,
-                "attempts": attempts,
-                "finished_at": now,
-                "reason": f"gave up after {attempts} attempts; last: {outcome.reason}",
-            }
-            return Transition(values, number, State.DEAD)
-        values |= {
-            "state": State.PENDING.value,
-            "attempts": attempts,
-            "reason": outcome.reason,
-            "next_attempt_at": now + timedelta(seconds=retry_in),
-        }
-        return Transition(values, number, State.PENDING)
-
-    @staticmethod
-    def release(now: datetime) -> dict[str, Any]:
-        """Give a claimed row back untouched (shutdown, paused upstream): no attempt used."""
-        return {"lease_token": None, "leased_by": None, "next_attempt_at": now, "updated_at": now}
 
 
 #: CleverTap per-record codes that will fail the same way however often they are sent.

@@ -1,4 +1,4 @@
-"""Plain records handed between the inbound services, the writer and the repository."""
+"""Plain records handed between the inbound services, the writer, the worker and the repository."""
 
 from __future__ import annotations
 
@@ -66,3 +66,23 @@ class IngestResult:
     delivery_ids: list[int]
     #: For a duplicate: what the original call skipped, so the answer repeats it.
     skipped: int = 0
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A delivery leased to one worker; ``lease_token`` guards every later write."""
+
+    id: int
+    operation: str
+    target: str | None
+    email: str | None
+    clevertap_id: str | None
+    payload: str
+    attempts: int
+    deferrals: int
+    lease_token: str
+    #: After this the row may be claimed by another worker: never start a call this late.
+    leased_until: datetime | None = None
+    #: The reference an earlier delivery got (a resend after ``retry --force``): an attempt
+    #: that does not deliver keeps it.
+    upstream_ref: str | None = None

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.outbox import repository as outbox_repository
+from app.outbox import transitions
 from app.system.models import GeneratedSecret, RateSlot, UpstreamState, WorkerHeartbeat
 
 Executor = Connection | Session
@@ -133,7 +134,7 @@ def clear_paused(conn: Executor, upstream: str, now: datetime) -> bool:
     )
     lifted = bool(getattr(result, "rowcount", 0))
     if lifted:
-        outbox_repository.resume_auth_deferred(conn, upstream, now=now)
+        outbox_repository.resume_auth_deferred(conn, upstream, transitions.resume_deferred(now))
     return lifted
 
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.models import Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
@@ -64,7 +64,7 @@ class OutboxConsumer:
 
     def release(self, rows: list[Claimed]) -> None:
         """Give rows back unsent (shutdown, lease about to run out): no attempt used."""
-        now = utcnow()
+        change = transitions.release_lease(utcnow())
         with self.engine.begin() as conn:
             for row in rows:
-                repository.update_leased(conn, row, self.policy.release(now))
+                repository.update_leased(conn, row, change)

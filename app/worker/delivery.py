@@ -18,17 +18,17 @@ from app.clock import utcnow
 from app.contacts.service import add_to_list_body
 from app.mailmodo.client import MailmodoClient
 from app.metrics import observe_attempt
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.models import AttemptOutcome, Operation, State, Upstream
 from app.outbox.policy import (
     Outcome,
     RetryPolicy,
-    Transition,
     classify_error,
     classify_http_error,
     classify_mailmodo,
 )
 from app.outbox.repository import Claimed
+from app.outbox.transitions import AttemptChange
 from app.upstream import UpstreamError, UpstreamResponse
 from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.ratelimit import SharedRateLimiter, wait_until
@@ -87,7 +87,7 @@ class MailmodoDeliverer(OutboxConsumer):
 
     async def deliver(
         self, row: Claimed, slot: float, stop: asyncio.Event | None = None
-    ) -> Transition | None:
+    ) -> AttemptChange | None:
         """Deliver one claimed row at its rate slot; None if it was given back unsent."""
         try:
             if not await wait_until(slot, stop):
@@ -176,10 +176,10 @@ class MailmodoDeliverer(OutboxConsumer):
         payload = orjson.dumps(add_to_list_body(plan, existing)).decode()
         return None, await self.client.call(Operation.LIST_SYNC, row.target or "", payload)
 
-    def record(self, row: Claimed, outcome: Outcome) -> Transition:
+    def record(self, row: Claimed, outcome: Outcome) -> AttemptChange:
         """Write the attempt and the transition in one transaction, under the lease."""
         now = utcnow()
-        transition = self.policy.transition(row, outcome, now)
+        transition = transitions.after_attempt(row, outcome, now, self.policy)
         with self.engine.begin() as conn:
             repository.add_attempt(
                 conn,
@@ -195,7 +195,7 @@ class MailmodoDeliverer(OutboxConsumer):
                     "worker_id": self.worker_id,
                 },
             )
-            kept = repository.update_leased(conn, row, transition.values)
+            kept = repository.update_leased(conn, row, transition)
             self.gate.observe(conn, outcome, now)
         observe_attempt(
             self.upstream.value, outcome.kind.value, transition.state.value, outcome.duration_ms
@@ -226,7 +226,7 @@ def _existing_contact(got: UpstreamResponse) -> dict[str, Any] | None:
 
 
 def _log_outcome(
-    row: Claimed, outcome: Outcome, transition: Transition, *, lease_kept: bool
+    row: Claimed, outcome: Outcome, transition: AttemptChange, *, lease_kept: bool
 ) -> None:
     fields = {
         "delivery_id": row.id,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.config import Settings
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.upload import CleverTapUploader
@@ -123,9 +123,9 @@ class WorkerRunner:
         """Housekeeping every worker may do (idempotent): parked events and retention."""
         now = utcnow()
         with self.engine.begin() as conn:
-            released = repository.release_resolvable_parked(conn, now=now)
+            released = repository.release_resolvable_parked(conn, transitions.release_parked(now))
             expired = repository.expire_parked(
-                conn, now=now, ttl_hours=self.settings.park_ttl_hours
+                conn, transitions.expire_parked(now, ttl_hours=self.settings.park_ttl_hours)
             )
         if released or expired:
             log.info("parked events", released=released, expired_to_dead=expired)

@@ -19,16 +19,16 @@ from app.clevertap.client import CleverTapClient
 from app.clevertap.events import CleverTapEvent
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.models import AttemptOutcome, State, Upstream
 from app.outbox.policy import (
     Outcome,
     RetryPolicy,
-    Transition,
     classify_error,
     classify_upload,
 )
 from app.outbox.repository import Claimed
+from app.outbox.transitions import AttemptChange
 from app.upstream import UpstreamError
 from app.worker.consumer import OutboxConsumer, RunStats
 
@@ -84,7 +84,7 @@ class CleverTapUploader(OutboxConsumer):
             stats.count(transition.state.value)
         return stats
 
-    async def upload(self, rows: list[Claimed]) -> list[Transition]:
+    async def upload(self, rows: list[Claimed]) -> list[AttemptChange]:
         if not rows:
             return []
         sendable: list[tuple[Claimed, dict[str, Any]]] = []
@@ -131,10 +131,12 @@ class CleverTapUploader(OutboxConsumer):
             return [*await self.send(records[:half]), *await self.send(records[half:])]
         return classify_upload(response, records)
 
-    def record(self, results: list[tuple[Claimed, Outcome]]) -> list[Transition]:
+    def record(self, results: list[tuple[Claimed, Outcome]]) -> list[AttemptChange]:
         """Attempts and transitions of a whole batch in one transaction, each under its lease."""
         now = utcnow()
-        transitions = [self.policy.transition(row, outcome, now) for row, outcome in results]
+        changes = [
+            transitions.after_attempt(row, outcome, now, self.policy) for row, outcome in results
+        ]
         attempts = [
             {
                 "delivery_id": row.id,
@@ -147,12 +149,12 @@ class CleverTapUploader(OutboxConsumer):
                 "response_body": outcome.response_body,
                 "worker_id": self.worker_id,
             }
-            for (row, outcome), t in zip(results, transitions, strict=True)
+            for (row, outcome), t in zip(results, changes, strict=True)
         ]
         with self.engine.begin() as conn:
             repository.add_attempts(conn, attempts)
             kept = repository.finish_many(
-                conn, [(row, t.values) for (row, _), t in zip(results, transitions, strict=True)]
+                conn, [(row, t) for (row, _), t in zip(results, changes, strict=True)]
             )
             batch_outcome = next(
                 (o for _, o in results if o.kind is AttemptOutcome.AUTH_ERROR),
@@ -161,7 +163,7 @@ class CleverTapUploader(OutboxConsumer):
             if batch_outcome is not None:
                 self.gate.observe(conn, batch_outcome, now)
         counts: dict[str, int] = {}
-        for (_, outcome), t in zip(results, transitions, strict=True):
+        for (_, outcome), t in zip(results, changes, strict=True):
             observe_attempt(self.upstream.value, outcome.kind.value, t.state.value, None)
             counts[t.state.value] = counts.get(t.state.value, 0) + 1
         log.info(
@@ -173,7 +175,7 @@ class CleverTapUploader(OutboxConsumer):
             outcome=counts,
             lease_lost=len(results) - kept,
         )
-        for (row, outcome), t in zip(results, transitions, strict=True):
+        for (row, outcome), t in zip(results, changes, strict=True):
             if t.state in (State.FAILED, State.DEAD):
                 log.warning(
                     "delivery failed for good",
@@ -183,4 +185,4 @@ class CleverTapUploader(OutboxConsumer):
                     state=t.state.value,
                     reason=outcome.reason,
                 )
-        return transitions
+        return changes

@@ -552,9 +552,9 @@ async def test_purge_by_age(client: httpx.AsyncClient, state: BridgeState) -> No
 async def test_purge_in_batches(
     client: httpx.AsyncClient, state: BridgeState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.admin.service
+    import app.admin.actions
 
-    monkeypatch.setattr(app.admin.service, "BATCH_SIZE", 2)
+    monkeypatch.setattr(app.admin.actions, "BATCH_SIZE", 2)
     ids = await post_campaign(client, "c", *(f"u{i}@example.com" for i in range(5)))
     age_rows(state.engine, ids, days=2)
     set_rows(state.engine, ids, state="dead", updated_at=utcnow() - timedelta(days=2))

@@ -12,7 +12,7 @@ import pytest
 import respx
 
 from app.clock import utcnow
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.models import State
 from app.state import BridgeState
 from tests.conftest import make_settings
@@ -48,7 +48,7 @@ async def test_parked_past_the_ttl_becomes_dead(
 
     now = utcnow()
     with state.engine.begin() as conn:
-        expired = repository.expire_parked(conn, now=now, ttl_hours=72)
+        expired = repository.expire_parked(conn, transitions.expire_parked(now, ttl_hours=72))
     assert expired == 1
 
     row = get_delivery(state.engine, old)
@@ -62,7 +62,9 @@ async def test_parked_past_the_ttl_becomes_dead(
     assert get_delivery(state.engine, due).state == State.PENDING.value
 
     with state.engine.begin() as conn:
-        assert repository.expire_parked(conn, now=utcnow(), ttl_hours=72) == 0
+        assert (
+            repository.expire_parked(conn, transitions.expire_parked(utcnow(), ttl_hours=72)) == 0
+        )
 
 
 async def test_an_expired_event_stays_dead_when_its_identity_arrives(
@@ -70,10 +72,10 @@ async def test_an_expired_event_stays_dead_when_its_identity_arrives(
 ) -> None:
     old = park(state, "late@example.com", until=utcnow() - timedelta(seconds=1))
     with state.engine.begin() as conn:
-        repository.expire_parked(conn, now=utcnow(), ttl_hours=72)
+        repository.expire_parked(conn, transitions.expire_parked(utcnow(), ttl_hours=72))
     await learn_identity(client, "late@example.com")
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=utcnow()) == 0
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(utcnow())) == 0
     row = get_delivery(state.engine, old)
     assert (row.state, row.clevertap_id) == (State.DEAD.value, None)
 
@@ -105,7 +107,7 @@ async def test_release_resolvable_parked_picks_up_identities_from_other_transact
 
     now = utcnow()
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=now) == 2
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(now)) == 2
     for delivery_id in (carl, carl_again):
         row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.clevertap_id, row.reason) == (
@@ -116,7 +118,7 @@ async def test_release_resolvable_parked_picks_up_identities_from_other_transact
         assert row.next_attempt_at == now
     assert get_delivery(state.engine, other).state == State.PARKED.value
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=utcnow()) == 0
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(utcnow())) == 0
 
     async with uploader_for(state.engine, state.settings) as uploader:
         assert (await uploader.run_once()).claimed == 2
@@ -139,7 +141,7 @@ async def test_release_parked_keys_rows_by_the_id_just_learnt(
                 {"email": "a@example.com", "clevertap_id": "__a"},
                 {"email": "nobody@example.com", "clevertap_id": "__n"},
             ],
-            now=now,
+            transitions.release_parked(now),
         )
     assert (get_delivery(state.engine, a).state, get_delivery(state.engine, a).clevertap_id) == (
         State.PENDING.value,
@@ -197,8 +199,10 @@ async def test_park_release_expire_and_upload_on_every_backend(
     # Released by housekeeping when the ID was committed by another transaction.
     add_identity(state.engine, "table@example.com", "__table")
     with state.engine.begin() as conn:
-        assert repository.release_resolvable_parked(conn, now=utcnow()) == 1
-        assert repository.expire_parked(conn, now=utcnow(), ttl_hours=72) == 1
+        assert repository.release_resolvable_parked(conn, transitions.release_parked(utcnow())) == 1
+        assert (
+            repository.expire_parked(conn, transitions.expire_parked(utcnow(), ttl_hours=72)) == 1
+        )
     assert get_delivery(state.engine, by_table).clevertap_id == "__table"
     assert get_delivery(state.engine, expires).state == State.DEAD.value
     assert get_delivery(state.engine, stays).state == State.PARKED.value

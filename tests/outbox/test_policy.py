@@ -1,9 +1,10 @@
-"""Classifying upstream answers and the one transition function (pure, no database)."""
+"""Classifying upstream answers and the retry delays (pure, no database).
+
+What an outcome does to a delivery's state: ``tests/outbox/test_transitions.py``."""
 
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -12,20 +13,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.clock import ManualClock, jitter
-from app.outbox.models import AttemptOutcome, State
+from app.outbox.models import AttemptOutcome
 from app.outbox.policy import (
     MAX_RETRY_AFTER,
     REASON_LIMIT,
-    Outcome,
     RetryPolicy,
     classify_error,
     classify_mailmodo,
     classify_upload,
 )
-from app.outbox.repository import Claimed
 from app.upstream import MAX_KEPT_BODY, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
 
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SEED = 424242
 
 
@@ -52,25 +50,6 @@ def resp(
     return UpstreamResponse(
         status_code=status, text=text, json=parsed, duration_ms=12.5, retry_after=retry_after
     )
-
-
-def claimed(attempts: int = 0, deferrals: int = 0) -> Claimed:
-    return Claimed(
-        id=7,
-        operation="campaign.trigger",
-        target="camp-1",
-        email="a@example.com",
-        clevertap_id="ct-1",
-        payload='{"email":"a@example.com"}',
-        attempts=attempts,
-        deferrals=deferrals,
-        lease_token="token",
-    )
-
-
-def outcome(kind: AttemptOutcome, **kw: Any) -> Outcome:
-    values: dict[str, Any] = {"status_code": 500, "reason": "why", "duration_ms": 3.0} | kw
-    return Outcome(kind, **values)
 
 
 # --- classify_mailmodo ----------------------------------------------------------------------
@@ -272,97 +251,6 @@ def test_deferral_delay_honours_retry_after_with_a_cap() -> None:
     policy = RetryPolicy([1])
     assert policy.deferral_delay(3, 2.0) == 2.0  # even shorter than the back-off
     assert policy.deferral_delay(1, 1e9) == MAX_RETRY_AFTER
-
-
-# --- transition -----------------------------------------------------------------------------
-
-LEASE_CLEARED = {"lease_token": None, "leased_by": None}
-
-
-def test_delivered_transition() -> None:
-    t = RetryPolicy([1, 2]).transition(
-        claimed(attempts=1, deferrals=2),
-        outcome(AttemptOutcome.DELIVERED, status_code=200, reason=None, ref="r-9"),
-        NOW,
-    )
-    assert t.state is State.DELIVERED
-    assert t.attempt_number == 4
-    assert t.values == {
-        "last_status_code": 200,
-        "updated_at": NOW,
-        **LEASE_CLEARED,
-        "next_attempt_at": NOW,  # not the old lease deadline
-        "state": "delivered",
-        "attempts": 2,
-        "upstream_ref": "r-9",
-        "reason": None,
-        "finished_at": NOW,
-    }
-
-
-def test_failed_transition() -> None:
-    t = RetryPolicy([1]).transition(
-        claimed(), outcome(AttemptOutcome.FAILED, status_code=400, reason="bad"), NOW
-    )
-    assert t.state is State.FAILED
-    assert t.attempt_number == 1
-    assert t.values["state"] == "failed"
-    assert t.values["attempts"] == 1
-    assert t.values["reason"] == "bad"
-    assert t.values["finished_at"] == NOW
-    assert t.values["last_status_code"] == 400
-    assert t.values["next_attempt_at"] == NOW  # finished: no future attempt is implied
-
-
-def test_rate_limited_transition_uses_no_attempt() -> None:
-    t = RetryPolicy([1]).transition(
-        claimed(attempts=2, deferrals=3),
-        outcome(AttemptOutcome.RATE_LIMITED, status_code=429, retry_after=42.0),
-        NOW,
-    )
-    assert t.state is State.PENDING
-    assert t.attempt_number == 6
-    assert "attempts" not in t.values
-    assert t.values["deferrals"] == 4
-    assert t.values["next_attempt_at"] == NOW + timedelta(seconds=42)
-    assert t.values["state"] == "pending"
-    assert t.values["lease_token"] is None
-
-
-def test_auth_error_transition_waits_for_the_probe_and_uses_no_attempt() -> None:
-    t = RetryPolicy([1], pause_probe_seconds=60).transition(
-        claimed(attempts=1), outcome(AttemptOutcome.AUTH_ERROR, status_code=401), NOW
-    )
-    assert t.state is State.PENDING
-    assert "attempts" not in t.values
-    assert t.values["deferrals"] == 1
-    assert t.values["next_attempt_at"] == NOW + timedelta(seconds=60)
-
-
-def test_retry_transition_schedules_the_next_try() -> None:
-    [first] = draws(1)
-    t = RetryPolicy([1, 2, 4]).transition(claimed(), outcome(AttemptOutcome.RETRY), NOW)
-    assert t.state is State.PENDING
-    assert t.values["attempts"] == 1
-    assert t.values["reason"] == "why"
-    waited = (t.values["next_attempt_at"] - NOW).total_seconds()
-    assert waited == pytest.approx(first, abs=1e-6)
-    assert "finished_at" not in t.values
-
-
-def test_retry_after_the_last_delay_is_dead() -> None:
-    t = RetryPolicy([1, 2, 4]).transition(
-        claimed(attempts=3, deferrals=5), outcome(AttemptOutcome.RETRY, reason="503 again"), NOW
-    )
-    assert t.state is State.DEAD
-    assert t.attempt_number == 9
-    assert t.values["attempts"] == 4
-    assert t.values["finished_at"] == NOW
-    assert t.values["reason"] == "gave up after 4 attempts; last: 503 again"
-
-
-def test_release_gives_the_row_back_due_now() -> None:
-    assert RetryPolicy.release(NOW) == {**LEASE_CLEARED, "next_attempt_at": NOW, "updated_at": NOW}
 
 
 # --- CleverTap per-record answers --------------------------------------------------------------

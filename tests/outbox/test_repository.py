@@ -20,9 +20,11 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.db import create_db_engine
 from app.main import create_app
-from app.outbox import repository
-from app.outbox.models import Attempt, Delivery, State, Upstream
+from app.outbox import repository, transitions
+from app.outbox.models import Attempt, AttemptOutcome, Delivery, State, Upstream
+from app.outbox.policy import Outcome, RetryPolicy
 from app.outbox.repository import Claimed
+from app.outbox.transitions import AttemptChange
 from app.system.migrations import upgrade
 from tests.conftest import CT_AUTH, make_settings, profiles_body
 
@@ -147,21 +149,21 @@ def test_crashed_claim_comes_back_only_after_the_lease(db: Engine) -> None:
     assert row(db, delivery_id).leased_by == "other"
 
 
+def _attempt(claimed: Claimed, kind: AttemptOutcome, now: datetime, **kw: Any) -> AttemptChange:
+    outcome = Outcome(kind, status_code=kw.pop("status_code", 200), duration_ms=1.0, **kw)
+    return transitions.after_attempt(claimed, outcome, now, RetryPolicy([1]))
+
+
 def test_writes_need_the_current_lease(db: Engine) -> None:
     delivery_id = add_delivery(db)
     [stale] = claim(db, T0, worker="stale")
     [current] = claim(db, T0 + timedelta(seconds=LEASE + 1), worker="current")
-    done = {
-        "state": State.DELIVERED.value,
-        "attempts": 1,
-        "upstream_ref": "ref-current",
-        "lease_token": None,
-        "leased_by": None,
-        "updated_at": T0 + timedelta(seconds=LEASE + 2),
-    }
+    later = T0 + timedelta(seconds=LEASE + 2)
+    done = _attempt(current, AttemptOutcome.DELIVERED, later, reason=None, ref="ref-current")
+    late = _attempt(stale, AttemptOutcome.FAILED, later, status_code=400, reason="late")
 
     with db.begin() as conn:
-        assert repository.update_leased(conn, stale, {"state": "failed", "reason": "late"}) is False
+        assert repository.update_leased(conn, stale, late) is False
     assert row(db, delivery_id).state == State.PENDING
     assert row(db, delivery_id).leased_by == "current"
 
@@ -169,8 +171,8 @@ def test_writes_need_the_current_lease(db: Engine) -> None:
         assert repository.update_leased(conn, current, done) is True
     with db.begin() as conn:
         # The lease ends with the write: neither worker can write again.
-        assert repository.update_leased(conn, current, {"state": "failed"}) is False
-        assert repository.update_leased(conn, stale, {"state": "failed"}) is False
+        assert repository.update_leased(conn, current, late) is False
+        assert repository.update_leased(conn, stale, late) is False
     stored = row(db, delivery_id)
     assert (stored.state, stored.upstream_ref, stored.lease_token) == (
         "delivered",
@@ -191,8 +193,8 @@ def test_finish_many_applies_each_transition_under_its_own_lease(db: Engine) -> 
         written = repository.finish_many(
             conn,
             [
-                (claimed[a], {"state": "delivered", "attempts": 1, "updated_at": later}),
-                (stale_b, {"state": "delivered", "attempts": 1, "updated_at": later}),
+                (claimed[a], _attempt(claimed[a], AttemptOutcome.DELIVERED, later, reason=None)),
+                (stale_b, _attempt(stale_b, AttemptOutcome.DELIVERED, later, reason=None)),
             ],
         )
     assert written == 1

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from app.clock import ManualClock
-from app.outbox import repository
+from app.outbox import repository, transitions
 from app.outbox.models import AttemptOutcome, State
 from app.outbox.policy import MAX_RETRY_AFTER, Outcome
 from app.security import fingerprint
@@ -852,8 +852,8 @@ async def test_crashed_worker_rows_return_after_the_lease(
     late = Outcome(AttemptOutcome.RETRY, status_code=503, reason="late", duration_ms=1.0)
     for claimed in taken:
         with state.engine.begin() as conn:
-            values = crashed.policy.transition(claimed, late, clock.now()).values
-            assert repository.update_leased(conn, claimed, values) is False
+            change = transitions.after_attempt(claimed, late, clock.now(), crashed.policy)
+            assert repository.update_leased(conn, claimed, change) is False
         await asyncio.to_thread(crashed.record, claimed, late)
     for delivery_id in ids:
         row = get_delivery(state.engine, delivery_id)

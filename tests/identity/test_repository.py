@@ -1,0 +1,78 @@
+"""Identity SQL on SQLite and PostgreSQL: the newest observation of an email wins, and
+resolving prefers what this batch learnt over what is stored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from app.db import create_db_engine
+from app.identity import repository
+from app.identity.models import Identity
+from app.system.migrations import upgrade
+from tests.conftest import make_settings
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def observation(email: str, clevertap_id: str, source: str, at: datetime) -> dict[str, Any]:
+    return {"email": email, "clevertap_id": clevertap_id, "source": source, "updated_at": at}
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    settings = make_settings(database_url)
+    engine = create_db_engine(settings)
+    upgrade(settings, engine)
+    yield engine
+    engine.dispose()
+
+
+def stored(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Identity.email, Identity.clevertap_id)).all()
+    return {str(row[0]): str(row[1]) for row in rows}
+
+
+def test_the_newest_observation_wins(db: Engine) -> None:
+    with db.begin() as conn:
+        repository.upsert(
+            conn,
+            [
+                observation("a@example.com", "__a1", "t", T0),
+                observation("b@example.com", "__b1", "t", T0),
+            ],
+        )
+    with db.begin() as conn:
+        repository.upsert(
+            conn,
+            [
+                observation("a@example.com", "__a2", "t", T0 + timedelta(seconds=1)),
+                observation("b@example.com", "__old", "t", T0 - timedelta(seconds=1)),
+            ],
+        )
+    assert stored(db) == {"a@example.com": "__a2", "b@example.com": "__b1"}
+
+
+def test_resolve_prefers_what_the_batch_learnt(db: Engine) -> None:
+    with db.begin() as conn:
+        repository.upsert(
+            conn,
+            [
+                observation("a@example.com", "__stored", "t", T0),
+                observation("b@example.com", "__b", "t", T0),
+            ],
+        )
+    learnt = {"a@example.com": observation("a@example.com", "__new", "t", T0)}
+    wanted = {"a@example.com", "b@example.com", "nobody@example.com"}
+    with db.connect() as conn:
+        assert repository.resolve(conn, wanted, learnt) == {
+            "a@example.com": "__new",
+            "b@example.com": "__b",
+        }
+        assert repository.resolve(conn, set(), learnt) == {}
