@@ -9,6 +9,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, BigIntPK, UTCDateTime
+from app.upstream import AttemptOutcome as AttemptOutcome  # defined with Outcome
 
 
 class Source(StrEnum):
@@ -54,14 +55,6 @@ class State(StrEnum):
 TERMINAL_STATES = frozenset(
     {State.DELIVERED, State.FAILED, State.DEAD, State.DROPPED, State.CANCELLED}
 )
-
-
-class AttemptOutcome(StrEnum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    RATE_LIMITED = "rate_limited"
-    FAILED = "failed"
-    AUTH_ERROR = "auth_error"
 
 
 class InboundCall(Base):

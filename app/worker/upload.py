@@ -17,19 +17,14 @@ from sqlalchemy.engine import Engine
 from app.clevertap import events
 from app.clevertap.client import CleverTapClient
 from app.clevertap.events import CleverTapEvent
+from app.clevertap.outcomes import classify_failure, classify_upload, refused_whole_batch
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository
-from app.outbox.models import AttemptOutcome, State, Upstream
-from app.outbox.policy import (
-    Outcome,
-    RetryPolicy,
-    Transition,
-    classify_error,
-    classify_upload,
-)
+from app.outbox.models import State, Upstream
+from app.outbox.policy import RetryPolicy, Transition
 from app.outbox.repository import Claimed
-from app.upstream import UpstreamError
+from app.upstream import AttemptOutcome, Outcome, UpstreamError
 from app.worker.consumer import OutboxConsumer, RunStats
 
 log = structlog.get_logger(__name__)
@@ -123,10 +118,10 @@ class CleverTapUploader(OutboxConsumer):
         try:
             response = await self.client.upload(records)
         except UpstreamError as exc:
-            return [classify_error(exc, "CleverTap")] * len(records)
+            return [classify_failure(exc)] * len(records)
         UPLOAD_BATCH.observe(len(records))
         UPSTREAM_LATENCY.labels(self.upstream.value).observe(response.duration_ms / 1000)
-        if response.status_code in (400, 413) and len(records) > 1:
+        if refused_whole_batch(response) and len(records) > 1:
             half = len(records) // 2
             return [*await self.send(records[:half]), *await self.send(records[half:])]
         return classify_upload(response, records)

@@ -23,10 +23,10 @@ from sqlalchemy import text
 
 from app.outbox import repository
 from app.outbox.models import AttemptOutcome, State
-from app.outbox.policy import MAX_RETRY_AFTER, Outcome
+from app.outbox.policy import MAX_RETRY_AFTER
 from app.security import fingerprint
 from app.state import BridgeState
-from app.upstream import MAX_KEPT_BODY
+from app.upstream import MAX_KEPT_BODY, Outcome
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
 from tests.worker.conftest import (
