@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from app.clevertap.schemas import ParsedCall, Recipient, ShapeError, parse_call
+from app.clevertap.source import ParsedCall, ShapeError, parse_call
 from app.clock import utcnow
-from app.contacts.service import skip_guests, sync_payload
+from app.contacts.rules import skip_guests
 from app.inbound.service import InboundError
+from app.mailmodo.bodies import stored_payload
 from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import Writer
-
-DEFAULT_ABORT_REASON = "Aborted by CleverTap via ctmm-bridge"
 
 ROUTES: dict[Operation, str] = {
     Operation.CAMPAIGN_TRIGGER: "clevertap.campaign",
@@ -22,29 +19,6 @@ ROUTES: dict[Operation, str] = {
     Operation.JOURNEY_ABORT: "clevertap.journey.abort",
     Operation.LIST_SYNC: "clevertap.list.sync",
 }
-
-
-def mailmodo_payload(operation: Operation, recipient: Recipient) -> dict[str, Any]:
-    """The body Mailmodo's API expects for ``operation``."""
-    if operation is Operation.JOURNEY_ABORT:
-        reason = recipient.extras.get("reason")
-        return {
-            "email": recipient.email,
-            "reason": str(reason) if reason else DEFAULT_ABORT_REASON,
-        }
-    payload: dict[str, Any] = {"email": recipient.email}
-    if recipient.data:
-        payload["data"] = recipient.data
-    if operation is Operation.JOURNEY_START:
-        if "allowDuplicateEmail" in recipient.extras:
-            payload["allowDuplicateEmail"] = bool(recipient.extras["allowDuplicateEmail"])
-        return payload
-    if recipient.campaign_data:
-        payload["campaign_data"] = recipient.campaign_data
-    for key in ("subject", "replyTo", "fromName", "addToList"):
-        if key in recipient.extras:
-            payload[key] = recipient.extras[key]
-    return payload
 
 
 def build_record(
@@ -86,11 +60,9 @@ def build_record(
                 target=target,
                 email=email_key,
                 clevertap_id=recipient.clevertap_id,
-                payload=orjson.dumps(
-                    sync_payload(recipient, target, tag_prefix=tag_prefix, tags_field=tags_field)
-                    if operation is Operation.LIST_SYNC
-                    else mailmodo_payload(operation, recipient)
-                ).decode(),
+                payload=stored_payload(
+                    operation, recipient, target, tag_prefix=tag_prefix, tags_field=tags_field
+                ),
                 next_attempt_at=now,
             )
         )

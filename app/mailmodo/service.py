@@ -11,13 +11,12 @@ import hashlib
 from datetime import timedelta
 from typing import Any
 
-import orjson
-
-from app.clevertap.events import map_activity
+from app.activity import Activity
+from app.clevertap.bodies import map_activity
 from app.clock import utcnow
 from app.config import Settings
 from app.inbound.service import InboundError
-from app.mailmodo.callbacks import ActivityEvent, CallbackError, parse_callback
+from app.mailmodo.source import CallbackError, parse_callback
 from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import Writer
@@ -25,7 +24,7 @@ from app.outbox.writer import Writer
 ROUTE = "mailmodo.events"
 
 
-def parse_or_reject(payload: Any, path_event: str | None) -> list[ActivityEvent]:
+def parse_or_reject(payload: Any, path_event: str | None) -> list[Activity]:
     try:
         events = parse_callback(payload, path_event=path_event)
     except CallbackError as exc:
@@ -35,7 +34,7 @@ def parse_or_reject(payload: Any, path_event: str | None) -> list[ActivityEvent]
     return events
 
 
-def callback_dedup_key(events: list[ActivityEvent], path_event: str | None, body: bytes) -> str:
+def callback_dedup_key(events: list[Activity], path_event: str | None, body: bytes) -> str:
     """The payload's own ids when it has them (event_id, responseId, journey tuple), else a
     hash of the exact body and the event named by the path."""
     ids = [e.dedup_id for e in events]
@@ -53,7 +52,7 @@ def callback_dedup_key(events: list[ActivityEvent], path_event: str | None, body
 def build_record(
     settings: Settings,
     *,
-    events: list[ActivityEvent],
+    events: list[Activity],
     path_event: str | None,
     body: bytes,
     content_type: str | None,
@@ -95,9 +94,7 @@ def build_record(
                     target=mapped.name,
                     email=email,
                     clevertap_id=event.clevertap_id,
-                    payload=orjson.dumps(
-                        {"evtName": mapped.name, "evtData": mapped.data, "ts": mapped.ts}
-                    ).decode(),
+                    payload=mapped.to_json(),
                     next_attempt_at=now,
                     identity_policy=(
                         None if event.clevertap_id else settings.unresolved_identity.value

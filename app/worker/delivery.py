@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
-from app.contacts.service import add_to_list_body
+from app.mailmodo.bodies import SyncPlan, add_to_list_payload
 from app.mailmodo.client import MailmodoClient
 from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
 from app.metrics import observe_attempt
@@ -139,8 +138,8 @@ class MailmodoDeliverer(OutboxConsumer):
     ) -> tuple[Outcome | None, UpstreamResponse | None]:
         """Read the contact, then write only what the fill-blank rules allow. A failed read
         is the attempt's outcome (the write is not made); else the write's answer is."""
-        plan = orjson.loads(row.payload)
-        got = await self.client.get_contact(plan["email"])
+        plan = SyncPlan.from_json(row.payload)
+        got = await self.client.get_contact(plan.email)
         existing = classify_contact_read(got)
         if isinstance(existing, Outcome):
             return existing, None
@@ -149,7 +148,7 @@ class MailmodoDeliverer(OutboxConsumer):
             raise GiveBack("stopping before the contact write")
         if not self._time_left(row):
             raise GiveBack("lease too short for the contact write after the read")
-        payload = orjson.dumps(add_to_list_body(plan, existing)).decode()
+        payload = add_to_list_payload(plan, existing)
         return None, await self.client.call(Operation.LIST_SYNC, row.target or "", payload)
 
     def record(self, row: Claimed, outcome: Outcome) -> Transition:

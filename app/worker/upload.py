@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
-from app.clevertap import events
+from app.clevertap.bodies import upload_record_for
 from app.clevertap.client import CleverTapClient
-from app.clevertap.events import CleverTapEvent
 from app.clevertap.outcomes import classify_failure, classify_upload, refused_whole_batch
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
@@ -32,14 +30,7 @@ log = structlog.get_logger(__name__)
 
 def upload_record(row: Claimed) -> dict[str, Any] | None:
     """The upload record of a row, keyed by ``objectId``, else ``identity`` = email."""
-    if not (row.clevertap_id or row.email):
-        return None
-    event = orjson.loads(row.payload)
-    return events.upload_record(
-        CleverTapEvent(event["evtName"], event["evtData"], event["ts"]),
-        object_id=row.clevertap_id,
-        identity=None if row.clevertap_id else row.email,
-    )
+    return upload_record_for(row.payload, clevertap_id=row.clevertap_id, email=row.email)
 
 
 class CleverTapUploader(OutboxConsumer):
