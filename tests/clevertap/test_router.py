@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-import app.clevertap.service as service_module
+import app.inbound.from_clevertap as service_module
 import app.main as main_module
 import app.outbox.writer as writer_module
 from app.clock import utcnow

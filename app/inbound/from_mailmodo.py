@@ -1,4 +1,9 @@
-"""Mailmodo activity callbacks become CleverTap ``MM …`` events in the outbox.
+"""Mailmodo -> CleverTap, inbound: a Mailmodo activity callback becomes CleverTap ``MM …``
+events in the outbox.
+
+The callback is read by Mailmodo's parser (``app.mailmodo.source`` -> ``Activity``); each
+activity becomes one or two CleverTap events (``app.clevertap.bodies``), stored as typed
+``CleverTapEvent`` records.
 
 The CleverTap ID comes from the payload, else from the identity table (looked up by the
 writer inside the ingest transaction), else ``BRIDGE_UNRESOLVED_IDENTITY`` decides: park the
@@ -7,21 +12,26 @@ event until a CleverTap call teaches us the ID, send it keyed by email, or keep 
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
 from typing import Any
+
+from starlette.requests import Request
 
 from app.activity import Activity
 from app.clevertap.bodies import map_activity
 from app.clock import utcnow
 from app.config import Settings
-from app.inbound.service import InboundError
+from app.inbound.dedup import callback_dedup_key
+from app.inbound.service import InboundError, WebhookKind, secret_matches
 from app.mailmodo.source import CallbackError, parse_callback
 from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
-from app.outbox.writer import Writer
+from app.security import Credentials
 
 ROUTE = "mailmodo.events"
+UNAUTHORIZED = InboundError(
+    401, "unauthorized", "the path must carry one of BRIDGE_MAILMODO_WEBHOOK_SECRETS"
+)
 
 
 def parse_or_reject(payload: Any, path_event: str | None) -> list[Activity]:
@@ -32,21 +42,6 @@ def parse_or_reject(payload: Any, path_event: str | None) -> list[Activity]:
     if not events:
         raise InboundError(422, "no activity event in the body", None)
     return events
-
-
-def callback_dedup_key(events: list[Activity], path_event: str | None, body: bytes) -> str:
-    """The payload's own ids when it has them (event_id, responseId, journey tuple), else a
-    hash of the exact body and the event named by the path."""
-    ids = [e.dedup_id for e in events]
-    if all(ids):
-        joined = "|".join(ids)
-        if len(joined) > 200:
-            joined = hashlib.sha256(joined.encode()).hexdigest()
-        return f"{ROUTE}:id:{joined}"
-    digest = hashlib.sha256(body).hexdigest()
-    # The normalised type, so /events/opened and /events/Opened are the same event.
-    named = events[0].type.value if path_event else ""
-    return f"{ROUTE}:{named}:sha256:{digest}"
 
 
 def build_record(
@@ -105,35 +100,54 @@ def build_record(
     return record
 
 
-async def accept_callback(
-    writer: Writer,
-    settings: Settings,
-    *,
-    payload: Any,
-    path_event: str | None,
-    body: bytes,
-    content_type: str | None,
-    request_id: str | None,
-) -> dict[str, Any]:
-    """Store the callback's events and answer with what was accepted; raises 422."""
-    events = parse_or_reject(payload, path_event)
-    key = (
-        callback_dedup_key(events, path_event, body) if settings.dedup_window_seconds > 0 else None
-    )
-    record = build_record(
-        settings,
-        events=events,
-        path_event=path_event,
-        body=body,
-        content_type=content_type,
-        dedup_key=key,
-        request_id=request_id,
-    )
-    result: IngestResult = await writer.submit(record)
-    n = len(result.delivery_ids)
-    return {
-        "accepted": 0 if result.duplicate else n,
-        "duplicates": n if result.duplicate else 0,
-        "skipped": 0,
-        "ids": result.delivery_ids,
-    }
+class MailmodoCallback(WebhookKind[list[Activity]]):
+    """Mailmodo's webhook cards send no headers, so the secret is a path segment; dedup by the
+    payload's own event ids, else by body hash."""
+
+    source = Source.MAILMODO
+    route = ROUTE
+    unauthorized = UNAUTHORIZED
+
+    def authenticated(self, request: Request, credentials: Credentials, secret: str | None) -> bool:
+        return secret_matches(secret, credentials.mailmodo_secrets)
+
+    def parse(self, payload: Any, target: str | None) -> list[Activity]:
+        return parse_or_reject(payload, target)
+
+    def dedup_key(
+        self, request: Request, body: bytes, target: str | None, parsed: list[Activity]
+    ) -> str:
+        return callback_dedup_key(ROUTE, parsed, target, body)
+
+    def record(
+        self,
+        parsed: list[Activity],
+        *,
+        target: str | None,
+        body: bytes,
+        content_type: str | None,
+        dedup_key: str | None,
+        request_id: str | None,
+        settings: Settings,
+    ) -> IngestRecord:
+        return build_record(
+            settings,
+            events=parsed,
+            path_event=target,
+            body=body,
+            content_type=content_type,
+            dedup_key=dedup_key,
+            request_id=request_id,
+        )
+
+    def answer(self, result: IngestResult, parsed: list[Activity]) -> dict[str, Any]:
+        n = len(result.delivery_ids)
+        return {
+            "accepted": 0 if result.duplicate else n,
+            "duplicates": n if result.duplicate else 0,
+            "skipped": 0,
+            "ids": result.delivery_ids,
+        }
+
+
+MAILMODO_CALLBACK = MailmodoCallback()
