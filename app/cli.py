@@ -569,9 +569,9 @@ def check(
 
     Exit codes: 0 every check passed (warnings allowed); 1 a check failed; 2 bad configuration.
     """
-    from app.admin import service
+    from app.check import check as run_checks
 
-    results = service.check(_settings(), timeout=timeout)
+    results = run_checks(_settings(), timeout=timeout)
     colours = {"ok": "green", "warn": "yellow", "fail": "red"}
     for result in results:
         mark = typer.style(f"{result.status:<4}", fg=colours[result.status], bold=True)

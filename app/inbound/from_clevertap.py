@@ -26,9 +26,10 @@ from app.inbound.service import (
     secret_matches,
 )
 from app.mailmodo.bodies import stored_payload
-from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
+from app.outbox.models import CallStatus, Direction, Operation, Source
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.security import Credentials
+from app.upstreams import UPSTREAM_OF
 
 ROUTES: dict[Operation, str] = {
     Operation.CAMPAIGN_TRIGGER: "clevertap.campaign",
@@ -64,6 +65,7 @@ def build_record(
 ) -> IngestRecord:
     """The inbound call, its deliveries and the identities it teaches us, as one record."""
     now = utcnow()
+    upstream = UPSTREAM_OF[operation]
     record = IngestRecord(
         source=Source.CLEVERTAP,
         route=ROUTES[operation],
@@ -84,7 +86,7 @@ def build_record(
         record.deliveries.append(
             NewDelivery(
                 operation=operation,
-                upstream=Upstream.MAILMODO,
+                upstream=upstream,
                 direction=Direction.CLEVERTAP_TO_MAILMODO,
                 target=target,
                 email=email_key,

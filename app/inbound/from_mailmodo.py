@@ -24,11 +24,13 @@ from app.config import Settings
 from app.inbound.dedup import callback_dedup_key
 from app.inbound.service import InboundError, WebhookKind, secret_matches
 from app.mailmodo.source import CallbackError, parse_callback
-from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
+from app.outbox.models import CallStatus, Direction, Operation, Source
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.security import Credentials
+from app.upstreams import UPSTREAM_OF
 
 ROUTE = "mailmodo.events"
+UPLOAD_UPSTREAM = UPSTREAM_OF[Operation.EVENT_UPLOAD]
 UNAUTHORIZED = InboundError(
     401, "unauthorized", "the path must carry one of BRIDGE_MAILMODO_WEBHOOK_SECRETS"
 )
@@ -84,7 +86,7 @@ def build_record(
             record.deliveries.append(
                 NewDelivery(
                     operation=Operation.EVENT_UPLOAD,
-                    upstream=Upstream.CLEVERTAP,
+                    upstream=UPLOAD_UPSTREAM,
                     direction=Direction.MAILMODO_TO_CLEVERTAP,
                     target=mapped.name,
                     email=email,
