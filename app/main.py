@@ -16,14 +16,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
 from app.admin.router import router as admin_router
-from app.clevertap.router import router as clevertap_router
 from app.config import IngestWriterMode, Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.errors import BridgeError, error_response, internal_error
 from app.health.metrics import app_registry
 from app.health.router import router as health_router
 from app.inbound.router import WebhookDispatch
-from app.mailmodo.router import router as mailmodo_router
+from app.inbound.routes import clevertap_router, mailmodo_router
 from app.outbox.writer import IngestWriter, Writer
 from app.outbox.writer_process import ProcessWriter
 from app.security import load_credentials

@@ -1,11 +1,23 @@
-"""What the typed upstream clients share: the response record and the errors they raise.
+"""What every upstream shares: the response record and errors of its typed client, the
+``Outcome`` of an attempt, and the generic HTTP answer taxonomy its ``outcomes.py`` builds on.
 
 Exceptions:
     UpstreamError        base; the call may or may not have reached the upstream
     ├── UpstreamTimeout  no answer in time (connect, read, write or pool)
     └── UpstreamUnreachable  the connection could not be made or broke
 
-Clients never retry; the worker classifies and schedules (``app.outbox.policy``).
+Generic classes of answer (each upstream's ``outcomes.py`` adds its own, e.g. Mailmodo's
+``success: false`` on a 2xx or CleverTap's per-record codes):
+
+==========================  ===================================================
+401 / 403                    credentials wrong: upstream paused, no attempt used
+429                          rate limited: deferred, no attempt used
+408, 5xx, timeout, network   retried on the schedule, honouring ``Retry-After``
+other 4xx                    failed for good, reason kept
+==========================  ===================================================
+
+Clients never retry; the worker classifies (``<upstream>/outcomes.py``) and schedules
+(``app.outbox.policy``).
 """
 
 from __future__ import annotations
@@ -13,7 +25,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -22,6 +35,7 @@ from app import __version__
 from app.clock import utcnow
 
 MAX_KEPT_BODY = 2048
+REASON_LIMIT = 1000
 
 
 class UpstreamError(Exception):
@@ -126,3 +140,143 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> UpstreamRes
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
+
+
+# -- what an attempt's answer means ------------------------------------------------------------
+
+
+class AttemptOutcome(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    RATE_LIMITED = "rate_limited"
+    FAILED = "failed"
+    AUTH_ERROR = "auth_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's answer as the state machine reads it; built by an upstream's
+    ``outcomes.py``, never by the worker from status codes."""
+
+    kind: AttemptOutcome
+    status_code: int | None
+    reason: str | None
+    duration_ms: float
+    response_body: str | None = None
+    ref: str | None = None
+    retry_after: float | None = None
+
+
+def answer_message(body: Any) -> str | None:
+    """The human message of a JSON error body (``message``/``error``/``detail``/``errors``)."""
+    if not isinstance(body, dict):
+        return None
+    parts: list[str] = []
+    for key in ("message", "error", "Message", "detail"):
+        value = body.get(key)
+        if isinstance(value, str) and value and value not in parts:
+            parts.append(value)
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:
+        rendered = []
+        for err in errors[:5]:
+            if isinstance(err, dict):
+                rendered.append(", ".join(f"{k}: {v}" for k, v in err.items()))
+            else:
+                rendered.append(str(err))
+        parts.append("errors: " + "; ".join(rendered))
+    return " — ".join(parts) if parts else None
+
+
+def answer_reason(resp: UpstreamResponse, prefix: str) -> str:
+    """``<prefix> HTTP <code>: <message>``, bounded to ``REASON_LIMIT`` bytes."""
+    message = answer_message(resp.json) or resp.text.strip()[:300] or "(empty body)"
+    return truncate_utf8(f"{prefix} HTTP {resp.status_code}: {message}", REASON_LIMIT)
+
+
+def classify_http_error(resp: UpstreamResponse, upstream: str, common: dict[str, Any]) -> Outcome:
+    """The generic taxonomy of a non-success answer (see the module doc)."""
+    code = resp.status_code
+    if code in (401, 403):
+        return Outcome(
+            AttemptOutcome.AUTH_ERROR,
+            reason=answer_reason(resp, f"{upstream} rejected the credentials:"),
+            **common,
+        )
+    if code == 429:
+        return Outcome(
+            AttemptOutcome.RATE_LIMITED,
+            reason=answer_reason(resp, f"{upstream} throttled:"),
+            retry_after=resp.retry_after,
+            **common,
+        )
+    if code == 408 or code >= 500:
+        return Outcome(
+            AttemptOutcome.RETRY,
+            reason=answer_reason(resp, f"{upstream} unavailable:"),
+            retry_after=resp.retry_after,
+            **common,
+        )
+    return Outcome(
+        AttemptOutcome.FAILED, reason=answer_reason(resp, f"{upstream} refused:"), **common
+    )
+
+
+def classify_error(exc: UpstreamError, upstream: str) -> Outcome:
+    """No answer (timeout, network, unreadable): always retried."""
+    if isinstance(exc, UpstreamTimeout):
+        what = "did not answer in time"
+    elif isinstance(exc, UpstreamUnreachable):
+        what = "unreachable"
+    else:
+        what = "gave an answer that could not be read"
+    return Outcome(
+        AttemptOutcome.RETRY,
+        status_code=None,
+        duration_ms=exc.duration_ms,
+        reason=truncate_utf8(f"{upstream} {what}: {exc}", REASON_LIMIT),
+    )
+
+
+# -- cheap live checks (``ctmm-bridge check``) --------------------------------------------------
+
+CheckStatus = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    status: CheckStatus
+    message: str
+
+
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_message(response: httpx.Response) -> str:
+    """The message of a live check's answer, at most 200 characters."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200]
+    if isinstance(body, dict):
+        for key in ("message", "error", "Message", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:200]
+    return response.text.strip()[:200]
+
+
+def check_get(
+    url: str, headers: dict[str, str], timeout: float, transport: httpx.BaseTransport | None
+) -> httpx.Response:
+    """One blocking GET for a live check (the CLI has no event loop to share)."""
+    headers = {"User-Agent": f"ctmm-bridge/{__version__}", "Accept": "application/json", **headers}
+    with httpx.Client(timeout=timeout, transport=transport) as client:
+        return client.get(url, headers=headers)
+
+
+def check_unreachable(name: str, base: str, exc: httpx.HTTPError, timeout: float) -> CheckResult:
+    why = f"no answer within {timeout:g} s" if isinstance(exc, httpx.TimeoutException) else exc
+    return CheckResult(name, "fail", f"cannot reach {base}: {why}")

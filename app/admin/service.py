@@ -13,16 +13,12 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import orjson
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
-from app import __version__
 from app.admin import repository as repo
 from app.admin.repository import DeliveryFilter
 from app.admin.schemas import (
@@ -42,11 +38,9 @@ from app.admin.schemas import (
     WorkerBeat,
 )
 from app.clock import utcnow
-from app.config import Settings
-from app.db import create_db_engine, read_only
+from app.db import read_only
 from app.errors import BridgeError
 from app.outbox.models import Direction, State, Upstream
-from app.system.migrations import current_revision, head_revision
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -265,193 +259,6 @@ def stats(engine: Engine) -> Stats:
 # -- ctmm-bridge check --------------------------------------------------------------------------
 
 CheckStatus = Literal["ok", "warn", "fail"]
-CHECK_EMAIL = "ctmm-bridge-check@example.invalid"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    name: str
-    status: CheckStatus
-    message: str
-
-
-def _shown_url(settings: Settings) -> str:
-    return make_url(settings.database_url).render_as_string(hide_password=True)
-
-
-def _sqlite_file_missing(settings: Settings) -> bool:
-    """Opening a missing SQLite file would create it; a check or a read must not."""
-    if not settings.is_sqlite:
-        return False
-    path = make_url(settings.database_url).database
-    return path not in (None, "", ":memory:") and not Path(str(path)).exists()
-
-
-def check_database(settings: Settings) -> CheckResult:
-    """The database answers and its schema is at the latest migration."""
-    shown = _shown_url(settings)
-    if _sqlite_file_missing(settings):
-        return CheckResult(
-            "database",
-            "warn",
-            f"{shown} does not exist yet; `ctmm-bridge serve` creates and migrates it",
-        )
-    engine = create_db_engine(settings)
-    try:
-        current = current_revision(read_only(engine))
-    except Exception as exc:
-        return CheckResult("database", "fail", f"cannot use {shown}: {_short_error(exc)}")
-    finally:
-        engine.dispose()
-    head = head_revision()
-    if current == head:
-        return CheckResult("database", "ok", f"{shown} answers, schema at {head}")
-    hint = (
-        "`ctmm-bridge serve` migrates it at start"
-        if settings.is_sqlite
-        else "run `ctmm-bridge db upgrade`"
-    )
-    return CheckResult(
-        "database",
-        "warn" if settings.is_sqlite else "fail",
-        f"{shown} is at migration {current or 'none'}, not {head}; {hint}",
-    )
-
-
-def _short_error(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _upstream_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:200]
-    if isinstance(body, dict):
-        for key in ("message", "error", "Message", "detail"):
-            if isinstance(body.get(key), str):
-                return str(body[key])[:200]
-    return response.text.strip()[:200]
-
-
-def _get(
-    url: str, headers: dict[str, str], timeout: float, transport: httpx.BaseTransport | None
-) -> httpx.Response:
-    headers = {"User-Agent": f"ctmm-bridge/{__version__}", "Accept": "application/json", **headers}
-    with httpx.Client(timeout=timeout, transport=transport) as client:
-        return client.get(url, headers=headers)
-
-
-def _unreachable(name: str, base: str, exc: httpx.HTTPError, timeout: float) -> CheckResult:
-    why = f"no answer within {timeout:g} s" if isinstance(exc, httpx.TimeoutException) else exc
-    return CheckResult(name, "fail", f"cannot reach {base}: {why}")
-
-
-def check_mailmodo(
-    settings: Settings, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None
-) -> CheckResult:
-    """``GET /api/v1/getAllContactLists``: cheap, read-only, and needs a valid key."""
-    name = "mailmodo"
-    base = settings.mailmodo_api_url.rstrip("/")
-    if not settings.mailmodo_api_key:
-        return CheckResult(
-            name, "fail", "BRIDGE_MAILMODO_API_KEY is not set: calls are kept but none is sent"
-        )
-    try:
-        response = _get(
-            f"{base}/api/v1/getAllContactLists",
-            {"mmApiKey": settings.mailmodo_api_key},
-            timeout,
-            transport,
-        )
-    except httpx.HTTPError as exc:
-        return _unreachable(name, base, exc, timeout)
-    code = response.status_code
-    if 200 <= code < 300:
-        return CheckResult(name, "ok", f"Mailmodo accepted the API key ({base})")
-    if code in (401, 403):
-        return CheckResult(
-            name,
-            "fail",
-            f"Mailmodo rejected the API key (HTTP {code}: {_upstream_message(response)}); "
-            "check BRIDGE_MAILMODO_API_KEY",
-        )
-    if code == 429:
-        return CheckResult(
-            name, "warn", "Mailmodo is throttling (HTTP 429); the key could not be checked now"
-        )
-    if code >= 500:
-        return CheckResult(
-            name, "fail", f"Mailmodo is failing (HTTP {code}); try again later ({base})"
-        )
-    return CheckResult(
-        name,
-        "fail",
-        f"Mailmodo answered HTTP {code} ({_upstream_message(response)}); is "
-        f"BRIDGE_MAILMODO_API_URL={base} right?",
-    )
-
-
-def check_clevertap(
-    settings: Settings, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None
-) -> CheckResult:
-    """Look up a profile that cannot exist: any answer but 401/403 proves the credentials."""
-    name = "clevertap"
-    account, passcode = settings.clevertap_account_id, settings.clevertap_passcode
-    if not account and not passcode:
-        return CheckResult(
-            name,
-            "warn",
-            "not configured (BRIDGE_CLEVERTAP_ACCOUNT_ID / BRIDGE_CLEVERTAP_PASSCODE): Mailmodo "
-            "activity is kept but not uploaded",
-        )
-    if not account or not passcode:
-        missing = "BRIDGE_CLEVERTAP_PASSCODE" if account else "BRIDGE_CLEVERTAP_ACCOUNT_ID"
-        return CheckResult(name, "fail", f"{missing} is not set; CleverTap needs both")
-    base = settings.clevertap_base_url
-    where = (
-        f"BRIDGE_CLEVERTAP_API_URL={settings.clevertap_api_url}"
-        if settings.clevertap_api_url
-        else f"BRIDGE_CLEVERTAP_REGION={settings.clevertap_region}"
-    )
-    try:
-        response = _get(
-            f"{base}/1/profile.json?email={CHECK_EMAIL}",
-            {"X-CleverTap-Account-Id": account, "X-CleverTap-Passcode": passcode},
-            timeout,
-            transport,
-        )
-    except httpx.HTTPError as exc:
-        return _unreachable(name, base, exc, timeout)
-    code = response.status_code
-    if code in (401, 403):
-        return CheckResult(
-            name,
-            "fail",
-            f"CleverTap rejected the account id/passcode — or the region is wrong ({where}); "
-            f"HTTP {code}: {_upstream_message(response)}",
-        )
-    if code == 429:
-        return CheckResult(
-            name, "warn", "CleverTap is throttling (HTTP 429); the credentials could not be checked"
-        )
-    if code >= 500:
-        return CheckResult(name, "fail", f"CleverTap is failing (HTTP {code}); try again later")
-    return CheckResult(name, "ok", f"CleverTap accepted the account id/passcode ({base})")
-
-
-def check(
-    settings: Settings, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None
-) -> list[CheckResult]:
-    return [
-        check_database(settings),
-        check_mailmodo(settings, timeout=timeout, transport=transport),
-        check_clevertap(settings, timeout=timeout, transport=transport),
-    ]
-
-
-# -- stored text --------------------------------------------------------------------------------
 
 
 def _json_or_text(value: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import orjson
 
+from app.clevertap.config import CleverTapConfig
 from app.upstream import UpstreamResponse, pooled_client, send
 
 
@@ -32,6 +33,19 @@ class CleverTapClient:
             },
             timeout=timeout,
             max_connections=max_connections,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: CleverTapConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> CleverTapClient:
+        return cls(
+            base_url=config.base_url,
+            account_id=config.account_id or "",
+            passcode=config.passcode or "",
+            timeout=config.timeout,
+            max_connections=config.max_concurrency,
             transport=transport,
         )
 

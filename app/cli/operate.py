@@ -14,6 +14,7 @@ import typer
 from app.admin import actions, service
 from app.admin.schemas import Filters, PurgeRequest, ReplayRequest
 from app.admin.service import AdminError, parse_when
+from app.check import check as run_checks
 from app.cli.context import admin_engine, admin_fail, load_settings
 from app.cli.format import format_detail, format_page, format_rejected, format_stats
 from app.outbox.models import Direction, Operation, Source, State, Upstream
@@ -283,7 +284,7 @@ def check(
 
     Exit codes: 0 every check passed (warnings allowed); 1 a check failed; 2 bad configuration.
     """
-    results = service.check(load_settings(), timeout=timeout)
+    results = run_checks(load_settings(), timeout=timeout)
     colours = {"ok": "green", "warn": "yellow", "fail": "red"}
     for result in results:
         mark = typer.style(f"{result.status:<4}", fg=colours[result.status], bold=True)

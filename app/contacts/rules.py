@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-#: Personalisation keys (see ``app.clevertap.schemas``) that hold each kind of phone.
+from app.recipient import ParsedCall, Recipient, Skipped
+
+#: Personalisation keys (see ``app.recipient.personalisation_key``) that hold each kind of phone.
 PHONE_KEYS: tuple[tuple[str, ...], ...] = (
     ("mobile", "mobile_phone", "mobile_number", "cell", "cell_phone"),  # mobile
     ("phone", "phone_number"),  # CleverTap's one standard phone: "default"
@@ -81,3 +83,15 @@ def managed_tags(value: Any, prefix: str) -> str | None:
     items = value if isinstance(value, list) else str(value).split(",")
     tags = sorted({prefix + t for t in (tag_name(str(i)) for i in items) if t})
     return ",".join(tags)
+
+
+def skip_guests(parsed: ParsedCall) -> ParsedCall:
+    """R5: guests (no identity, only a CleverTap ID) are skipped and counted."""
+    kept: list[Recipient] = []
+    skipped = list(parsed.skipped)
+    for index, recipient in enumerate(parsed.recipients):
+        if recipient.identified:
+            kept.append(recipient)
+        else:
+            skipped.append(Skipped(index, "guest profile (no identity)"))
+    return ParsedCall(parsed.kind, kept, skipped)

@@ -1,16 +1,18 @@
-"""What every webhook route shares: authentication, bounded body reading, JSON parsing,
-dedup keys, and keeping authenticated calls that are rejected for the operator."""
+"""The inbound line every webhook call follows, from the route to the outbox (``receive``):
+authenticate, read the body (bounded), parse it with the source's parser, compute the dedup
+key (``app.inbound.dedup``), accept it into the writer, answer. Authenticated calls that are
+refused are kept for the operator. The sources plug in as ``WebhookKind``s
+(``from_clevertap``, ``from_mailmodo``); nothing here calls back into a route."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import functools
-import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
@@ -22,12 +24,14 @@ from app.config import Settings
 from app.errors import BridgeError, error_response, json_response
 from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
-from app.outbox.schemas import IngestRecord
+from app.outbox.schemas import IngestRecord, IngestResult
 from app.outbox.writer import UnstorableRecord, Writer, WriterUnavailable
+from app.security import Credentials
 
 log = structlog.get_logger(__name__)
 
 JSON_TYPES = ("application/json",)
+P = TypeVar("P")
 
 
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="ctmm-bridge"'}
@@ -147,25 +151,6 @@ def parse_json(body: bytes) -> Any:
         raise InboundError(400, "malformed JSON", str(exc)) from None
 
 
-MAX_DEDUP_KEY = 200
-
-
-def dedup_key(scope: str, request: Request, body: bytes) -> str:
-    """``Idempotency-Key`` when given, else a hash of the exact body (retries repeat it).
-
-    Short keys stay readable; a longer one is hashed whole, so it always fits its column and
-    two long keys never collide by sharing a prefix.
-    """
-    given = header_map(request).get("idempotency-key")
-    if given:
-        key = f"{scope}:idem:{given.strip()}"
-    else:
-        key = f"{scope}:sha256:{hashlib.sha256(body).hexdigest()}"
-    if len(key) <= MAX_DEDUP_KEY:
-        return key
-    return f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TARGET = 256
 
@@ -234,41 +219,93 @@ def _short(detail: Any, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-Accept = Callable[[bytes, Any, str | None], Awaitable[dict[str, Any]]]
+class WebhookKind(Generic[P]):
+    """One kind of webhook call: who may send it, how it is read, keyed and stored.
+
+    Subclasses (``from_clevertap``, ``from_mailmodo``) only say what differs; ``receive`` runs
+    the same line for all of them. ``P`` is what the source's parser returns.
+    """
+
+    source: Source
+    route: str
+    unauthorized: InboundError
+
+    def authenticated(self, request: Request, credentials: Credentials, secret: str | None) -> bool:
+        raise NotImplementedError
+
+    def check_target(self, target: str | None) -> None:
+        """422 for a path id that cannot be stored (nothing to check by default)."""
+
+    def parse(self, payload: Any, target: str | None) -> P:
+        """What the call means; ``InboundError`` (422) when it cannot be read."""
+        raise NotImplementedError
+
+    def dedup_key(self, request: Request, body: bytes, target: str | None, parsed: P) -> str:
+        raise NotImplementedError
+
+    def record(
+        self,
+        parsed: P,
+        *,
+        target: str | None,
+        body: bytes,
+        content_type: str | None,
+        dedup_key: str | None,
+        request_id: str | None,
+        settings: Settings,
+    ) -> IngestRecord:
+        raise NotImplementedError
+
+    def answer(self, result: IngestResult, parsed: P) -> dict[str, Any]:
+        raise NotImplementedError
 
 
-async def handle_webhook(
+async def receive(
     request: Request,
+    kind: WebhookKind[P],
     *,
     writer: Writer,
     settings: Settings,
-    source: Source,
-    route: str,
+    credentials: Credentials,
     target: str | None,
-    authenticated: bool,
-    unauthorized: InboundError,
-    accept: Accept,
+    secret: str | None = None,
 ) -> Response:
-    """The pipeline every webhook route shares: auth (401, nothing kept), bounded read (413),
-    media type (415), JSON (400), then ``accept`` (422 or the 200 answer). Refusals after
-    authentication are kept for the operator; a database failure is a 503 so the sender
-    retries."""
-    if not authenticated:
+    """The line every webhook call follows: authenticate (401, nothing kept), bounded read
+    (413), media type (415), JSON (400), the path id and the source's parser (422), the dedup
+    key, the record into the writer, the answer. Refusals after authentication are kept for
+    the operator; a database failure is a 503 so the sender retries."""
+    route = kind.route
+    if not kind.authenticated(request, credentials, secret):
         observe_inbound(route, 401)
-        return unauthorized.response()
+        return kind.unauthorized.response()
     body = b""
     try:
         body = await read_body(request, settings.max_body_bytes, settings.rejected_body_bytes)
         content_type = check_content_type(request)
         payload = parse_json(body)
-        answer = await accept(body, payload, content_type)
+        kind.check_target(target)
+        parsed = kind.parse(payload, target)
+        record = kind.record(
+            parsed,
+            target=target,
+            body=body,
+            content_type=content_type,
+            dedup_key=(
+                kind.dedup_key(request, body, target, parsed)
+                if settings.dedup_window_seconds > 0
+                else None
+            ),
+            request_id=request_id(request),
+            settings=settings,
+        )
+        answer = kind.answer(await writer.submit(record), parsed)
     except UnstorableRecord as exc:
         error = InboundError(422, "the call holds values that cannot be stored", str(exc))
-        return await _refuse(request, writer, settings, source, route, target, body, error)
+        return await _refuse(request, writer, settings, kind.source, route, target, body, error)
     except InboundError as exc:
         if isinstance(exc, BodyTooLarge):
             body = exc.partial
-        return await _refuse(request, writer, settings, source, route, target, body, exc)
+        return await _refuse(request, writer, settings, kind.source, route, target, body, exc)
     except WriterUnavailable as exc:
         observe_inbound(route, 503)
         log.error("inbound call not stored", route=route, error=str(exc))

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 import httpx
 
+from app.mailmodo.config import MailmodoConfig
 from app.outbox.models import Operation
 from app.upstream import UpstreamResponse, pooled_client, send
 
@@ -36,6 +37,18 @@ class MailmodoClient:
             headers={"mmApiKey": api_key, "Accept": "application/json"},
             timeout=timeout,
             max_connections=max_connections,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: MailmodoConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> MailmodoClient:
+        return cls(
+            base_url=config.api_url,
+            api_key=config.key,
+            timeout=config.timeout,
+            max_connections=config.max_concurrency,
             transport=transport,
         )
 

@@ -9,6 +9,7 @@ from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, Text, 
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, BigIntPK, UTCDateTime
+from app.upstream import AttemptOutcome as AttemptOutcome  # defined with Outcome
 
 
 class Source(StrEnum):
@@ -62,14 +63,6 @@ STATE_TYPE = Enum(
     values_callable=lambda states: [s.value for s in states],
     validate_strings=True,
 )
-
-
-class AttemptOutcome(StrEnum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    RATE_LIMITED = "rate_limited"
-    FAILED = "failed"
-    AUTH_ERROR = "auth_error"
 
 
 class InboundCall(Base):

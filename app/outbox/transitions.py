@@ -39,9 +39,10 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
 
-from app.outbox.models import AttemptOutcome, State
-from app.outbox.policy import Outcome, RetryPolicy
+from app.outbox.models import State
+from app.outbox.policy import RetryPolicy
 from app.outbox.schemas import Claimed, NewDelivery
+from app.upstream import AttemptOutcome, Outcome
 
 __all__ = [
     "EDGES",

@@ -12,6 +12,7 @@ from app.config import Settings
 from app.mailmodo.client import MailmodoClient
 from app.outbox.policy import RetryPolicy
 from app.security import fingerprint
+from app.upstreams import CLEVERTAP, MAILMODO
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.ratelimit import SharedRateLimiter
 from app.worker.runner import WorkerRunner, new_worker_id
@@ -56,26 +57,15 @@ def build_clevertap_uploader(
     engine: Engine, settings: Settings, worker_id: str, client: CleverTapClient | None = None
 ) -> CleverTapUploader | None:
     """None when the CleverTap project is not configured: events wait, readiness says why."""
-    if not (settings.clevertap_account_id and settings.clevertap_passcode):
+    config = CLEVERTAP.settings(settings)
+    if not CLEVERTAP.configured(config):
         return None
-    client = client or CleverTapClient(
-        base_url=settings.clevertap_base_url,
-        account_id=settings.clevertap_account_id,
-        passcode=settings.clevertap_passcode,
-        timeout=settings.clevertap_timeout_seconds,
-        max_connections=settings.clevertap_max_concurrency,
-    )
     return CleverTapUploader(
         engine=engine,
-        client=client,
-        batch_size=settings.clevertap_batch_size,
-        **_consumer_settings(
-            settings,
-            worker_id,
-            # A new passcode, account or region resumes a pause at once.
-            f"{settings.clevertap_account_id}:{settings.clevertap_passcode}:"
-            f"{settings.clevertap_base_url}",
-        ),
+        client=client or CLEVERTAP.client(config),
+        batch_size=config.batch_size,
+        # A new passcode, account or region resumes a pause at once.
+        **_consumer_settings(settings, worker_id, config.key),
     )
 
 
@@ -83,17 +73,12 @@ def build_mailmodo_deliverer(
     engine: Engine, settings: Settings, worker_id: str, client: MailmodoClient | None = None
 ) -> MailmodoDeliverer | None:
     """None when no Mailmodo API key is configured: rows wait, readiness says why."""
-    if not settings.mailmodo_api_key:
+    config = MAILMODO.settings(settings)
+    if not MAILMODO.configured(config):
         return None
-    client = client or MailmodoClient(
-        base_url=settings.mailmodo_api_url,
-        api_key=settings.mailmodo_api_key,
-        timeout=settings.mailmodo_timeout_seconds,
-        max_connections=settings.mailmodo_max_concurrency,
-    )
     return MailmodoDeliverer(
         engine=engine,
-        client=client,
-        limiter=SharedRateLimiter(engine, "mailmodo", settings.mailmodo_rate_per_second),
-        **_consumer_settings(settings, worker_id, settings.mailmodo_api_key),
+        client=client or MAILMODO.client(config),
+        limiter=SharedRateLimiter(engine, "mailmodo", config.rate_per_second),
+        **_consumer_settings(settings, worker_id, config.key),
     )

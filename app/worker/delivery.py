@@ -8,28 +8,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
-from app.contacts.service import add_to_list_body
+from app.mailmodo.bodies import SyncPlan, add_to_list_payload
 from app.mailmodo.client import MailmodoClient
+from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
 from app.metrics import observe_attempt
 from app.outbox import repository, transitions
-from app.outbox.models import AttemptOutcome, Operation, State, Upstream
-from app.outbox.policy import (
-    Outcome,
-    RetryPolicy,
-    classify_error,
-    classify_http_error,
-    classify_mailmodo,
-)
+from app.outbox.models import Operation, State, Upstream
+from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
-from app.upstream import UpstreamError, UpstreamResponse
+from app.upstream import AttemptOutcome, Outcome, UpstreamError, UpstreamResponse
 from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 
@@ -135,7 +128,7 @@ class MailmodoDeliverer(OutboxConsumer):
             else:
                 response = await self.client.call(Operation(row.operation), row.target, row.payload)
         except UpstreamError as exc:
-            return classify_error(exc, "Mailmodo")
+            return classify_failure(exc)
         outcome = classify_mailmodo(response)
         if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:
             await self.limiter.hold_off(outcome.retry_after)
@@ -146,34 +139,17 @@ class MailmodoDeliverer(OutboxConsumer):
     ) -> tuple[Outcome | None, UpstreamResponse | None]:
         """Read the contact, then write only what the fill-blank rules allow. A failed read
         is the attempt's outcome (the write is not made); else the write's answer is."""
-        plan = orjson.loads(row.payload)
-        got = await self.client.get_contact(plan["email"])
-        common: dict[str, Any] = {
-            "status_code": got.status_code,
-            "duration_ms": got.duration_ms,
-            "response_body": got.kept_body,
-        }
-        if got.status_code in (401, 403, 408, 429) or got.status_code >= 500:
-            return classify_http_error(got, "Mailmodo", common), None
-        existing = _existing_contact(got)
-        if existing is None:
-            # Neither a contact nor a clear "no such contact": writing now could overwrite
-            # values the fill-blank rule must keep.
-            if got.status_code == 200:
-                return Outcome(
-                    AttemptOutcome.RETRY,
-                    status_code=got.status_code,
-                    reason="Mailmodo's contact read gave no readable contact; retried",
-                    duration_ms=got.duration_ms,
-                    response_body=got.kept_body,
-                ), None
-            return classify_http_error(got, "Mailmodo", common), None
+        plan = SyncPlan.from_json(row.payload)
+        got = await self.client.get_contact(plan.email)
+        existing = classify_contact_read(got)
+        if isinstance(existing, Outcome):
+            return existing, None
         slot = (await self.limiter.reserve(1))[0]
         if not await wait_until(slot, stop):
             raise GiveBack("stopping before the contact write")
         if not self._time_left(row):
             raise GiveBack("lease too short for the contact write after the read")
-        payload = orjson.dumps(add_to_list_body(plan, existing)).decode()
+        payload = add_to_list_payload(plan, existing)
         return None, await self.client.call(Operation.LIST_SYNC, row.target or "", payload)
 
     def record(self, row: Claimed, outcome: Outcome) -> AttemptChange:
@@ -206,23 +182,6 @@ class MailmodoDeliverer(OutboxConsumer):
 
 class GiveBack(Exception):
     """Release the row unsent: sending now could race another worker or a shutdown."""
-
-
-_NOT_FOUND_WORDS = ("not found", "does not exist", "doesn't exist", "no contact", "not exist")
-
-
-def _existing_contact(got: UpstreamResponse) -> dict[str, Any] | None:
-    """The contact's properties; ``{}`` for a clear "no such contact"; None when unclear."""
-    body = got.json
-    message = str(body.get("message", "")).lower() if isinstance(body, dict) else ""
-    if got.status_code == 404 or any(word in message for word in _NOT_FOUND_WORDS):
-        return {}
-    if got.status_code == 200 and isinstance(body, dict):
-        if body.get("success") is False:
-            return {}
-        data = body.get("data")
-        return data if isinstance(data, dict) else {}
-    return None
 
 
 def _log_outcome(

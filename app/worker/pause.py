@@ -15,9 +15,9 @@ from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.db import read_only
-from app.outbox.models import AttemptOutcome, Upstream
-from app.outbox.policy import Outcome
+from app.outbox.models import Upstream
 from app.system import repository as system_repo
+from app.upstream import AttemptOutcome, Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -10,26 +10,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
-from app.clevertap import events
+from app.clevertap.bodies import upload_record_for
 from app.clevertap.client import CleverTapClient
-from app.clevertap.events import CleverTapEvent
+from app.clevertap.outcomes import classify_failure, classify_upload, refused_whole_batch
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository, transitions
-from app.outbox.models import AttemptOutcome, State, Upstream
-from app.outbox.policy import (
-    Outcome,
-    RetryPolicy,
-    classify_error,
-    classify_upload,
-)
+from app.outbox.models import State, Upstream
+from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
-from app.upstream import UpstreamError
+from app.upstream import AttemptOutcome, Outcome, UpstreamError
 from app.worker.consumer import OutboxConsumer, RunStats
 
 log = structlog.get_logger(__name__)
@@ -37,14 +31,7 @@ log = structlog.get_logger(__name__)
 
 def upload_record(row: Claimed) -> dict[str, Any] | None:
     """The upload record of a row, keyed by ``objectId``, else ``identity`` = email."""
-    if not (row.clevertap_id or row.email):
-        return None
-    event = orjson.loads(row.payload)
-    return events.upload_record(
-        CleverTapEvent(event["evtName"], event["evtData"], event["ts"]),
-        object_id=row.clevertap_id,
-        identity=None if row.clevertap_id else row.email,
-    )
+    return upload_record_for(row.payload, clevertap_id=row.clevertap_id, email=row.email)
 
 
 class CleverTapUploader(OutboxConsumer):
@@ -123,10 +110,10 @@ class CleverTapUploader(OutboxConsumer):
         try:
             response = await self.client.upload(records)
         except UpstreamError as exc:
-            return [classify_error(exc, "CleverTap")] * len(records)
+            return [classify_failure(exc)] * len(records)
         UPLOAD_BATCH.observe(len(records))
         UPSTREAM_LATENCY.labels(self.upstream.value).observe(response.duration_ms / 1000)
-        if response.status_code in (400, 413) and len(records) > 1:
+        if refused_whole_batch(response) and len(records) > 1:
             half = len(records) // 2
             return [*await self.send(records[:half]), *await self.send(records[half:])]
         return classify_upload(response, records)

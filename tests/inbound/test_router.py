@@ -79,7 +79,7 @@ async def test_an_unexpected_error_is_a_json_500_with_the_request_id() -> None:
 
 
 def test_root_path_is_stripped_before_matching() -> None:
-    from app.clevertap.router import router
+    from app.inbound.routes import clevertap_router as router
 
     dispatch = WebhookDispatch([router])
     scope = {"method": "POST", "path": "/bridge/clevertap/campaigns/c9", "root_path": "/bridge"}

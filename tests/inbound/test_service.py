@@ -1,5 +1,5 @@
-"""The pieces every webhook route shares: credentials, bounded reads, content types, JSON,
-dedup keys and keeping rejected calls."""
+"""The pieces of the inbound line: credentials, bounded reads, content types, JSON and
+keeping rejected calls (dedup keys: ``test_dedup.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from app.inbound.service import (
     InboundError,
     check_content_type,
     clevertap_credential,
-    dedup_key,
     keep_rejected,
     parse_json,
     read_body,
@@ -208,34 +207,6 @@ def test_malformed_json_is_400_with_the_parser_message(body: bytes) -> None:
 )
 def test_valid_json_is_parsed(body: bytes, value: Any) -> None:
     assert parse_json(body) == value
-
-
-# --- dedup keys ------------------------------------------------------------------------------
-
-
-def test_dedup_key_hashes_the_exact_body() -> None:
-    request = make_request()
-    a = dedup_key("clevertap.campaign:c1", request, b'{"a":1}')
-    assert a == dedup_key("clevertap.campaign:c1", request, b'{"a":1}')
-    assert a.startswith("clevertap.campaign:c1:sha256:")
-    assert len(a.rsplit(":", 1)[1]) == 64
-    assert a != dedup_key("clevertap.campaign:c1", request, b'{"a": 1}')
-    assert a != dedup_key("clevertap.campaign:c2", request, b'{"a":1}')
-
-
-def test_idempotency_key_replaces_the_body_hash() -> None:
-    request = make_request({"Idempotency-Key": "  retry-7  "})
-    assert dedup_key("s", request, b"one") == "s:idem:retry-7"
-    assert dedup_key("s", request, b"two") == "s:idem:retry-7"
-
-
-def test_idempotency_key_is_bounded() -> None:
-    key = dedup_key("s", make_request({"Idempotency-Key": "k" * 1000}), b"")
-    assert key.startswith("sha256:")
-    assert len(key) <= 200
-    assert key == dedup_key("s", make_request({"Idempotency-Key": "k" * 1000}), b"other")
-    # two long keys that share a long prefix are still two keys
-    assert key != dedup_key("s", make_request({"Idempotency-Key": "k" * 999 + "j"}), b"")
 
 
 # --- answers ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.clock import utcnow
-from app.mailmodo.callbacks import normalise_event_type
+from app.mailmodo.source import normalise_event_type
 from app.outbox.models import CallStatus, State
 from app.state import BridgeState
 from tests.conftest import CT_SECRET, MM_SECRET, _reset_postgres, make_settings

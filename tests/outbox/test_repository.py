@@ -21,11 +21,12 @@ from app.clock import utcnow
 from app.db import create_db_engine
 from app.main import create_app
 from app.outbox import repository, transitions
-from app.outbox.models import Attempt, AttemptOutcome, Delivery, State, Upstream
-from app.outbox.policy import Outcome, RetryPolicy
+from app.outbox.models import Attempt, Delivery, State, Upstream
+from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.system.migrations import upgrade
+from app.upstream import AttemptOutcome, Outcome
 from tests.conftest import CT_AUTH, make_settings, profiles_body
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

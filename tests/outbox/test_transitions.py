@@ -18,15 +18,16 @@ from sqlalchemy.engine import Engine
 
 from app.admin import repository as admin_repo
 from app.admin.repository import DeliveryFilter
-from app.clock import jitter_rng
+from app.clock import ManualClock
 from app.db import create_db_engine
 from app.identity.models import Identity
 from app.outbox import repository, transitions
-from app.outbox.models import AttemptOutcome, Delivery, Direction, Operation, State, Upstream
-from app.outbox.policy import Outcome, RetryPolicy
+from app.outbox.models import Delivery, Direction, Operation, State, Upstream
+from app.outbox.policy import RetryPolicy
 from app.outbox.schemas import Claimed, NewDelivery
 from app.outbox.transitions import EDGES, TERMINAL_STATES, Edge
 from app.system.migrations import upgrade
+from app.upstream import AttemptOutcome, Outcome
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -59,10 +60,9 @@ EXPECTED = {
 
 
 @pytest.fixture(autouse=True)
-def seeded() -> Iterator[None]:
-    jitter_rng.seed(SEED)
-    yield
-    jitter_rng.seed()
+def seeded(clock: ManualClock) -> None:
+    """Jitter draws start from SEED (through the one clock every module reads)."""
+    clock.reseed(SEED)
 
 
 def draws(*delays: float) -> list[float]:

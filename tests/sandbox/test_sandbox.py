@@ -17,10 +17,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from app.clevertap.outcomes import classify_upload
 from app.cli import cli
 from app.config import Settings
-from app.outbox.models import AttemptOutcome
-from app.outbox.policy import classify_upload
 from app.sandbox.fakes import create_fake_clevertap, create_fake_mailmodo
 from app.sandbox.service import (
     CLEVERTAP_ID,
@@ -31,7 +30,7 @@ from app.sandbox.service import (
     bind,
     render_instructions,
 )
-from app.upstream import UpstreamResponse
+from app.upstream import AttemptOutcome, UpstreamResponse
 
 T = TypeVar("T")
 

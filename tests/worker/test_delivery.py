@@ -22,11 +22,11 @@ from sqlalchemy import text
 
 from app.clock import ManualClock
 from app.outbox import repository, transitions
-from app.outbox.models import AttemptOutcome, State
-from app.outbox.policy import MAX_RETRY_AFTER, Outcome
+from app.outbox.models import State
+from app.outbox.policy import MAX_RETRY_AFTER
 from app.security import fingerprint
 from app.state import BridgeState
-from app.upstream import MAX_KEPT_BODY
+from app.upstream import MAX_KEPT_BODY, AttemptOutcome, Outcome
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
 from tests.factories import (

@@ -1,4 +1,5 @@
-"""Mailmodo callbacks read tolerantly and turned into normalised activity events.
+"""Mailmodo as a source: its callbacks read tolerantly and turned into neutral ``Activity``
+records (``app.activity``).
 
 Mailmodo documents no generic activity webhook, so three shapes reach the bridge (see the
 README and ``mailmodo.md`` §5):
@@ -13,34 +14,22 @@ README and ``mailmodo.md`` §5):
 * **Form-submission webhook**: the flat object with ``responseId``, ``recipientEmail``,
   ``formId``, ``recordedAt.ts`` and one key per answer.
 
-Nothing here does I/O: the route stores the call, this module says what it means, and
-``app.clevertap.events`` maps it to CleverTap records.
+Nothing here does I/O: the inbound line stores the call, this module says what it means, and
+``app.clevertap.bodies`` maps the activity to CleverTap records.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
-from enum import StrEnum
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from app.activity import Activity, EventType, to_epoch_seconds
 from app.identity.schemas import clean_clevertap_id, valid_email
 
-__all__ = [
-    "ActivityEvent",
-    "CallbackError",
-    "EventType",
-    "clean_clevertap_id",
-    "normalise_event_type",
-    "parse_callback",
-    "snake_key",
-    "to_epoch_seconds",
-    "valid_email",
-]
+__all__ = ["CallbackError", "normalise_event_type", "parse_callback", "snake_key"]
 
 
 class CallbackError(ValueError):
@@ -50,29 +39,6 @@ class CallbackError(ValueError):
         super().__init__(message)
         self.message = message
         self.detail = detail
-
-
-class EventType(StrEnum):
-    OPENED = "opened"
-    CLICKED = "clicked"
-    FORM_SUBMITTED = "form_submitted"
-    BOUNCED = "bounced"
-    UNSUBSCRIBED = "unsubscribed"
-    SPAM = "spam"
-
-
-@dataclass(slots=True, frozen=True)
-class ActivityEvent:
-    """One thing a recipient did, independent of the payload shape it arrived in."""
-
-    type: EventType
-    email: str | None
-    clevertap_id: str | None
-    ts: int | None
-    dedup_id: str
-    properties: dict[str, Any] = field(default_factory=dict)
-    form_answers: dict[str, Any] = field(default_factory=dict)
-    kind: str = "activity"  # "activity" | "journey" | "form"
 
 
 # --------------------------------------------------------------------------- event names
@@ -151,7 +117,6 @@ _CLEVERTAP_ID_KEYS = frozenset({"clevertapid", "objectid"})
 _CAMEL_1 = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _CAMEL_2 = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD = re.compile(r"[\W_]+")
-_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
 def snake_key(key: object) -> str:
@@ -211,70 +176,10 @@ def _text_id(value: object) -> str:
     return str(value).strip()
 
 
-def to_epoch_seconds(value: Any) -> int | None:
-    """Epoch seconds from seconds, ms, µs, ns, numeric strings, ``$D_`` dates or ISO 8601.
-
-    CleverTap rejects ``ts = 0`` and milliseconds are undocumented there, so this never
-    returns 0, a negative number or anything at or above 1e11 (the millisecond range):
-    such inputs give None and the caller falls back to the time of receipt.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, date):
-        return _date_seconds(value)
-    if isinstance(value, int | float):
-        return _seconds(value)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith("$D_"):
-        text = text[3:]
-    if _NUMERIC.match(text):
-        try:
-            return _seconds(float(text) if any(c in text for c in ".eE") else int(text))
-        except (OverflowError, ValueError):
-            return None
-    if not text or len(text) > 64 or not text[0].isdigit():
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
-        return None
-    return _date_seconds(parsed)
-
-
-def _date_seconds(value: date) -> int | None:
-    """A date or datetime (naive = UTC) in seconds; never rescaled, as it has no unit."""
-    if isinstance(value, datetime):
-        stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
-    else:
-        stamp = datetime.combine(value, time(), tzinfo=UTC)
-    try:
-        return _seconds(stamp.timestamp(), scale=False)
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _seconds(number: float, *, scale: bool = True) -> int | None:
-    """Scale ms/µs/ns down to seconds; None for 0, negatives and absurd values."""
-    if isinstance(number, float) and not math.isfinite(number):
-        return None
-    if number <= 0:
-        return None
-    for _ in range(3 if scale else 0):
-        if number < 1e11:
-            break
-        number = number / 1000 if isinstance(number, float) else number // 1000
-    seconds = int(number)
-    if seconds <= 0 or seconds >= 100_000_000_000:
-        return None
-    return seconds
-
-
 # --------------------------------------------------------------------------- entry point
 
 
-def parse_callback(body: Any, *, path_event: str | None = None) -> list[ActivityEvent]:
+def parse_callback(body: Any, *, path_event: str | None = None) -> list[Activity]:
     """The activity events one Mailmodo call reports; ``CallbackError`` when it cannot be read.
 
     ``path_event`` is the ``{event}`` URL segment: it names the event for journey webhook
@@ -293,7 +198,7 @@ def parse_callback(body: Any, *, path_event: str | None = None) -> list[Activity
             raise CallbackError(
                 "empty array", {"hint": "send one activity event object or an array of them"}
             )
-        events: list[ActivityEvent] = []
+        events: list[Activity] = []
         for index, item in enumerate(body):
             if not isinstance(item, dict):
                 raise CallbackError(
@@ -318,7 +223,7 @@ def parse_callback(body: Any, *, path_event: str | None = None) -> list[Activity
     return [_parse_object(body, url_event)]
 
 
-def _parse_object(body: dict[str, Any], url_event: EventType | None) -> ActivityEvent:
+def _parse_object(body: dict[str, Any], url_event: EventType | None) -> Activity:
     keys = {_compact(k) for k in body}
     if "triggerdata" in keys:
         return _parse_journey(body, url_event)
@@ -410,7 +315,7 @@ def _scalar_or_list(value: object) -> bool:
     )
 
 
-def _parse_activity(body: dict[str, Any], url_event: EventType | None) -> ActivityEvent:
+def _parse_activity(body: dict[str, Any], url_event: EventType | None) -> Activity:
     nested = _dict(body.get("properties"))
     traits = _dict(body.get("traits")) or _dict(_dict(body.get("context")).get("traits"))
     raw_event = _get(body, *_EVENT_KEYS)
@@ -483,7 +388,7 @@ def _parse_activity(body: dict[str, Any], url_event: EventType | None) -> Activi
             raw_answers = _get(nested, "form_response", "answers")
         answers = _answers_from(raw_answers)
 
-    return ActivityEvent(
+    return Activity(
         type=event_type,
         email=email,
         clevertap_id=clevertap_id,
@@ -585,10 +490,10 @@ def _read_form(form: dict[str, Any]) -> _Form:
     )
 
 
-def _parse_form(body: dict[str, Any]) -> ActivityEvent:
+def _parse_form(body: dict[str, Any]) -> Activity:
     form = _read_form(body)
     _require_recipient(form.email, form.clevertap_id, form.raw_email, "form submission")
-    return ActivityEvent(
+    return Activity(
         type=EventType.FORM_SUBMITTED,
         email=form.email,
         clevertap_id=form.clevertap_id,
@@ -603,7 +508,7 @@ def _parse_form(body: dict[str, Any]) -> ActivityEvent:
 # --------------------------------------------------------------------------- journey webhook card
 
 
-def _parse_journey(body: dict[str, Any], url_event: EventType | None) -> ActivityEvent:
+def _parse_journey(body: dict[str, Any], url_event: EventType | None) -> Activity:
     trigger = _get(body, "triggerData")
     if not isinstance(trigger, dict):
         raise CallbackError(
@@ -677,7 +582,7 @@ def _parse_journey(body: dict[str, Any], url_event: EventType | None) -> Activit
         # The same response may also come through the flat form webhook: one key for both.
         if form.response_id:
             dedup_id = form.response_id
-    return ActivityEvent(
+    return Activity(
         type=event_type,
         email=email,
         clevertap_id=clevertap_id,

@@ -1,4 +1,5 @@
-"""The bodies CleverTap webhooks send, read tolerantly.
+"""CleverTap as a source: the bodies its webhooks send, read tolerantly into neutral
+``Recipient`` records (``app.recipient``).
 
 CleverTap changes the casing of keys between samples (``Email``/``email``,
 ``ObjectId``/``objectId``) and sends ``profiles`` as an array or a single object, so these
@@ -25,16 +26,25 @@ profile data, the campaign's ``key_values``, the profile's own ``key_values``;
 
 from __future__ import annotations
 
-import functools
 import re
-import unicodedata
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from app.identity.schemas import clean_clevertap_id, valid_email
+from app.recipient import ParsedCall, Recipient, Skipped, personalisation_key
 
-_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+__all__ = [
+    "ParsedCall",
+    "Recipient",
+    "ShapeError",
+    "Skipped",
+    "is_test_call",
+    "lower_keys",
+    "parse_call",
+    "personalisation",
+    "personalisation_key",
+]
+
 _CT_DATE = re.compile(r"^\$D_(-?\d+)$")
 
 #: Mailmodo trigger fields a custom body may carry besides ``email`` and ``data``.
@@ -58,50 +68,12 @@ class ShapeError(ValueError):
         self.detail = detail
 
 
-@dataclass(slots=True)
-class Recipient:
-    email: str
-    clevertap_id: str | None
-    data: dict[str, Any] = field(default_factory=dict)
-    campaign_data: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-    #: False for a guest: a profile with no identity at all, only a CleverTap ID.
-    identified: bool = True
-
-
-@dataclass(slots=True)
-class Skipped:
-    index: int
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "reason": self.reason}
-
-
-@dataclass(slots=True)
-class ParsedCall:
-    kind: str  # "profiles" | "custom" | "test"
-    recipients: list[Recipient]
-    skipped: list[Skipped]
-
-
 def lower_keys(obj: dict[str, Any]) -> dict[str, Any]:
     """Keys lower-cased; on a clash the first spelling wins (stable for the same body)."""
     out: dict[str, Any] = {}
     for key, value in obj.items():
         out.setdefault(str(key).lower(), value)
     return out
-
-
-@functools.lru_cache(maxsize=4096)
-def personalisation_key(key: str) -> str:
-    """``"Prénom d'usage"`` -> ``prenom_d_usage``: accents folded, then ASCII snake_case.
-
-    Cached: the same few property names arrive in every call, and folding them character by
-    character was a tenth of the CPU time of a call."""
-    folded = unicodedata.normalize("NFKD", key.strip().lower())
-    ascii_key = "".join(c for c in folded if not unicodedata.combining(c))
-    return _NON_ALNUM.sub("_", ascii_key).strip("_") or "_"
 
 
 def _value(value: Any) -> Any:

@@ -11,15 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.activity import Activity, EventType, to_epoch_seconds
 from app.identity.schemas import clean_clevertap_id
-from app.mailmodo.callbacks import (
-    ActivityEvent,
+from app.mailmodo.source import (
     CallbackError,
-    EventType,
     normalise_event_type,
     parse_callback,
     snake_key,
-    to_epoch_seconds,
 )
 
 # --- fixtures from mailmodo.md §5.1 and §5.2, verbatim ---------------------------------------
@@ -83,7 +81,7 @@ FORM_ANSWERS = {
 CT_ID = "__g09c9bf3b0d374a259c86f5b855ec9b19"
 
 
-def only(events: list[ActivityEvent]) -> ActivityEvent:
+def only(events: list[Activity]) -> Activity:
     assert len(events) == 1
     return events[0]
 
@@ -203,7 +201,7 @@ def test_activity_event_full_documented_shape() -> None:
         "custom_flag": 3,
     }
     event = only(parse_callback(body))
-    assert event == ActivityEvent(
+    assert event == Activity(
         type=EventType.CLICKED,
         email="ana@example.com",
         clevertap_id=CT_ID,
@@ -629,7 +627,7 @@ def test_timestamp_is_not_a_property() -> None:
 
 def test_journey_custom_event_fixture() -> None:
     event = only(parse_callback(copy.deepcopy(JOURNEY_CUSTOM_EVENT), path_event="opened"))
-    assert event == ActivityEvent(
+    assert event == Activity(
         type=EventType.OPENED,
         email="gou****@mailmodo.com",
         clevertap_id=None,
@@ -803,7 +801,7 @@ def test_journey_without_ids_has_no_dedup_id() -> None:
 
 def test_form_submission_fixture() -> None:
     event = only(parse_callback(copy.deepcopy(FORM_SUBMISSION)))
-    assert event == ActivityEvent(
+    assert event == Activity(
         type=EventType.FORM_SUBMITTED,
         email="test@rudderstack.com",
         clevertap_id=None,

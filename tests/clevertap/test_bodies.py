@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.clevertap.events import (
+from app.activity import Activity, EventType
+from app.clevertap.bodies import (
     EVENT_NAMES,
     FORBIDDEN,
     PROPERTY_LABELS,
@@ -24,8 +25,9 @@ from app.clevertap.events import (
     sanitize_value,
     to_epoch_seconds,
     upload_record,
+    upload_record_for,
 )
-from app.mailmodo.callbacks import ActivityEvent, EventType, parse_callback
+from app.mailmodo.source import parse_callback
 
 NOW = 1_700_000_000
 CT_ID = "__g09c9bf3b0d374a259c86f5b855ec9b19"
@@ -37,8 +39,8 @@ def make_event(
     ts: int | None = None,
     properties: dict[str, Any] | None = None,
     answers: dict[str, Any] | None = None,
-) -> ActivityEvent:
-    return ActivityEvent(
+) -> Activity:
+    return Activity(
         type=kind,
         email="ana@example.com",
         clevertap_id=None,
@@ -801,3 +803,31 @@ def test_to_epoch_seconds_floats_land_in_range(value: float) -> None:
     result = to_epoch_seconds(value)
     assert result is None or 0 < result < 100_000_000_000
     assert not math.isnan(value)
+
+
+# --- the stored event record -----------------------------------------------------------------
+
+#: A payload exactly as the bridge has always stored it (rows in users' databases look so).
+STORED_BEFORE = '{"evtName":"MM Email Opened","evtData":{"Campaign Name":"Spring"},"ts":1700000000}'
+
+
+def test_stored_event_round_trips() -> None:
+    event = CleverTapEvent("MM Email Link Clicked", {"Link URL": "https://x", "N": 1}, NOW)
+    assert CleverTapEvent.from_json(event.to_json()) == event
+
+
+def test_rows_stored_by_earlier_versions_load_and_are_written_back_identically() -> None:
+    event = CleverTapEvent.from_json(STORED_BEFORE)
+    assert event == CleverTapEvent("MM Email Opened", {"Campaign Name": "Spring"}, NOW)
+    assert event.to_json() == STORED_BEFORE
+
+
+def test_upload_record_for_a_stored_event_prefers_the_clevertap_id() -> None:
+    by_id = upload_record_for(STORED_BEFORE, clevertap_id=CT_ID, email="a@example.com")
+    assert by_id is not None
+    assert by_id["objectId"] == CT_ID
+    assert "identity" not in by_id
+    by_email = upload_record_for(STORED_BEFORE, clevertap_id=None, email="a@example.com")
+    assert by_email is not None
+    assert by_email["identity"] == "a@example.com"
+    assert upload_record_for(STORED_BEFORE, clevertap_id=None, email=None) is None

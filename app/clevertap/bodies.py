@@ -1,4 +1,5 @@
-"""Mailmodo activity events as CleverTap custom events that the upload API will accept.
+"""What we send CleverTap: a neutral ``Activity`` as custom events its ``/1/upload`` API will
+accept, and the stored event record (``CleverTapEvent``) each upload delivery carries.
 
 Event names follow Mailmodo's own CleverTap integration (``MM Email Opened``, ...), so
 segments built on that integration keep working. Property names are human-readable labels:
@@ -25,7 +26,9 @@ from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from typing import Any
 
-from app.mailmodo.callbacks import ActivityEvent, EventType, to_epoch_seconds
+import orjson
+
+from app.activity import Activity, EventType, to_epoch_seconds
 
 __all__ = [
     "EVENT_NAMES",
@@ -40,6 +43,7 @@ __all__ = [
     "sanitize_value",
     "to_epoch_seconds",
     "upload_record",
+    "upload_record_for",
 ]
 
 Scalar = str | int | float | bool
@@ -93,9 +97,23 @@ _MAX_DEPTH = 16
 
 @dataclass(slots=True, frozen=True)
 class CleverTapEvent:
+    """One CleverTap event as stored in an upload delivery's payload.
+
+    Stored as ``{"evtName": ..., "evtData": ..., "ts": ...}`` (the upload record's own keys),
+    the shape every stored row has had, so rows written by any version load.
+    """
+
     name: str
     data: dict[str, Any]
     ts: int
+
+    def to_json(self) -> str:
+        return orjson.dumps({"evtName": self.name, "evtData": self.data, "ts": self.ts}).decode()
+
+    @classmethod
+    def from_json(cls, payload: str | bytes) -> CleverTapEvent:
+        stored = orjson.loads(payload)
+        return cls(stored["evtName"], stored["evtData"], stored["ts"])
 
 
 # --------------------------------------------------------------------------- names
@@ -296,7 +314,7 @@ def _answers_event_name(properties: dict[str, Any]) -> str:
 
 
 def map_activity(
-    event: ActivityEvent, *, received_at_epoch: int, max_properties: int = 100
+    event: Activity, *, received_at_epoch: int, max_properties: int = 100
 ) -> list[CleverTapEvent]:
     """The CleverTap events for one activity: one, or two for a form submission.
 
@@ -351,3 +369,17 @@ def upload_record(
     else:
         record["identity"] = identity
     return record
+
+
+def upload_record_for(
+    payload: str, *, clevertap_id: str | None, email: str | None
+) -> dict[str, Any] | None:
+    """The upload record of a stored event, keyed by ``objectId``, else ``identity`` = email;
+    None when the delivery has neither."""
+    if not (clevertap_id or email):
+        return None
+    return upload_record(
+        CleverTapEvent.from_json(payload),
+        object_id=clevertap_id,
+        identity=None if clevertap_id else email,
+    )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.clevertap.schemas import (
+from app.clevertap.source import (
     ParsedCall,
     ShapeError,
     is_test_call,

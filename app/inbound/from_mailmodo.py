@@ -1,0 +1,155 @@
+"""Mailmodo -> CleverTap, inbound: a Mailmodo activity callback becomes CleverTap ``MM …``
+events in the outbox.
+
+The callback is read by Mailmodo's parser (``app.mailmodo.source`` -> ``Activity``); each
+activity becomes one or two CleverTap events (``app.clevertap.bodies``), stored as typed
+``CleverTapEvent`` records.
+
+The CleverTap ID comes from the payload, else from the identity table (looked up by the
+writer inside the ingest transaction), else ``BRIDGE_UNRESOLVED_IDENTITY`` decides: park the
+event until a CleverTap call teaches us the ID, send it keyed by email, or keep it as dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from starlette.requests import Request
+
+from app.activity import Activity
+from app.clevertap.bodies import map_activity
+from app.clock import utcnow
+from app.config import Settings
+from app.inbound.dedup import callback_dedup_key
+from app.inbound.service import InboundError, WebhookKind, secret_matches
+from app.mailmodo.source import CallbackError, parse_callback
+from app.outbox.models import CallStatus, Direction, Operation, Source
+from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
+from app.security import Credentials
+from app.upstreams import UPSTREAM_OF
+
+ROUTE = "mailmodo.events"
+UPLOAD_UPSTREAM = UPSTREAM_OF[Operation.EVENT_UPLOAD]
+UNAUTHORIZED = InboundError(
+    401, "unauthorized", "the path must carry one of BRIDGE_MAILMODO_WEBHOOK_SECRETS"
+)
+
+
+def parse_or_reject(payload: Any, path_event: str | None) -> list[Activity]:
+    try:
+        events = parse_callback(payload, path_event=path_event)
+    except CallbackError as exc:
+        raise InboundError(422, exc.message, exc.detail) from None
+    if not events:
+        raise InboundError(422, "no activity event in the body", None)
+    return events
+
+
+def build_record(
+    settings: Settings,
+    *,
+    events: list[Activity],
+    path_event: str | None,
+    body: bytes,
+    content_type: str | None,
+    dedup_key: str | None,
+    request_id: str | None,
+) -> IngestRecord:
+    now = utcnow()
+    received_epoch = int(now.timestamp())
+    park_until = now + timedelta(hours=settings.park_ttl_hours)
+    record = IngestRecord(
+        source=Source.MAILMODO,
+        route=ROUTE,
+        # The normalised type, not the raw path segment (which may be any text).
+        target=events[0].type.value if path_event else None,
+        status=CallStatus.ACCEPTED,
+        http_status=200,
+        received_at=now,
+        body=body.decode("utf-8", errors="replace"),
+        content_type=content_type,
+        dedup_key=dedup_key,
+        request_id=request_id,
+    )
+    for event in events:
+        email = event.email.lower() if event.email else None
+        if email and event.clevertap_id:
+            record.identities.append(
+                IdentityObservation(email, event.clevertap_id, "mailmodo.callback")
+            )
+        for mapped in map_activity(
+            event,
+            received_at_epoch=received_epoch,
+            max_properties=settings.clevertap_max_event_properties,
+        ):
+            record.deliveries.append(
+                NewDelivery(
+                    operation=Operation.EVENT_UPLOAD,
+                    upstream=UPLOAD_UPSTREAM,
+                    direction=Direction.MAILMODO_TO_CLEVERTAP,
+                    target=mapped.name,
+                    email=email,
+                    clevertap_id=event.clevertap_id,
+                    payload=mapped.to_json(),
+                    next_attempt_at=now,
+                    identity_policy=(
+                        None if event.clevertap_id else settings.unresolved_identity.value
+                    ),
+                    park_until=park_until,
+                )
+            )
+    return record
+
+
+class MailmodoCallback(WebhookKind[list[Activity]]):
+    """Mailmodo's webhook cards send no headers, so the secret is a path segment; dedup by the
+    payload's own event ids, else by body hash."""
+
+    source = Source.MAILMODO
+    route = ROUTE
+    unauthorized = UNAUTHORIZED
+
+    def authenticated(self, request: Request, credentials: Credentials, secret: str | None) -> bool:
+        return secret_matches(secret, credentials.mailmodo_secrets)
+
+    def parse(self, payload: Any, target: str | None) -> list[Activity]:
+        return parse_or_reject(payload, target)
+
+    def dedup_key(
+        self, request: Request, body: bytes, target: str | None, parsed: list[Activity]
+    ) -> str:
+        return callback_dedup_key(ROUTE, parsed, target, body)
+
+    def record(
+        self,
+        parsed: list[Activity],
+        *,
+        target: str | None,
+        body: bytes,
+        content_type: str | None,
+        dedup_key: str | None,
+        request_id: str | None,
+        settings: Settings,
+    ) -> IngestRecord:
+        return build_record(
+            settings,
+            events=parsed,
+            path_event=target,
+            body=body,
+            content_type=content_type,
+            dedup_key=dedup_key,
+            request_id=request_id,
+        )
+
+    def answer(self, result: IngestResult, parsed: list[Activity]) -> dict[str, Any]:
+        n = len(result.delivery_ids)
+        return {
+            "accepted": 0 if result.duplicate else n,
+            "duplicates": n if result.duplicate else 0,
+            "skipped": 0,
+            "ids": result.delivery_ids,
+        }
+
+
+MAILMODO_CALLBACK = MailmodoCallback()
