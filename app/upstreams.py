@@ -28,6 +28,10 @@ from app.mailmodo import outcomes as mailmodo_outcomes
 from app.mailmodo.check import check_mailmodo
 from app.mailmodo.client import MailmodoClient
 from app.mailmodo.config import MailmodoConfig
+from app.mailmojo import outcomes as mailmojo_outcomes
+from app.mailmojo.check import check_mailmojo
+from app.mailmojo.client import MailmojoClient
+from app.mailmojo.config import MailmojoConfig
 from app.outbox.models import Operation, Upstream
 from app.upstream import CheckResult, Outcome, UpstreamError
 
@@ -89,8 +93,21 @@ CLEVERTAP: Adapter[CleverTapConfig, CleverTapClient, Callable[..., list[Outcome]
     operations=(Operation.EVENT_UPLOAD,),
 )
 
+MAILMOJO: Adapter[MailmojoConfig, MailmojoClient, Callable[..., Outcome]] = Adapter(
+    upstream=Upstream.MAILMOJO,
+    settings=MailmojoConfig.from_settings,
+    configured=lambda config: config.configured,
+    client=MailmojoClient.from_config,
+    classify=mailmojo_outcomes.classify_write,
+    classify_failure=mailmojo_outcomes.classify_failure,
+    check=check_mailmojo,
+    operations=(Operation.MAILMOJO_SYNC,),
+)
+
 #: Every upstream, in the order ``ctmm-bridge check`` reports them.
-UPSTREAMS: dict[Upstream, Adapter[Any, Any, Any]] = {a.upstream: a for a in (MAILMODO, CLEVERTAP)}
+UPSTREAMS: dict[Upstream, Adapter[Any, Any, Any]] = {
+    a.upstream: a for a in (MAILMODO, CLEVERTAP, MAILMOJO)
+}
 
 #: Which upstream an operation is delivered to.
 UPSTREAM_OF: dict[Operation, Upstream] = {
