@@ -4,11 +4,13 @@ An upstream is one folder with the same file names (``client.py``, ``bodies.py``
 ``outcomes.py``, ``check.py``, ``config.py``) and one ``Adapter`` line below. The worker
 assembly builds clients from it and ``ctmm-bridge check`` runs every ``check`` in it.
 
-Adding an upstream (say Mailmojo): add ``Upstream.MAILMOJO`` and its operations to
-``app.outbox.models``, write ``app/mailmojo/`` (a typed client with ``from_config``, the bodies it
-is sent, ``outcomes.py`` on top of ``app.upstream``'s taxonomy, a cheap ``check``, a frozen
-``config`` view of ``Settings``), add its settings to ``app.config.Settings``, then one line
-here; a consumer in ``app.worker`` delivers its rows.
+Adding an upstream (as Mailmojo was): its ``Upstream``, operations and ``Direction`` in
+``app.outbox.models``, its settings in ``app.config.Settings``, its folder (a typed client with
+``from_config``, the bodies it is sent, ``outcomes.py`` on top of ``app.upstream``'s taxonomy, a
+cheap ``check``, a frozen ``config`` view of ``Settings``), one line here; then a consumer in
+``app.worker`` (built in ``build.py``, looped in ``runner.py``), a readiness block, and, when
+CleverTap calls feed it, a route and its operation in ``app.inbound`` (README: "To add an
+upstream").
 """
 
 from __future__ import annotations
