@@ -16,8 +16,11 @@ from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.db import read_only
-from app.outbox.models import Delivery, State
+from app.outbox.models import Delivery, State, Upstream
 from app.system.models import UpstreamState
+
+#: Every upstream gets its series, at 0 when it has nothing.
+UPSTREAM_NAMES = tuple(u.value for u in Upstream)
 
 
 class OutboxCollector(Collector):
@@ -65,18 +68,18 @@ class OutboxCollector(Collector):
             ).scalar_one()
             pauses = conn.execute(select(UpstreamState.upstream, UpstreamState.paused)).all()
         seen = {(u, s) for u, s, _ in counts}
-        for upstream in ("mailmodo", "clevertap"):
+        for upstream in UPSTREAM_NAMES:
             for known in State:
                 if (upstream, known.value) not in seen:
                     depth.add_metric([upstream, known.value], 0)
         for upstream, state_name, count in counts:
             depth.add_metric([upstream, state_name], count)
         ages = {u: _age(now, created) for u, created in oldest_rows}
-        for upstream in ("mailmodo", "clevertap"):
+        for upstream in UPSTREAM_NAMES:
             oldest.add_metric([upstream], ages.get(upstream, 0.0))
         parked.add_metric([], parked_emails)
         paused_map = {u: bool(p) for u, p in pauses}
-        for upstream in ("mailmodo", "clevertap"):
+        for upstream in UPSTREAM_NAMES:
             paused.add_metric([upstream], 1 if paused_map.get(upstream) else 0)
         yield from (depth, oldest, parked, paused)
 

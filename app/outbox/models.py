@@ -27,11 +27,13 @@ class CallStatus(StrEnum):
 class Direction(StrEnum):
     CLEVERTAP_TO_MAILMODO = "clevertap_to_mailmodo"
     MAILMODO_TO_CLEVERTAP = "mailmodo_to_clevertap"
+    CLEVERTAP_TO_MAILMOJO = "clevertap_to_mailmojo"
 
 
 class Upstream(StrEnum):
     MAILMODO = "mailmodo"
     CLEVERTAP = "clevertap"
+    MAILMOJO = "mailmojo"
 
 
 class Operation(StrEnum):
@@ -40,6 +42,7 @@ class Operation(StrEnum):
     JOURNEY_ABORT = "journey.abort"
     LIST_SYNC = "list.sync"
     EVENT_UPLOAD = "event.upload"
+    MAILMOJO_SYNC = "mailmojo.list.sync"
 
 
 class State(StrEnum):
