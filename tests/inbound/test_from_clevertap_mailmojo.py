@@ -12,7 +12,7 @@ import pytest
 from app.outbox.models import State
 from app.state import BridgeState
 from app.worker.build import build_mailmojo_deliverer
-from tests.clevertap.test_router import (
+from tests.inbound.test_from_clevertap import (
     BAD_CREDENTIALS,
     GOOD_CREDENTIALS,
     Bridge,
