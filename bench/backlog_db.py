@@ -72,8 +72,10 @@ def _clone_sql(dialect: str, table: str) -> str:
             "WITH RECURSIVE seq(x) AS (SELECT :first UNION ALL SELECT x + 1 FROM seq "
             "WHERE x < :first + :n - 1) "
         )
-        at = "strftime('%Y-%m-%d %H:%M:%f', :t0, '+' || ((x - :first) * :step) || ' seconds') || '000'"
-        due = "strftime('%Y-%m-%d %H:%M:%f', :t0, '+' || ((x - :first) * :step + :due) || ' seconds') || '000'"
+        at, due = (
+            f"strftime('%Y-%m-%d %H:%M:%f', :t0, '+' || ({offset}) || ' seconds') || '000'"
+            for offset in ("(x - :first) * :step", "(x - :first) * :step + :due")
+        )
         src = "seq"
     else:
         seq = ""
@@ -113,7 +115,7 @@ def build(url: str, pending: int, *, log: Callable[[str], None] = print) -> dict
         dialect = engine.dialect.name
         with engine.begin() as conn:
             for table in ("attempts", "deliveries", "inbound_calls", "identities"):
-                conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
+                conn.execute(text(f"DELETE FROM {table}"))
         started = time.monotonic()
         now = utcnow()
         body = (BODY % (WHO, WHO, WHO)).encode()
@@ -155,9 +157,8 @@ def build(url: str, pending: int, *, log: Callable[[str], None] = print) -> dict
                 "sample": sample_call,
             }
             with engine.begin() as conn:
-                call0 = int(
-                    conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM inbound_calls")).scalar_one()
-                )
+                last_call = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM inbound_calls"))
+                call0 = int(last_call.scalar_one())
                 conn.execute(text(_clone_sql(dialect, "inbound_calls")), params)
                 conn.execute(
                     text(_clone_sql(dialect, "deliveries")),
