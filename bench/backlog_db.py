@@ -65,6 +65,10 @@ def settings_for(url: str) -> Settings:
     )
 
 
+#: Typed, so PostgreSQL deduces one type for a parameter used twice.
+_STATE = "CAST(:state AS VARCHAR)"
+
+
 def _clone_sql(dialect: str, table: str) -> str:
     """One statement inserting ``:n`` clones numbered ``:first``.. of the sample row."""
     if dialect == "sqlite":
@@ -92,16 +96,19 @@ def _clone_sql(dialect: str, table: str) -> str:
             f"'bench-' || {who}, content_type, replace(body, '{WHO}', {who}), body_truncated, "
             f"item_count, skipped_count, NULL FROM {src}, inbound_calls c WHERE c.id = :sample"
         )
-    finished = "CASE WHEN :state IN ('pending', 'parked') THEN NULL ELSE " + at + " END"
+    finished = f"CASE WHEN {_STATE} IN ('pending', 'parked') THEN NULL ELSE {at} END"
     return (
         f"{seq}INSERT INTO deliveries (inbound_call_id, direction, upstream, operation, target, "
         "email, clevertap_id, payload, state, attempts, deferrals, next_attempt_at, "
         "lease_token, leased_by, last_status_code, reason, upstream_ref, created_at, "
         "updated_at, finished_at) "
-        f"SELECT :call0 + x, COALESCE(:direction, direction), COALESCE(:upstream, upstream), "
-        f"COALESCE(:operation, operation), target, replace(email, '{WHO}', {who}), "
-        f"replace(clevertap_id, '{WHO}', {who}), replace(payload, '{WHO}', {who}), :state, "
-        f":attempts, 0, {due}, NULL, NULL, :status_code, :reason, NULL, {at}, {at}, {finished} "
+        "SELECT :call0 + x, COALESCE(CAST(:direction AS VARCHAR), direction), "
+        "COALESCE(CAST(:upstream AS VARCHAR), upstream), "
+        "COALESCE(CAST(:operation AS VARCHAR), operation), target, "
+        f"replace(email, '{WHO}', {who}), "
+        f"replace(clevertap_id, '{WHO}', {who}), replace(payload, '{WHO}', {who}), {_STATE}, "
+        f"CAST(:attempts AS INTEGER), 0, {due}, NULL, NULL, CAST(:status_code AS INTEGER), "
+        f"CAST(:reason AS VARCHAR), NULL, {at}, {at}, {finished} "
         f"FROM {src}, deliveries d WHERE d.id = :sample"
     )
 
@@ -180,8 +187,8 @@ def build(url: str, pending: int, *, log: Callable[[str], None] = print) -> dict
                         text(
                             "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, "
                             "status_code, outcome, error, response_body, worker_id) "
-                            "SELECT id, 1, updated_at, 12.5, last_status_code, :state, reason, "
-                            "NULL, 'bench' FROM deliveries WHERE state = :state"
+                            f"SELECT id, 1, updated_at, 12.5, last_status_code, {_STATE}, reason, "
+                            f"NULL, 'bench' FROM deliveries WHERE state = {_STATE}"
                         ),
                         {"state": state},
                     )
@@ -196,8 +203,7 @@ def build(url: str, pending: int, *, log: Callable[[str], None] = print) -> dict
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             raw.close()
         else:
-            with engine.connect() as conn:
-                conn.execute(text("COMMIT"))
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE deliveries"))
                 conn.execute(text("VACUUM ANALYZE inbound_calls"))
                 conn.execute(text("VACUUM ANALYZE attempts"))
