@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 
+from app.outbox import count_repository
 from app.outbox.models import CallStatus, State
 from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES, in_states
 from app.outbox.transitions import Cancellation, OperatorReplay, Purge
@@ -81,7 +82,9 @@ def conditions(f: DeliveryFilter) -> list[ColumnElement[bool]]:
     if f.upstream is not None:
         where.append(c.upstream == f.upstream)
     if f.states:
-        where.append(c.state.in_(f.states))
+        # One state is written ``state = x``: a page of it, newest first, then reads straight
+        # off ``ix_deliveries_state_id`` (an IN list makes SQLite sort every matching row).
+        where.append(in_states(frozenset(State(s) for s in f.states)))
     if f.email is not None:
         # Stored lower-cased, so the plain index on email serves the lookup.
         where.append(c.email == f.email.strip().lower())
@@ -344,18 +347,16 @@ def purge_standalone_calls_batch(conn: Connection, *, cutoff: datetime, limit: i
 
 
 def counts_by_direction_and_state(conn: Connection) -> list[tuple[str, str, int]]:
-    d = DELIVERIES.c
-    rows = conn.execute(
-        select(d.direction, d.state, func.count()).group_by(d.direction, d.state)
-    ).all()
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+    """Counted per upstream on the due index (a direction is its upstream's), never by
+    reading the table: see ``app.outbox.count_repository``."""
+    return [
+        (count_repository.DIRECTION_OF[upstream].value, state.value, n)
+        for (upstream, state), n in count_repository.counts_by_upstream_and_state(conn).items()
+    ]
 
 
 def oldest_pending_created_at(conn: Connection) -> datetime | None:
-    value = conn.execute(
-        select(func.min(DELIVERIES.c.created_at)).where(DELIVERIES.c.state == State.PENDING.value)
-    ).scalar()
-    return _aware(value)
+    return min(count_repository.oldest_pending_by_upstream(conn).values(), default=None)
 
 
 def delivered_since(conn: Connection, since: datetime) -> int:
@@ -394,9 +395,3 @@ def heartbeats(conn: Connection) -> Sequence[Row[Any]]:
 
 def resume_upstream(conn: Connection, upstream: str, now: datetime) -> bool:
     return system_repo.clear_paused(conn, upstream, now)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
