@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run sandbox test lint typecheck fmt bench bench-events clean
+.PHONY: run sandbox test lint typecheck fmt bench bench-events lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench: $(VENV)/.installed-dev
 
 bench-events: $(VENV)/.installed-dev
 	$(BIN)/python bench/events.py
+
+# requirements.lock: the image's dependencies, pinned with their hashes (Dockerfile). Refresh
+# after changing [project.dependencies] in pyproject.toml, or to take new releases.
+lock: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
