@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run sandbox test lint typecheck fmt bench bench-events bench-backlog bench-forwarder clean
+.PHONY: run sandbox test lint typecheck fmt bench bench-events bench-backlog bench-forwarder lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ bench-backlog: $(VENV)/.installed-dev
 
 bench-forwarder: $(VENV)/.installed-dev
 	$(BIN)/python bench/forwarder.py
+
+# requirements.lock: the image's dependencies, pinned with their hashes (Dockerfile). Refresh
+# after changing [project.dependencies] in pyproject.toml, or to take new releases.
+lock: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

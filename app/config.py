@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 CLEVERTAP_REGIONS: dict[str, str] = {
     "in1": "https://in1.api.clevertap.com",
@@ -49,12 +57,58 @@ def _split_csv(value: object) -> object:
 CsvList = Annotated[list[str], NoDecode]
 CsvSeconds = Annotated[list[float], NoDecode]
 
+ENV_PREFIX = "BRIDGE_"
+#: Settings that may hold a credential: each also reads ``BRIDGE_<NAME>_FILE`` (a Docker or
+#: Kubernetes secret mounted as a file), and none is ever echoed in a configuration error.
+SECRET_SETTINGS = (
+    "database_url",
+    "mailmodo_api_key",
+    "clevertap_passcode",
+    "clevertap_webhook_secrets",
+    "mailmodo_webhook_secrets",
+    "admin_token",
+)
+#: The database URLs the bridge can open (the drivers it ships with).
+SUPPORTED_DATABASES = ("sqlite", "postgresql+psycopg")
+
+
+def env_name(field: str) -> str:
+    """``clevertap_region`` -> ``BRIDGE_CLEVERTAP_REGION``: what an operator sets."""
+    return ENV_PREFIX + field.upper()
+
+
+class SettingsError(ValueError):
+    """A configuration an operator must fix; its message is one line naming the variable."""
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """``BRIDGE_<NAME>_FILE=/run/secrets/x``: the setting's value is the file's content
+    (trailing newline removed), so secrets need not sit in the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every file at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_SETTINGS:
+            variable = env_name(name) + "_FILE"
+            path = os.environ.get(variable)
+            if not path:
+                continue
+            if os.environ.get(env_name(name)):
+                raise SettingsError(f"{variable}: set {env_name(name)} or {variable}, not both")
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+        return values
+
 
 class Settings(BaseSettings):
     """All configuration of the bridge; names are fixed by the public interface."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
@@ -120,6 +174,24 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = "FULL"
     ingest_writer: IngestWriterMode = IngestWriterMode.PROCESS
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A secret file set in the environment beats a value in .env, like the environment.
+        return (
+            init_settings,
+            env_settings,
+            SecretFiles(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
     @field_validator("clevertap_webhook_secrets", "mailmodo_webhook_secrets", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -155,16 +227,24 @@ class Settings(BaseSettings):
     def _sync(cls, value: str) -> str:
         value = value.strip().upper()
         if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-            raise ValueError("BRIDGE_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
+            raise ValueError("must be OFF, NORMAL, FULL or EXTRA")
         return value
 
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, value: str) -> str:
         # Plain postgres URLs use the psycopg 3 driver that ships with the bridge.
+        value = value.strip()
         for prefix in ("postgres://", "postgresql://"):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
+        scheme = value.split(":", 1)[0] if ":" in value else ""
+        if scheme.split("+", 1)[0] != "sqlite" and scheme not in SUPPORTED_DATABASES:
+            # Never echo the URL: it may hold a password.
+            raise ValueError(
+                f"unsupported database {scheme or 'URL'!r}; use sqlite:///path/to/bridge.db "
+                "or postgresql://user:password@host:5432/database"
+            )
         return value
 
     @model_validator(mode="after")
@@ -192,6 +272,20 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
+def describe_error(exc: ValidationError) -> str:
+    """One line naming each bad ``BRIDGE_*`` variable and what is wrong, never its value."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = next((str(part) for part in error["loc"] if isinstance(part, str)), None)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{env_name(field)}: {message}" if field else message)
+    return "; ".join(parts)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings; a bad value raises ``SettingsError`` with a one-line message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None

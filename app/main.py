@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -19,8 +20,9 @@ from app.admin.router import router as admin_router
 from app.config import IngestWriterMode, Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.errors import BridgeError, error_response, internal_error
-from app.health.metrics import app_registry
+from app.health.metrics import ReadinessCollector, app_registry
 from app.health.router import router as health_router
+from app.health.service import readiness
 from app.inbound.router import WebhookDispatch
 from app.inbound.routes import clevertap_router, mailmodo_router
 from app.outbox.writer import IngestWriter, Writer
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 runner=runner,
                 metrics=app_registry(engine),
             )
+            state.metrics.register(ReadinessCollector(functools.partial(readiness, state)))
             if runner is not None:
                 state.stop = asyncio.Event()
                 state.runner_task = asyncio.create_task(runner.run(state.stop), name="worker")

@@ -13,6 +13,7 @@ from app.outbox.models import State
 from app.state import BridgeState
 from app.worker.build import build_mailmodo_deliverer
 from tests.conftest import CT_AUTH, MM_SECRET, profiles_body
+from tests.factories import add_heartbeat
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -118,3 +119,21 @@ async def test_parked_identities_gauge(client: httpx.AsyncClient) -> None:
 def test_final_states_are_the_delivery_states_an_attempt_ends_in() -> None:
     """metrics.py imports nothing from the app; this keeps its label values in step."""
     assert {State(value) for value in FINAL_STATES} == {State.DELIVERED, State.FAILED, State.DEAD}
+
+
+async def test_readiness_and_heartbeat_gauges(
+    client: httpx.AsyncClient, state: BridgeState
+) -> None:
+    """What the alert rules read: /readyz as gauges, and the newest worker heartbeat's age."""
+    text = await scrape(client)
+    # No worker runs in the test app: not ready, the worker check fails, no heartbeat at all.
+    assert value(text, "ctmm_bridge_ready") == 0
+    assert value(text, "ctmm_bridge_readiness_check", check="worker") == 0
+    assert value(text, "ctmm_bridge_readiness_check", check="database") == 1
+    assert value(text, "ctmm_bridge_worker_heartbeat_age_seconds") == float("inf")
+
+    add_heartbeat(state.engine, "w1")
+    text = await scrape(client)
+    assert value(text, "ctmm_bridge_ready") == 1
+    assert value(text, "ctmm_bridge_readiness_check", check="worker") == 1
+    assert 0 <= value(text, "ctmm_bridge_worker_heartbeat_age_seconds") < 60

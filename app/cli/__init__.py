@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import operate, run
+from app.cli import db, operate, run
 
 cli = typer.Typer(help="ctmm-bridge: CleverTap ⇄ Mailmodo webhook bridge.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database commands.", no_args_is_help=True)
@@ -17,7 +17,9 @@ cli.add_typer(db_cli, name="db")
 cli.command()(run.serve)
 cli.command()(run.worker)
 cli.command()(run.credentials)
-db_cli.command("upgrade")(run.db_upgrade)
+db_cli.command("upgrade")(db.db_upgrade)
+db_cli.command("current")(db.db_current)
+db_cli.command("backup")(db.db_backup)
 cli.command()(run.sandbox)
 cli.command()(run.version)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from app import __version__
 from app.config import Settings
 from app.db import shown_url
-from app.security import Credentials
+from app.security import Credentials, masked
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 def base_url(settings: Settings) -> str:
@@ -15,25 +19,54 @@ def base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def banner(settings: Settings, credentials: Credentials) -> str:
-    """What a newcomer pastes into CleverTap; printed on stdout, never logged."""
+def reachability_warnings(base: str) -> list[str]:
+    """Why CleverTap and Mailmodo (SaaS on the internet) could not use ``base``, if they can't."""
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    if host.startswith(_LOOPBACK) or host in _LOOPBACK:
+        return [
+            f"WARNING: {base} is only reachable from this machine; CleverTap and Mailmodo cannot "
+            "call it. Put the bridge behind HTTPS and set BRIDGE_PUBLIC_URL to its public "
+            "address (README: Going live).",
+        ]
+    if parts.scheme != "https":
+        return [
+            f"WARNING: {base} is plain http; the webhook secrets would cross the internet "
+            "unencrypted. Serve it over HTTPS and set BRIDGE_PUBLIC_URL=https://… "
+            "(README: Going live).",
+        ]
+    return []
+
+
+def banner(settings: Settings, credentials: Credentials, *, reveal: bool = False) -> str:
+    """What a newcomer pastes into CleverTap; printed on stdout, never logged.
+
+    A generated secret is shown in full only on the start that generated it, or with
+    ``reveal`` (``ctmm-bridge credentials``): later starts mask it, so that ``docker logs`` and
+    log shippers do not collect it on every restart.
+    """
     base = base_url(settings)
-    secret = credentials.clevertap_secrets[0]
-    shown = (
-        secret
-        if "clevertap_webhook_secret" in credentials.generated
-        else "(the first value of BRIDGE_CLEVERTAP_WEBHOOK_SECRETS)"
+    hidden: list[str] = []
+
+    def show(name: str, value: str, configured: str) -> str:
+        if name not in credentials.generated:
+            return configured
+        if reveal or name in credentials.created:
+            return value
+        hidden.append(name)
+        return masked(value)
+
+    shown = show(
+        "clevertap_webhook_secret",
+        credentials.clevertap_secrets[0],
+        "(the first value of BRIDGE_CLEVERTAP_WEBHOOK_SECRETS)",
     )
-    mm_secret = (
-        credentials.mailmodo_secrets[0]
-        if "mailmodo_webhook_secret" in credentials.generated
-        else "<BRIDGE_MAILMODO_WEBHOOK_SECRETS>"
+    mm_secret = show(
+        "mailmodo_webhook_secret",
+        credentials.mailmodo_secrets[0],
+        "<BRIDGE_MAILMODO_WEBHOOK_SECRETS>",
     )
-    admin = (
-        credentials.admin_token
-        if "admin_token" in credentials.generated
-        else "(BRIDGE_ADMIN_TOKEN)"
-    )
+    admin = show("admin_token", credentials.admin_token, "(BRIDGE_ADMIN_TOKEN)")
     lines = [
         f"ctmm-bridge {__version__} on {base}   database: {shown_url(settings.database_url)}",
         "",
@@ -55,6 +88,14 @@ def banner(settings: Settings, credentials: Credentials) -> str:
         f"Admin token (Authorization: Bearer …): {admin}",
         f"Health: {base}/healthz   Readiness: {base}/readyz",
     ]
+    if hidden:
+        lines += [
+            "",
+            "Secrets generated on an earlier start are shown masked (…); "
+            "`ctmm-bridge credentials` prints them in full.",
+        ]
+    if warnings := reachability_warnings(base):
+        lines += ["", *warnings]
     if not (settings.clevertap_account_id and settings.clevertap_passcode):
         lines += [
             "",

@@ -19,10 +19,11 @@ from app.system.migrations import current_revision, head_revision, upgrade
 
 
 def load_settings() -> Settings:
+    """The settings, or one line naming the bad BRIDGE_* variable and exit code 2."""
     try:
         return get_settings()
-    except Exception as exc:  # pydantic's message names the bad variable
-        typer.secho(f"configuration error: {exc}", fg="red", err=True)
+    except Exception as exc:  # SettingsError names the variable; anything else its first line
+        typer.secho(f"configuration error: {short_error(exc, 500)}", fg="red", err=True)
         raise typer.Exit(2) from None
 
 

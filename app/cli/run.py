@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 from contextlib import suppress
 
 import typer
@@ -11,7 +13,8 @@ import typer
 from app import __version__
 from app.cli.banner import banner
 from app.cli.context import load_settings
-from app.db import create_db_engine, shown_url
+from app.cli.db import database_errors, prepare
+from app.db import create_db_engine
 from app.logging import configure_logging
 from app.runtime import tune_gc_for_serving
 from app.security import load_credentials
@@ -24,7 +27,7 @@ def serve(
     """Serve the webhooks (and, by default, the delivery worker)."""
     import uvicorn
 
-    from app.main import DatabaseNotReady, create_app, prepare_database
+    from app.main import create_app
 
     settings = load_settings()
     if host is not None or port is not None:
@@ -32,14 +35,16 @@ def serve(
             update={"host": host or settings.host, "port": port or settings.port}
         )
     configure_logging(settings)
-    try:
-        prepare_database(settings)
-    except DatabaseNotReady as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
-    engine = create_db_engine(settings)
-    credentials = load_credentials(engine, settings)
-    engine.dispose()
+    if problem := port_problem(settings.host, settings.port):
+        typer.secho(problem, fg="red", err=True)
+        raise typer.Exit(1)
+    prepare(settings)
+    with database_errors(settings):
+        engine = create_db_engine(settings)
+        try:
+            credentials = load_credentials(engine, settings)
+        finally:
+            engine.dispose()
     typer.echo(banner(settings, credentials))
     tune_gc_for_serving()
     uvicorn.run(
@@ -52,18 +57,36 @@ def serve(
     )
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``serve`` could not listen on ``host:port`` (checked before the banner is printed,
+    so a second ``serve`` fails with one line), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror} (BRIDGE_HOST)"
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn does: a port in TIME_WAIT after a restart is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use (another ctmm-bridge?); "
+                    "stop it or choose another with BRIDGE_PORT or --port"
+                )
+            return f"cannot listen on {host}:{port}: {exc.strerror} (BRIDGE_HOST / BRIDGE_PORT)"
+    return None
+
+
 def worker() -> None:
     """Run delivery workers only (as many processes as you like on PostgreSQL)."""
-    from app.main import DatabaseNotReady, prepare_database
     from app.worker.build import build_runner
 
     settings = load_settings()
     configure_logging(settings)
-    try:
-        prepare_database(settings)
-    except DatabaseNotReady as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    prepare(settings)
 
     async def main() -> None:
         engine = create_db_engine(settings)
@@ -83,28 +106,17 @@ def worker() -> None:
 
 
 def credentials() -> None:
-    """Print the webhook URLs and credentials to paste into CleverTap and Mailmodo."""
-    from app.main import prepare_database
-
+    """Print the webhook URLs and credentials to paste into CleverTap and Mailmodo, generated
+    secrets in full (`serve` shows them in full only on the start that generated them)."""
     settings = load_settings()
-    prepare_database(settings)
-    engine = create_db_engine(settings)
-    creds = load_credentials(engine, settings)
-    engine.dispose()
-    typer.echo(banner(settings, creds))
-
-
-def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
-    """Apply the database migrations (run once before starting PostgreSQL replicas)."""
-    from app.system.migrations import current_revision, upgrade
-
-    settings = load_settings()
-    engine = create_db_engine(settings)
-    try:
-        upgrade(settings, engine, revision)
-        typer.echo(f"database at {current_revision(engine)} ({shown_url(settings.database_url)})")
-    finally:
-        engine.dispose()
+    prepare(settings)
+    with database_errors(settings):
+        engine = create_db_engine(settings)
+        try:
+            creds = load_credentials(engine, settings)
+        finally:
+            engine.dispose()
+    typer.echo(banner(settings, creds, reveal=True))
 
 
 def sandbox(

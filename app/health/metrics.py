@@ -5,8 +5,10 @@ Read from the database at scrape time, so every replica reports the same, global
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,7 +20,7 @@ from app.clock import utcnow
 from app.db import read_only
 from app.outbox import count_repository
 from app.outbox.models import Delivery, State, Upstream
-from app.system.models import UpstreamState
+from app.system.models import UpstreamState, WorkerHeartbeat
 
 #: Every upstream gets its series, at 0 when it has nothing.
 UPSTREAM_NAMES = tuple(u.value for u in Upstream)
@@ -60,6 +62,7 @@ class OutboxCollector(Collector):
                 )
             ).scalar_one()
             pauses = conn.execute(select(UpstreamState.upstream, UpstreamState.paused)).all()
+            last_beat = conn.execute(select(func.max(WorkerHeartbeat.beat_at))).scalar()
         for (upstream, state_name), count in counts.items():
             depth.add_metric([upstream.value, state_name.value], count)
         for upstream in Upstream:
@@ -68,7 +71,35 @@ class OutboxCollector(Collector):
         paused_map = {u: bool(p) for u, p in pauses}
         for name in UPSTREAM_NAMES:
             paused.add_metric([name], 1 if paused_map.get(name) else 0)
-        yield from (depth, oldest, parked, paused)
+        heartbeat = GaugeMetricFamily(
+            "ctmm_bridge_worker_heartbeat_age_seconds",
+            "Seconds since the most recent worker heartbeat (+Inf when no worker is running).",
+        )
+        heartbeat.add_metric([], math.inf if last_beat is None else _age(now, last_beat))
+        yield from (depth, oldest, parked, paused, heartbeat)
+
+
+class ReadinessCollector(Collector):
+    """``/readyz`` as gauges, so an alert can say which check fails (``app.health.service``
+    computes it; this module imports nothing of the app's state)."""
+
+    def __init__(self, readiness: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
+        self.readiness = readiness
+
+    def collect(self) -> Iterable[Metric]:
+        ready, checks = self.readiness()
+        overall = GaugeMetricFamily(
+            "ctmm_bridge_ready", "1 when /readyz answers 200 (every check passes), else 0."
+        )
+        overall.add_metric([], 1 if ready else 0)
+        each = GaugeMetricFamily(
+            "ctmm_bridge_readiness_check",
+            "1 per readiness check that passes, 0 per one that fails (as /readyz lists them).",
+            labels=["check"],
+        )
+        for name, check in checks.items():
+            each.add_metric([name], 1 if check.get("ok") else 0)
+        yield from (overall, each)
 
 
 def _age(now: datetime, created: datetime | None) -> float:

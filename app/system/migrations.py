@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
@@ -35,10 +35,19 @@ def alembic_config(settings: Settings) -> Config:
     return cfg
 
 
+#: The PostgreSQL advisory lock key that serialises ``db upgrade`` runs ("ctmmmigr").
+MIGRATION_LOCK_KEY = 0x63746D6D6D696772
+
+
 def upgrade(settings: Settings, engine: Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision``; safe to run on every start."""
+    """Bring the database to ``revision``; safe to run on every start, and from several
+    processes at once: on PostgreSQL the whole upgrade holds a transaction-scoped advisory
+    lock, so a second run waits, then finds the schema at head and does nothing (on SQLite the
+    write lock that ``engine.begin`` takes does the same)."""
     cfg = alembic_config(settings)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

@@ -18,12 +18,13 @@ from app.mailmodo.client import MailmodoClient
 from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
 from app.metrics import observe_attempt
 from app.outbox import repository, transitions
-from app.outbox.models import Operation, State, Upstream
+from app.outbox.models import Operation, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome, UpstreamError, UpstreamResponse
 from app.worker.consumer import OutboxConsumer, RunStats
+from app.worker.outcome_log import log_attempt
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 
 log = structlog.get_logger(__name__)
@@ -187,30 +188,7 @@ class GiveBack(Exception):
 def _log_outcome(
     row: Claimed, outcome: Outcome, transition: AttemptChange, *, lease_kept: bool
 ) -> None:
-    fields = {
-        "delivery_id": row.id,
-        "operation": row.operation,
-        "status_code": outcome.status_code,
-        "outcome": outcome.kind.value,
-        "state": transition.state.value,
-        "duration_ms": outcome.duration_ms,
-    }
-    if not lease_kept:
-        log.warning(
-            "lease lost before the result was written; another worker owns the row", **fields
-        )
-    elif outcome.kind is AttemptOutcome.AUTH_ERROR:
-        log.error(
-            "Mailmodo rejected the API key; deliveries are paused until it works",
-            reason=outcome.reason,
-            **fields,
-        )
-    elif transition.state in (State.FAILED, State.DEAD):
-        log.warning("delivery failed for good", reason=outcome.reason, **fields)
-    elif transition.state is State.PENDING:
-        log.info("delivery will be retried", reason=outcome.reason, **fields)
-    else:
-        log.debug("delivered", **fields)
+    log_attempt(Upstream.MAILMODO.value, row, outcome, transition, lease_kept=lease_kept)
 
 
 def _seconds(value: float) -> timedelta:

@@ -57,6 +57,7 @@ class PauseGate:
     def observe(self, conn: Connection, outcome: Outcome, now: datetime) -> None:
         """Pause on 401/403; resume on any other real answer. Runs in the caller's txn."""
         if outcome.kind is AttemptOutcome.AUTH_ERROR:
+            before = system_repo.get_upstream_state(conn, self.upstream.value)
             system_repo.set_paused(
                 conn,
                 self.upstream.value,
@@ -65,11 +66,14 @@ class PauseGate:
                 now=now,
                 probe_in=self.probe_seconds,
             )
-            log.error(
-                "upstream rejected our credentials; deliveries paused until they work",
-                upstream=self.upstream.value,
-                reason=outcome.reason,
-            )
+            # Once per pause, not per probe: a probe that is refused again changes nothing.
+            if before is None or not before.paused:
+                log.error(
+                    "upstream rejected our credentials; deliveries paused until they work",
+                    upstream=self.upstream.value,
+                    reason=outcome.reason,
+                    probe_every_seconds=self.probe_seconds,
+                )
         elif (
             outcome.kind is not AttemptOutcome.RATE_LIMITED
             and outcome.status_code

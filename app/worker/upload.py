@@ -19,12 +19,13 @@ from app.clevertap.outcomes import classify_failure, classify_upload, refused_wh
 from app.clock import utcnow
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository, transitions
-from app.outbox.models import State, Upstream
+from app.outbox.models import Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome, UpstreamError
 from app.worker.consumer import OutboxConsumer, RunStats
+from app.worker.outcome_log import log_upload
 
 log = structlog.get_logger(__name__)
 
@@ -149,27 +150,7 @@ class CleverTapUploader(OutboxConsumer):
             )
             if batch_outcome is not None:
                 self.gate.observe(conn, batch_outcome, now)
-        counts: dict[str, int] = {}
         for (_, outcome), t in zip(results, changes, strict=True):
             observe_attempt(self.upstream.value, outcome.kind.value, t.state.value, None)
-            counts[t.state.value] = counts.get(t.state.value, 0) + 1
-        log.info(
-            "uploaded to CleverTap",
-            records=len(results),
-            first_delivery_id=results[0][0].id,
-            last_delivery_id=results[-1][0].id,
-            status_code=next((o.status_code for _, o in results if o.status_code), None),
-            outcome=counts,
-            lease_lost=len(results) - kept,
-        )
-        for (row, outcome), t in zip(results, changes, strict=True):
-            if t.state in (State.FAILED, State.DEAD):
-                log.warning(
-                    "delivery failed for good",
-                    delivery_id=row.id,
-                    operation=row.operation,
-                    status_code=outcome.status_code,
-                    state=t.state.value,
-                    reason=outcome.reason,
-                )
+        log_upload(self.upstream.value, results, changes, kept=kept)
         return changes
