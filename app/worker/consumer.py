@@ -3,17 +3,26 @@ respecting the upstream's pause, and giving rows back unsent."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import ClassVar
 
+import structlog
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
-from app.outbox import repository, transitions
+from app.metrics import observe_attempt
+from app.outbox import leases, repository, transitions
 from app.outbox.models import Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
+from app.outbox.transitions import AttemptChange
+from app.upstream import AttemptOutcome, Outcome
 from app.worker.pause import PauseGate
+from app.worker.ratelimit import SharedRateLimiter
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -49,11 +58,18 @@ class OutboxConsumer:
 
     def claim(self, limit: int) -> list[Claimed]:
         """Lease up to ``limit`` due rows (one while probing a pause, none while paused)."""
+        return self.claim_paced(limit, None)[0]
+
+    def claim_paced(
+        self, limit: int, limiter: SharedRateLimiter | None
+    ) -> tuple[list[Claimed], list[float]]:
+        """Lease due rows and reserve a rate slot for each in the same transaction: one
+        write per batch, not two (the slots are epoch times, see ``SharedRateLimiter``)."""
         allowed = self.gate.allowed_batch(limit)
         if allowed <= 0:
-            return []
+            return [], []
         with self.engine.begin() as conn:
-            return repository.claim_due(
+            rows = repository.claim_due(
                 conn,
                 upstream=self.upstream,
                 limit=allowed,
@@ -61,6 +77,82 @@ class OutboxConsumer:
                 lease_seconds=self.lease_seconds,
                 worker_id=self.worker_id,
             )
+            slots = limiter.reserve_in(conn, len(rows)) if limiter is not None and rows else []
+        return rows, slots
+
+    def record_many(self, results: Sequence[tuple[Claimed, Outcome]]) -> list[AttemptChange]:
+        """The attempts and transitions of many single-item calls in ONE transaction, each
+        row under its own lease: a row another worker took keeps that worker's state (its
+        attempt is still recorded, the call was made)."""
+        if not results:
+            return []
+        now = utcnow()
+        changes = [
+            transitions.after_attempt(row, outcome, now, self.policy) for row, outcome in results
+        ]
+        attempts = [
+            {
+                "delivery_id": row.id,
+                "number": change.attempt_number,
+                "started_at": now - timedelta(seconds=outcome.duration_ms / 1000),
+                "duration_ms": outcome.duration_ms,
+                "status_code": outcome.status_code,
+                "outcome": outcome.kind.value,
+                "error": outcome.reason,
+                "response_body": outcome.response_body,
+                "worker_id": self.worker_id,
+            }
+            for (row, outcome), change in zip(results, changes, strict=True)
+        ]
+        with self.engine.begin() as conn:
+            held = leases.still_leased(conn, [row for row, _ in results])
+            repository.add_attempts(conn, attempts)
+            repository.finish_many(
+                conn,
+                [
+                    (row, change)
+                    for (row, _), change in zip(results, changes, strict=True)
+                    if row.id in held
+                ],
+            )
+            # An auth refusal pauses; else any real answer lifts a pause: one decision a batch.
+            decisive = next(
+                (o for _, o in results if o.kind is AttemptOutcome.AUTH_ERROR),
+                next(
+                    (
+                        o
+                        for _, o in results
+                        if o.status_code and o.kind is not AttemptOutcome.RATE_LIMITED
+                    ),
+                    None,
+                ),
+            )
+            if decisive is not None:
+                self.gate.observe(conn, decisive, now)
+        for (row, outcome), change in zip(results, changes, strict=True):
+            observe_attempt(
+                self.upstream.value, outcome.kind.value, change.state.value, outcome.duration_ms
+            )
+            self.log_outcome(row, outcome, change, lease_kept=row.id in held)
+        return changes
+
+    def log_outcome(
+        self, row: Claimed, outcome: Outcome, change: AttemptChange, *, lease_kept: bool
+    ) -> None:
+        """One log line per recorded attempt (subclasses say it in their upstream's words)."""
+        fields = {
+            "delivery_id": row.id,
+            "upstream": self.upstream.value,
+            "status_code": outcome.status_code,
+            "outcome": outcome.kind.value,
+            "state": change.state.value,
+        }
+        if not lease_kept:
+            log.warning(
+                "lease lost before the result was written; another worker owns the row", **fields
+            )
+        else:
+            log.debug("attempt recorded", reason=outcome.reason, **fields)
 
     def release(self, rows: list[Claimed]) -> None:
         """Give rows back unsent (shutdown, lease about to run out): no attempt used."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Coroutine
 from contextlib import suppress
@@ -21,11 +22,17 @@ from sqlalchemy.engine import Engine
 from app.clock import utcnow
 from app.config import Settings
 from app.outbox import repository, transitions
+from app.outbox.repository import Claimed
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.upload import CleverTapUploader
 
 log = structlog.get_logger(__name__)
+
+
+#: With fewer than ``refill`` slots free, the next claim waits at most this long after the
+#: last one (a few ms: a batch of claims, not one transaction per completion).
+REFILL_SECONDS = 0.005
 
 
 def new_worker_id() -> str:
@@ -169,35 +176,60 @@ class WorkerRunner:
     async def _deliver_loop(
         self, deliverer: MailmodoDeliverer, concurrency: int, stop: asyncio.Event
     ) -> None:
+        """Keep up to ``concurrency`` calls in flight, claiming in batches.
+
+        A claim (with the rate slots of its rows, in the same transaction) is made when
+        ``refill`` slots are free, or ``REFILL_SECONDS`` after the last claim when fewer are,
+        or at once when nothing is in flight; not after every completion. A slot stays busy
+        until its call's outcome is committed (``app.worker.batch``), so a crash re-sends at
+        most ``concurrency`` calls. After a claim comes back short the loop claims again only
+        when new work is committed (the writer's wake-up) or at the next poll.
+        """
         inflight: set[asyncio.Task[object]] = set()
         wake = self._new_wake()
         # Claim no more than about two seconds of rate at once, so leases stay short.
         burst = max(1, int(self.settings.mailmodo_rate_per_second * 2))
+        refill = max(1, min(concurrency // 2, burst))
+        backlog = True  # there may be due rows: claim
+        last_claim = 0.0
         try:
             while not stop.is_set():
-                wake.clear()
+                if wake.is_set():
+                    wake.clear()
+                    backlog = True
                 free = concurrency - len(inflight)
-                claimed_full = False
-                if free > 0:
+                now = time.monotonic()
+                if (
+                    free > 0
+                    and backlog
+                    and (not inflight or free >= refill or now - last_claim >= REFILL_SECONDS)
+                ):
                     limit = min(free, burst)
-                    rows, slots = [], []
+                    last_claim = now
+                    rows: list[Claimed] = []
+                    slots: list[float] = []
                     try:
-                        rows = await asyncio.to_thread(deliverer.claim, limit)
-                        slots = await deliverer.limiter.reserve(len(rows))
+                        rows, slots = await asyncio.to_thread(
+                            deliverer.claim_paced, limit, deliverer.limiter
+                        )
                     except Exception:
                         log.exception("claiming deliveries failed; will try again")
-                        if rows:  # claimed but not scheduled: give them back now
-                            with suppress(Exception):
-                                await asyncio.to_thread(deliverer.release, rows)
-                        rows, slots = [], []
                     for row, slot in zip(rows, slots, strict=True):
                         self._spawn(inflight, deliverer.deliver(row, slot, stop))
-                    claimed_full = len(rows) == limit
-                if claimed_full and len(inflight) < concurrency:
-                    continue
-                await self._idle(stop, wake, inflight)
+                    backlog = len(rows) == limit
+                    if backlog and len(inflight) < concurrency:
+                        continue
+                waiting_to_refill = backlog and inflight and len(inflight) < concurrency
+                timeout = (
+                    max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
+                    if waiting_to_refill
+                    else self.settings.worker_poll_seconds
+                )
+                if await self._idle(stop, wake, inflight, timeout) and not waiting_to_refill:
+                    backlog = True  # a poll: retries may have come due meanwhile
         finally:
             await self._drain(inflight)
+            await deliverer.outcomes.drain()
 
     async def _upload_loop(self, uploader: CleverTapUploader, stop: asyncio.Event) -> None:
         """Full batches go at once; a partial batch waits ``linger`` so a burst can fill it."""
@@ -238,9 +270,14 @@ class WorkerRunner:
         task.add_done_callback(_log_crash)
 
     async def _idle(
-        self, stop: asyncio.Event, wake: asyncio.Event, inflight: set[asyncio.Task[object]]
-    ) -> None:
-        """Until new work is committed, a call finishes, we stop, or the poll interval."""
+        self,
+        stop: asyncio.Event,
+        wake: asyncio.Event,
+        inflight: set[asyncio.Task[object]],
+        within: float | None = None,
+    ) -> bool:
+        """Until new work is committed, a call finishes, we stop, or ``within`` seconds (the
+        poll interval by default); True when the time ran out with nothing happening."""
         waiters: set[asyncio.Future[object]] = {
             asyncio.ensure_future(wake.wait()),
             asyncio.ensure_future(stop.wait()),
@@ -252,14 +289,15 @@ class WorkerRunner:
                 )
             )
         try:
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 waiters,
-                timeout=self.settings.worker_poll_seconds,
+                timeout=self.settings.worker_poll_seconds if within is None else within,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        return not done
 
     async def _drain(self, inflight: set[asyncio.Task[object]]) -> None:
         """Let calls in flight finish within the grace period; give the rest back unsent."""
