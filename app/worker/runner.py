@@ -176,17 +176,21 @@ class WorkerRunner:
     async def _deliver_loop(
         self, deliverer: MailmodoDeliverer, concurrency: int, stop: asyncio.Event
     ) -> None:
-        """Keep up to ``concurrency`` calls in flight, claiming in batches.
+        """Keep up to ``concurrency`` calls in flight with one transaction a round.
 
-        A claim (with the rate slots of its rows, in the same transaction) is made when
-        ``refill`` slots are free, or ``REFILL_SECONDS`` after the last claim when fewer are,
-        or at once when nothing is in flight; not after every completion. A slot stays busy
-        until its call's outcome is committed (``app.worker.batch``), so a crash re-sends at
-        most ``concurrency`` calls. After a claim comes back short the loop claims again only
+        Each round commits the outcomes that have arrived (``app.worker.batch``) and, in the
+        same transaction, claims rows (with their rate slots) for the slots that frees: when
+        ``refill`` slots are free, or ``REFILL_SECONDS`` after the last claim when fewer
+        are, or at once when nothing is in flight; not after every completion. A slot stays
+        busy until its call's outcome is committed, so a crash re-sends at most
+        ``concurrency`` calls. After a claim comes back short the loop claims again only
         when new work is committed (the writer's wake-up) or at the next poll.
         """
         inflight: set[asyncio.Task[object]] = set()
         wake = self._new_wake()
+        queued = asyncio.Event()
+        outcomes = deliverer.outcomes
+        outcomes.drive(queued)
         # Claim no more than about two seconds of rate at once, so leases stay short.
         burst = max(1, int(self.settings.mailmodo_rate_per_second * 2))
         refill = max(1, min(concurrency // 2, burst))
@@ -197,39 +201,61 @@ class WorkerRunner:
                 if wake.is_set():
                     wake.clear()
                     backlog = True
-                free = concurrency - len(inflight)
+                queued.clear()
+                answered = outcomes.pending  # slots this round's commit frees
+                free = concurrency - len(inflight) + answered
+                busy = len(inflight) - answered
                 now = time.monotonic()
-                if (
+                claim = (
                     free > 0
                     and backlog
-                    and (not inflight or free >= refill or now - last_claim >= REFILL_SECONDS)
-                ):
-                    limit = min(free, burst)
-                    last_claim = now
-                    rows: list[Claimed] = []
-                    slots: list[float] = []
-                    try:
-                        rows, slots = await asyncio.to_thread(
-                            deliverer.claim_paced, limit, deliverer.limiter
-                        )
-                    except Exception:
-                        log.exception("claiming deliveries failed; will try again")
-                    for row, slot in zip(rows, slots, strict=True):
+                    and (busy == 0 or free >= refill or now - last_claim >= REFILL_SECONDS)
+                )
+                if answered or claim:
+                    limit = min(free, burst) if claim else 0
+                    rows = await self._round(deliverer, limit)
+                    if claim:
+                        last_claim = now
+                        backlog = len(rows) == limit
+                    for row, slot in rows:
                         self._spawn(inflight, deliverer.deliver(row, slot, stop))
-                    backlog = len(rows) == limit
-                    if backlog and len(inflight) < concurrency:
+                    if claim and backlog and len(inflight) < concurrency:
                         continue
-                waiting_to_refill = backlog and inflight and len(inflight) < concurrency
+                waiting_to_refill = backlog and busy > 0 and free > 0
                 timeout = (
                     max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
                     if waiting_to_refill
                     else self.settings.worker_poll_seconds
                 )
-                if await self._idle(stop, wake, inflight, timeout) and not waiting_to_refill:
+                ran_out = await self._idle(stop, wake, inflight, timeout, queued)
+                if ran_out and not waiting_to_refill:
                     backlog = True  # a poll: retries may have come due meanwhile
         finally:
+            outcomes.drive(None)  # outcomes of calls still finishing commit by themselves
             await self._drain(inflight)
-            await deliverer.outcomes.drain()
+            await outcomes.drain()
+
+    async def _round(self, deliverer: MailmodoDeliverer, limit: int) -> list[tuple[Claimed, float]]:
+        """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction."""
+        batch = deliverer.outcomes.take()
+        try:
+            changes, rows, slots = await asyncio.to_thread(
+                deliverer.record_and_claim,
+                [(row, outcome) for row, outcome, _ in batch],
+                limit,
+                deliverer.limiter,
+            )
+        except Exception as exc:
+            # The deliveries waiting on these outcomes fail (their rows come back after the
+            # lease, as when a task crashes); claiming is tried again next round.
+            log.exception("recording outcomes or claiming failed; will try again")
+            deliverer.outcomes.settle(batch, exc)
+            return []
+        except asyncio.CancelledError as exc:
+            deliverer.outcomes.settle(batch, exc)
+            raise
+        deliverer.outcomes.settle(batch, changes)
+        return list(zip(rows, slots, strict=True))
 
     async def _upload_loop(self, uploader: CleverTapUploader, stop: asyncio.Event) -> None:
         """Full batches go at once; a partial batch waits ``linger`` so a burst can fill it."""
@@ -275,12 +301,13 @@ class WorkerRunner:
         wake: asyncio.Event,
         inflight: set[asyncio.Task[object]],
         within: float | None = None,
+        *more: asyncio.Event,
     ) -> bool:
-        """Until new work is committed, a call finishes, we stop, or ``within`` seconds (the
-        poll interval by default); True when the time ran out with nothing happening."""
+        """Until new work is committed, a call finishes, we stop, any of ``more`` is set, or
+        ``within`` seconds (the poll interval by default); True when the time ran out with
+        nothing happening."""
         waiters: set[asyncio.Future[object]] = {
-            asyncio.ensure_future(wake.wait()),
-            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(event.wait()) for event in (wake, stop, *more)
         }
         if inflight:
             waiters.add(
