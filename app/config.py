@@ -48,6 +48,14 @@ class IngestWriterMode(StrEnum):
     THREAD = "thread"
 
 
+class EmbeddedWorkerMode(StrEnum):
+    """Where ``serve``'s embedded worker runs: a child process at a lower CPU priority
+    (delivering never slows ingest), or a task in the API's event loop (one process; tests)."""
+
+    PROCESS = "process"
+    TASK = "task"
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -134,6 +142,7 @@ class Settings(BaseSettings):
     admin_token: str | None = None
 
     embedded_worker: bool = True
+    embedded_worker_mode: EmbeddedWorkerMode = EmbeddedWorkerMode.PROCESS
     unresolved_identity: UnresolvedIdentity = UnresolvedIdentity.PARK
     retry_schedule_seconds: CsvSeconds = Field(
         default_factory=lambda: [float(s) for s in DEFAULT_RETRY_SCHEDULE]

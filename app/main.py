@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
 from app.admin.router import router as admin_router
-from app.config import IngestWriterMode, Settings, get_settings
+from app.config import EmbeddedWorkerMode, IngestWriterMode, Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.errors import BridgeError, error_response, internal_error
 from app.health.metrics import ReadinessCollector, app_registry
@@ -28,10 +28,10 @@ from app.inbound.routes import clevertap_router, mailmodo_router
 from app.outbox.writer import IngestWriter, Writer
 from app.outbox.writer_process import ProcessWriter
 from app.security import load_credentials
-from app.state import BridgeState
+from app.state import BridgeState, Runner
 from app.system.migrations import current_revision, head_revision, upgrade
 from app.worker.build import build_runner
-from app.worker.runner import WorkerRunner
+from app.worker.process import WorkerProcess
 
 log = structlog.get_logger(__name__)
 
@@ -121,9 +121,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             await asyncio.to_thread(prepare_database, settings)
         engine = create_db_engine(settings)
         credentials = await asyncio.to_thread(load_credentials, engine, settings)
-        runner: WorkerRunner | None = (
-            build_runner(engine, settings) if settings.embedded_worker else None
-        )
+        runner: Runner | None = None
+        if settings.embedded_worker:
+            runner = (
+                WorkerProcess(settings)
+                if settings.embedded_worker_mode is EmbeddedWorkerMode.PROCESS
+                else build_runner(engine, settings)
+            )
         writer = await start_writer(settings, engine, runner.wake_threadsafe if runner else None)
         state: BridgeState | None = None
         try:
@@ -144,7 +148,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             log.info(
                 "bridge started",
                 version=__version__,
-                embedded_worker=settings.embedded_worker,
+                embedded_worker=settings.embedded_worker and settings.embedded_worker_mode.value,
                 database=(settings.is_sqlite and "sqlite") or "postgresql",
             )
             yield

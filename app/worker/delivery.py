@@ -16,13 +16,12 @@ from app.clock import utcnow
 from app.mailmodo.bodies import SyncPlan, add_to_list_payload
 from app.mailmodo.client import MailmodoClient
 from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
-from app.metrics import observe_attempt
-from app.outbox import repository, transitions
 from app.outbox.models import Operation, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome, UpstreamError, UpstreamResponse
+from app.worker.batch import OutcomeBatcher
 from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.outcome_log import log_attempt
 from app.worker.ratelimit import SharedRateLimiter, wait_until
@@ -57,20 +56,19 @@ class MailmodoDeliverer(OutboxConsumer):
         )
         self.client = client
         self.limiter = limiter
+        #: Outcomes of finished calls, committed in batches (see ``app.worker.batch``).
+        self.outcomes: OutcomeBatcher[AttemptChange] = OutcomeBatcher(self.record_many)
 
     # -- one round --------------------------------------------------------------------------
 
     async def run_once(self, limit: int, stop: asyncio.Event | None = None) -> RunStats:
         """Claim up to ``limit`` due rows and deliver them concurrently."""
-        claimed = await asyncio.to_thread(self.claim, limit)
+        claimed, slots = await asyncio.to_thread(self.claim_paced, limit, self.limiter)
         stats = RunStats(claimed=len(claimed))
         if not claimed:
             return stats
         results = await asyncio.gather(
-            *(
-                self.deliver(row, slot, stop)
-                for row, slot in zip(claimed, await self.limiter.reserve(len(claimed)), strict=True)
-            )
+            *(self.deliver(row, slot, stop) for row, slot in zip(claimed, slots, strict=True))
         )
         for result in results:
             if result is None:
@@ -109,7 +107,7 @@ class MailmodoDeliverer(OutboxConsumer):
             outcome = Outcome(
                 AttemptOutcome.RETRY, None, f"unexpected error: {type(exc).__name__}: {exc}", 0.0
             )
-        return await asyncio.to_thread(self.record, row, outcome)
+        return await self.outcomes.record(row, outcome)
 
     def _time_left(self, row: Claimed) -> bool:
         """Whether the lease outlasts a whole call (its timeout) with a margin."""
@@ -154,31 +152,13 @@ class MailmodoDeliverer(OutboxConsumer):
         return None, await self.client.call(Operation.LIST_SYNC, row.target or "", payload)
 
     def record(self, row: Claimed, outcome: Outcome) -> AttemptChange:
-        """Write the attempt and the transition in one transaction, under the lease."""
-        now = utcnow()
-        transition = transitions.after_attempt(row, outcome, now, self.policy)
-        with self.engine.begin() as conn:
-            repository.add_attempt(
-                conn,
-                {
-                    "delivery_id": row.id,
-                    "number": transition.attempt_number,
-                    "started_at": now - _seconds(outcome.duration_ms / 1000),
-                    "duration_ms": outcome.duration_ms,
-                    "status_code": outcome.status_code,
-                    "outcome": outcome.kind.value,
-                    "error": outcome.reason,
-                    "response_body": outcome.response_body,
-                    "worker_id": self.worker_id,
-                },
-            )
-            kept = repository.update_leased(conn, row, transition)
-            self.gate.observe(conn, outcome, now)
-        observe_attempt(
-            self.upstream.value, outcome.kind.value, transition.state.value, outcome.duration_ms
-        )
-        _log_outcome(row, outcome, transition, lease_kept=kept)
-        return transition
+        """Write one attempt and its transition in one transaction, under the lease."""
+        return self.record_many([(row, outcome)])[0]
+
+    def log_outcome(
+        self, row: Claimed, outcome: Outcome, change: AttemptChange, *, lease_kept: bool
+    ) -> None:
+        _log_outcome(row, outcome, change, lease_kept=lease_kept)
 
 
 class GiveBack(Exception):

@@ -29,13 +29,12 @@ from app.mailmojo.outcomes import (
     classify_write,
     unchanged,
 )
-from app.metrics import observe_attempt
-from app.outbox import repository, transitions
 from app.outbox.models import State, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome, UpstreamError
+from app.worker.batch import OutcomeBatcher
 from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.ratelimit import SharedRateLimiter, wait_until
 
@@ -76,14 +75,15 @@ class MailmojoDeliverer(OutboxConsumer):
         )
         self.client = client
         self.limiter = limiter
+        #: Outcomes of finished syncs, committed in batches (see ``app.worker.batch``).
+        self.outcomes: OutcomeBatcher[AttemptChange] = OutcomeBatcher(self.record_many)
 
     async def run_once(self, limit: int, stop: asyncio.Event | None = None) -> RunStats:
         """Claim up to ``limit`` due rows and deliver them concurrently."""
-        claimed = await asyncio.to_thread(self.claim, limit)
+        claimed, slots = await asyncio.to_thread(self.claim_paced, limit, self.limiter)
         stats = RunStats(claimed=len(claimed))
         if not claimed:
             return stats
-        slots = await self.limiter.reserve(len(claimed))
         results = await asyncio.gather(
             *(self.deliver(row, slot, stop) for row, slot in zip(claimed, slots, strict=True))
         )
@@ -117,7 +117,7 @@ class MailmojoDeliverer(OutboxConsumer):
             outcome = Outcome(
                 AttemptOutcome.RETRY, None, f"unexpected error: {type(exc).__name__}: {exc}", 0.0
             )
-        return await asyncio.to_thread(self.record, row, outcome)
+        return await self.outcomes.record(row, outcome)
 
     def _time_left(self, row: Claimed) -> bool:
         """Whether the lease outlasts a whole call (its timeout) with a margin."""
@@ -157,31 +157,13 @@ class MailmojoDeliverer(OutboxConsumer):
         return outcome
 
     def record(self, row: Claimed, outcome: Outcome) -> AttemptChange:
-        """Write the attempt and the transition in one transaction, under the lease."""
-        now = utcnow()
-        transition = transitions.after_attempt(row, outcome, now, self.policy)
-        with self.engine.begin() as conn:
-            repository.add_attempt(
-                conn,
-                {
-                    "delivery_id": row.id,
-                    "number": transition.attempt_number,
-                    "started_at": now - timedelta(seconds=outcome.duration_ms / 1000),
-                    "duration_ms": outcome.duration_ms,
-                    "status_code": outcome.status_code,
-                    "outcome": outcome.kind.value,
-                    "error": outcome.reason,
-                    "response_body": outcome.response_body,
-                    "worker_id": self.worker_id,
-                },
-            )
-            kept = repository.update_leased(conn, row, transition)
-            self.gate.observe(conn, outcome, now)
-        observe_attempt(
-            self.upstream.value, outcome.kind.value, transition.state.value, outcome.duration_ms
-        )
-        _log_outcome(row, outcome, transition, lease_kept=kept)
-        return transition
+        """Write one attempt and its transition in one transaction, under the lease."""
+        return self.record_many([(row, outcome)])[0]
+
+    def log_outcome(
+        self, row: Claimed, outcome: Outcome, change: AttemptChange, *, lease_kept: bool
+    ) -> None:
+        _log_outcome(row, outcome, change, lease_kept=lease_kept)
 
 
 def _log_outcome(

@@ -54,6 +54,11 @@ class PauseGate:
             )
             return 1
 
+    def open_in(self, conn: Connection) -> bool:
+        """Not paused, read in the caller's transaction (the claim's): no extra connection."""
+        state = system_repo.get_upstream_state(conn, self.upstream.value)
+        return state is None or not state.paused
+
     def observe(self, conn: Connection, outcome: Outcome, now: datetime) -> None:
         """Pause on 401/403; resume on any other real answer. Runs in the caller's txn."""
         if outcome.kind is AttemptOutcome.AUTH_ERROR:

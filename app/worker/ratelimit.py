@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
 from app.clock import epoch
@@ -19,11 +20,14 @@ class SharedRateLimiter:
         self.interval = 1.0 / rate_per_second
 
     def _reserve(self, count: int) -> list[float]:
-        now = epoch()
         with self._engine.begin() as conn:
-            start = repository.reserve_rate_slot(
-                conn, self.name, now=now, interval=self.interval * count
-            )
+            return self.reserve_in(conn, count)
+
+    def reserve_in(self, conn: Connection, count: int) -> list[float]:
+        """``reserve`` inside the caller's transaction (the claim's: one write, not two)."""
+        start = repository.reserve_rate_slot(
+            conn, self.name, now=epoch(), interval=self.interval * count
+        )
         return [start + i * self.interval for i in range(count)]
 
     async def reserve(self, count: int) -> list[float]:

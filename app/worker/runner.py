@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Coroutine
 from contextlib import suppress
@@ -21,12 +22,18 @@ from sqlalchemy.engine import Engine
 from app.clock import utcnow
 from app.config import Settings
 from app.outbox import repository, transitions
+from app.outbox.repository import Claimed
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.mailmojo import MailmojoDeliverer
 from app.worker.upload import CleverTapUploader
 
 log = structlog.get_logger(__name__)
+
+
+#: With fewer than ``refill`` slots free, the next claim waits at most this long after the
+#: last one (a few ms: a batch of claims, not one transaction per completion).
+REFILL_SECONDS = 0.005
 
 
 def new_worker_id() -> str:
@@ -196,35 +203,88 @@ class WorkerRunner:
         stop: asyncio.Event,
         rate_per_second: float,
     ) -> None:
+        """Keep up to ``concurrency`` calls in flight with one transaction a round.
+
+        Each round commits the outcomes that have arrived (``app.worker.batch``) and, in the
+        same transaction, claims rows (with their rate slots) for the slots that frees: when
+        ``refill`` slots are free, or ``REFILL_SECONDS`` after the last claim when fewer
+        are, or at once when nothing is in flight; not after every completion. A slot stays
+        busy until its call's outcome is committed, so a crash re-sends at most
+        ``concurrency`` calls. After a claim comes back short the loop claims again only
+        when new work is committed (the writer's wake-up) or at the next poll.
+        """
         inflight: set[asyncio.Task[object]] = set()
         wake = self._new_wake()
+        queued = asyncio.Event()
+        outcomes = deliverer.outcomes
+        outcomes.drive(queued)
         # Claim no more than about two seconds of rate at once, so leases stay short.
         burst = max(1, int(rate_per_second * 2))
+        refill = max(1, min(concurrency // 2, burst))
+        backlog = True  # there may be due rows: claim
+        last_claim = 0.0
         try:
             while not stop.is_set():
-                wake.clear()
-                free = concurrency - len(inflight)
-                claimed_full = False
-                if free > 0:
-                    limit = min(free, burst)
-                    rows, slots = [], []
-                    try:
-                        rows = await asyncio.to_thread(deliverer.claim, limit)
-                        slots = await deliverer.limiter.reserve(len(rows))
-                    except Exception:
-                        log.exception("claiming deliveries failed; will try again")
-                        if rows:  # claimed but not scheduled: give them back now
-                            with suppress(Exception):
-                                await asyncio.to_thread(deliverer.release, rows)
-                        rows, slots = [], []
-                    for row, slot in zip(rows, slots, strict=True):
+                if wake.is_set():
+                    wake.clear()
+                    backlog = True
+                queued.clear()
+                answered = outcomes.pending  # slots this round's commit frees
+                free = concurrency - len(inflight) + answered
+                busy = len(inflight) - answered
+                now = time.monotonic()
+                claim = (
+                    free > 0
+                    and backlog
+                    and (busy == 0 or free >= refill or now - last_claim >= REFILL_SECONDS)
+                )
+                if answered or claim:
+                    limit = min(free, burst) if claim else 0
+                    rows = await self._round(deliverer, limit)
+                    if claim:
+                        last_claim = now
+                        backlog = len(rows) == limit
+                    for row, slot in rows:
                         self._spawn(inflight, deliverer.deliver(row, slot, stop))
-                    claimed_full = len(rows) == limit
-                if claimed_full and len(inflight) < concurrency:
-                    continue
-                await self._idle(stop, wake, inflight)
+                    if claim and backlog and len(inflight) < concurrency:
+                        continue
+                waiting_to_refill = backlog and busy > 0 and free > 0
+                timeout = (
+                    max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
+                    if waiting_to_refill
+                    else self.settings.worker_poll_seconds
+                )
+                ran_out = await self._idle(stop, wake, inflight, timeout, queued)
+                if ran_out and not waiting_to_refill:
+                    backlog = True  # a poll: retries may have come due meanwhile
         finally:
+            outcomes.drive(None)  # outcomes of calls still finishing commit by themselves
             await self._drain(inflight)
+            await outcomes.drain()
+
+    async def _round(
+        self, deliverer: MailmodoDeliverer | MailmojoDeliverer, limit: int
+    ) -> list[tuple[Claimed, float]]:
+        """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction."""
+        batch = deliverer.outcomes.take()
+        try:
+            changes, rows, slots = await asyncio.to_thread(
+                deliverer.record_and_claim,
+                [(row, outcome) for row, outcome, _ in batch],
+                limit,
+                deliverer.limiter,
+            )
+        except Exception as exc:
+            # The deliveries waiting on these outcomes fail (their rows come back after the
+            # lease, as when a task crashes); claiming is tried again next round.
+            log.exception("recording outcomes or claiming failed; will try again")
+            deliverer.outcomes.settle(batch, exc)
+            return []
+        except asyncio.CancelledError as exc:
+            deliverer.outcomes.settle(batch, exc)
+            raise
+        deliverer.outcomes.settle(batch, changes)
+        return list(zip(rows, slots, strict=True))
 
     async def _upload_loop(self, uploader: CleverTapUploader, stop: asyncio.Event) -> None:
         """Full batches go at once; a partial batch waits ``linger`` so a burst can fill it."""
@@ -265,12 +325,18 @@ class WorkerRunner:
         task.add_done_callback(_log_crash)
 
     async def _idle(
-        self, stop: asyncio.Event, wake: asyncio.Event, inflight: set[asyncio.Task[object]]
-    ) -> None:
-        """Until new work is committed, a call finishes, we stop, or the poll interval."""
+        self,
+        stop: asyncio.Event,
+        wake: asyncio.Event,
+        inflight: set[asyncio.Task[object]],
+        within: float | None = None,
+        *more: asyncio.Event,
+    ) -> bool:
+        """Until new work is committed, a call finishes, we stop, any of ``more`` is set, or
+        ``within`` seconds (the poll interval by default); True when the time ran out with
+        nothing happening."""
         waiters: set[asyncio.Future[object]] = {
-            asyncio.ensure_future(wake.wait()),
-            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(event.wait()) for event in (wake, stop, *more)
         }
         if inflight:
             waiters.add(
@@ -279,14 +345,15 @@ class WorkerRunner:
                 )
             )
         try:
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 waiters,
-                timeout=self.settings.worker_poll_seconds,
+                timeout=self.settings.worker_poll_seconds if within is None else within,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        return not done
 
     async def _drain(self, inflight: set[asyncio.Task[object]]) -> None:
         """Let calls in flight finish within the grace period; give the rest back unsent."""

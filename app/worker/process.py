@@ -1,0 +1,293 @@
+"""The embedded worker in a process of its own, a child of ``serve``.
+
+In the API's process the worker's claims, commits and HTTP calls took turns with the
+webhooks on one GIL, and delivering cost ingest most of its capacity (bench/RESULTS.md).
+Here ``serve`` starts a child that runs the same ``WorkerRunner`` as ``ctmm-bridge worker``,
+at a lower CPU priority (``WORKER_NICE``): when the cores are contended, ingest wins and
+deliveries wait, which costs nothing (they are durable and rate-limited anyway).
+
+The two ends of a socketpair are the whole protocol. The child writes ``ready <worker id>``
+once its database is open; the API writes one byte per ingest commit it wants the child to
+notice (coalesced: at most one per turn of its event loop), so new work is claimed at once
+instead of at the next poll. The child ignores SIGINT/SIGTERM (Ctrl-C and systemd signal the
+whole group): it stops when its end reads EOF, which happens when ``serve`` stops it (then
+calls in flight get ``BRIDGE_SHUTDOWN_GRACE_SECONDS`` to finish, as in ``worker``) and when
+``serve`` dies, even by SIGKILL (the kernel closes the API's end), so no orphan is left
+delivering. A child that dies is started again after a growing delay; ``/readyz`` reports
+the worker as down meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+from typing import Any, cast
+
+import structlog
+
+from app.config import Settings
+
+log = structlog.get_logger(__name__)
+
+#: How much lower the worker's CPU priority is than the API's (``os.nice``).
+WORKER_NICE = 10
+#: How long ``serve`` waits for a new child to open the database.
+START_TIMEOUT = 60.0
+#: Restart delays after the child dies, growing while it keeps dying.
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_WAKE = b"w"
+
+
+# -- the child ------------------------------------------------------------------------------
+
+
+def run_worker_process(sock: socket.socket, settings: Settings) -> None:
+    """The child's entry point: run a ``WorkerRunner`` until the socket reads EOF."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread (tests)
+            signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    from app.logging import configure_logging
+    from app.runtime import tune_gc_for_serving
+
+    configure_logging(settings)
+    tune_gc_for_serving()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(_child(sock, settings))
+    else:
+        uvloop.run(_child(sock, settings))
+
+
+class _ChildLink(asyncio.Protocol):
+    def __init__(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        self.wake = wake
+        self.stop = stop
+
+    def data_received(self, data: bytes) -> None:
+        self.wake.set()
+
+    def eof_received(self) -> bool:
+        self.stop.set()
+        return True  # keep our half open: nothing more to say, but say it cleanly
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop.set()
+
+
+async def _child(sock: socket.socket, settings: Settings) -> None:
+    from sqlalchemy import text
+
+    from app.db import create_db_engine
+    from app.worker.build import build_runner
+
+    loop = asyncio.get_running_loop()
+    stop, wake = asyncio.Event(), asyncio.Event()
+    sock.setblocking(False)
+    transport, _ = await loop.connect_accepted_socket(lambda: _ChildLink(wake, stop), sock=sock)
+    engine = create_db_engine(settings)
+    try:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            runner = build_runner(engine, settings)
+        except Exception as exc:
+            transport.write(f"failed {type(exc).__name__}: {exc}"[:500].encode() + b"\n")
+            return
+        transport.write(f"ready {runner.worker_id}\n".encode())
+
+        async def forward_wakes() -> None:
+            while not stop.is_set():
+                await wake.wait()
+                wake.clear()
+                runner.wake_threadsafe()
+
+        forwarder = asyncio.create_task(forward_wakes())
+        try:
+            await runner.run(stop)
+        finally:
+            forwarder.cancel()
+            await runner.aclose()
+    finally:
+        engine.dispose()
+        transport.close()
+
+
+def _child_main(sock: socket.socket, settings: Settings) -> None:
+    """What the spawned child runs (looked up by name, so tests can put a stand-in here)."""
+    run_worker_process(sock, settings)
+
+
+# -- the API side ---------------------------------------------------------------------------
+
+
+class _ParentLink(asyncio.Protocol):
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.buf = b""
+        self.ready: asyncio.Future[str] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\n" in self.buf and not self.ready.done():
+            line, _, self.buf = self.buf.partition(b"\n")
+            self.ready.set_result(line.decode(errors="replace"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result("failed the worker process exited while starting")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class WorkerProcess:
+    """Runs, supervises and stops the worker child; what ``serve``'s app holds as its runner
+    (``app.state.Runner``) when ``BRIDGE_EMBEDDED_WORKER_MODE=process``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._link: _ParentLink | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_scheduled = False
+        self.worker_id = ""
+        self.pid: int | None = None
+        self.restarts = 0
+
+    @property
+    def up(self) -> bool:
+        """A child is running and has opened the database (readiness reports this)."""
+        return self._link is not None and not self._link.closed.done()
+
+    def wake_threadsafe(self) -> None:
+        """New work was committed: tell the child (one byte, at most one per loop turn)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._schedule_wake)
+
+    def _schedule_wake(self) -> None:
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_wake)
+
+    def _send_wake(self) -> None:
+        self._wake_scheduled = False
+        link = self._link
+        if link is not None and link.transport is not None and not link.transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                link.transport.write(_WAKE)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a child running until ``stop``; then stop it within the grace period."""
+        self._loop = asyncio.get_running_loop()
+        atexit.register(self._kill_at_exit)
+        failures = 0
+        try:
+            while not stop.is_set():
+                if await self._spawn():
+                    failures = 0
+                    assert self._link is not None
+                    stopped = asyncio.ensure_future(stop.wait())
+                    waiters: set[asyncio.Future[Any]] = {stopped, self._link.closed}
+                    try:
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stopped.cancel()
+                    if stop.is_set():
+                        break
+                    log.error("worker process died; restarting it", pid=self.pid)
+                    await self._reap()
+                delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+                failures += 1
+                self.restarts += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            await asyncio.shield(self._stop_child())
+            atexit.unregister(self._kill_at_exit)
+
+    async def _spawn(self) -> bool:
+        """Start a child and wait until it has opened the database; False if it failed."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        process = multiprocessing.get_context("spawn").Process(
+            target=_child_main,
+            args=(theirs, self._settings),
+            name="ctmm-bridge-worker",
+            daemon=True,
+        )
+        try:
+            await asyncio.to_thread(process.start)
+        except Exception as exc:  # e.g. out of file descriptors
+            log.error("could not start the worker process", error=repr(exc))
+            ours.close()
+            theirs.close()
+            return False
+        theirs.close()
+        self._process = process
+        _transport, link = await loop.create_unix_connection(_ParentLink, sock=ours)
+        self._link = link
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(link.ready), START_TIMEOUT)
+        except TimeoutError:
+            answer = f"failed no answer in {START_TIMEOUT:.0f} s"
+        kind, _, detail = answer.partition(" ")
+        if kind != "ready" or link.closed.done():
+            log.error("worker process failed to start", reason=detail or answer)
+            await self._stop_child()
+            return False
+        self.worker_id, self.pid = detail, process.pid
+        log.info("worker process started", pid=self.pid, worker_id=self.worker_id)
+        return True
+
+    async def _stop_child(self) -> None:
+        """EOF tells the child to stop: calls in flight get the grace period, then it exits;
+        past that (plus a margin) it is killed."""
+        link = self._link
+        if link is not None and link.transport is not None and not link.transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                link.transport.write_eof()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(link.closed), self._settings.shutdown_grace_seconds + 5
+                )
+            link.transport.close()
+        await self._reap()
+
+    async def _reap(self) -> None:
+        process = self._process
+        self._link = None
+        if process is None:
+            return
+        if process.pid is not None:
+            await asyncio.to_thread(process.join, 5.0)
+            if process.is_alive():
+                log.warning("worker process did not stop in time; killing it", pid=process.pid)
+                process.kill()
+                await asyncio.to_thread(process.join, 5.0)
+        if self._process is process:
+            self._process = None
+        with contextlib.suppress(ValueError):
+            process.close()
+
+    def _kill_at_exit(self) -> None:
+        """The interpreter is exiting without a clean stop: do not leave the child behind."""
+        process = self._process
+        if process is not None and process.pid is not None and process.is_alive():
+            process.kill()
+
+    async def aclose(self) -> None:
+        """Nothing left to close once ``run`` has returned (the child owns its clients)."""

@@ -1,0 +1,115 @@
+"""serve's embedded worker as a child process (app/worker/process.py), with real processes:
+it runs beside the API at a lower priority, an ingest commit wakes it at once, it is started
+again after it dies (readiness says so meanwhile), and a SIGTERM of serve stops it within the
+grace period. (A SIGKILL of serve leaving no orphan: tests/test_e2e_restart.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.state import BridgeState
+from app.worker.process import WorkerProcess
+from tests.factories import add_heartbeat
+from tests.test_e2e_restart import Bridge, FakeMailmodo, running, wait_for
+
+
+def worker_pids(db: Path) -> set[int]:
+    with sqlite3.connect(db) as conn:
+        return {pid for (pid,) in conn.execute("SELECT pid FROM worker_heartbeats")}
+
+
+def nice_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.fixture
+def fake_mailmodo() -> Iterator[FakeMailmodo]:
+    fake = FakeMailmodo()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, fake_mailmodo: FakeMailmodo) -> Iterator[Bridge]:
+    b = Bridge(tmp_path, fake_mailmodo.url)
+    # A poll far longer than the test: only the wake-up from the API can get calls out soon.
+    b.env |= {"BRIDGE_WORKER_POLL_SECONDS": "60", "BRIDGE_SHUTDOWN_GRACE_SECONDS": "2"}
+    yield b
+    if b.proc is not None:
+        b.proc.kill()
+        b.proc.wait()
+
+
+def test_the_worker_process_is_woken_restarted_and_reported(
+    bridge: Bridge, fake_mailmodo: FakeMailmodo, tmp_path: Path
+) -> None:
+    fake_mailmodo.delay = 0.0
+    db = tmp_path / "bridge.db"
+    bridge.start()
+    assert bridge.proc is not None
+    with httpx.Client(timeout=10) as client:
+        wait_for(lambda: client.get(f"{bridge.url}/readyz").status_code == 200, 20, "ready")
+        [pid] = worker_pids(db)
+        assert pid != bridge.proc.pid
+        assert nice_of(pid) > nice_of(bridge.proc.pid)  # ingest wins a contended core
+
+        # Woken by the commit, not by the (60 s) poll.
+        began = time.monotonic()
+        assert bridge.post(client, "first@example.com").status_code == 200
+        wait_for(lambda: "first@example.com" in fake_mailmodo.received, 5, "a prompt delivery")
+        assert time.monotonic() - began < 3
+
+        # The worker dies: a new one starts and delivers.
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not running(pid), 10, "the worker to die")
+        wait_for(lambda: worker_pids(db) - {pid}, 20, "a new worker process")
+        [new_pid] = worker_pids(db) - {pid}
+        assert bridge.post(client, "second@example.com").status_code == 200
+        wait_for(
+            lambda: "second@example.com" in fake_mailmodo.received, 10, "delivery after restart"
+        )
+        wait_for(lambda: client.get(f"{bridge.url}/readyz").status_code == 200, 20, "ready again")
+    assert running(new_pid)
+    assert "worker process died; restarting it" in bridge.log.read_text()
+
+
+def test_sigterm_stops_the_worker_within_the_grace_period(
+    bridge: Bridge, fake_mailmodo: FakeMailmodo, tmp_path: Path
+) -> None:
+    fake_mailmodo.delay = 8.0  # a call in flight that will not finish within the grace
+    db = tmp_path / "bridge.db"
+    bridge.start()
+    with httpx.Client(timeout=10) as client:
+        wait_for(lambda: bool(worker_pids(db)), 20, "the worker to beat")
+        [pid] = worker_pids(db)
+        assert bridge.post(client, "slow@example.com").status_code == 200
+        time.sleep(0.5)  # the call is in flight
+    assert bridge.proc is not None
+    began = time.monotonic()
+    bridge.stop(signal.SIGTERM)
+    took = time.monotonic() - began
+    assert took < 2 + 2.5  # the grace (2 s) and a margin, not the 8 s call
+    assert not running(pid)
+    with sqlite3.connect(db) as conn:
+        state, leased_by = conn.execute("SELECT state, leased_by FROM deliveries").fetchone()
+    assert (state, leased_by) == ("pending", None)  # given back unsent, for the next start
+
+
+async def test_readiness_reports_a_worker_process_that_is_down(
+    client: httpx.AsyncClient, state: BridgeState
+) -> None:
+    add_heartbeat(state.engine, "w-1")  # a fresh beat is not enough while the child is down
+    assert (await client.get("/readyz")).status_code == 200
+    state.runner = WorkerProcess(state.settings)  # not started: no child up
+    answer = await client.get("/readyz")
+    assert answer.status_code == 503
+    worker = answer.json()["checks"]["worker"]
+    assert (worker["ok"], worker["process"]) == (False, "down")
