@@ -97,7 +97,8 @@
     if (!iso) return "—";
     const d = new Date(iso);
     if (isNaN(d)) return String(iso);
-    return h("time", { datetime: iso, title: d.toISOString() }, d.toLocaleString());
+    return h("time", { datetime: iso, title: d.toISOString() },
+      d.toLocaleString([], { dateStyle: "medium", timeStyle: "medium" }));
   }
 
   function age(seconds) {
@@ -257,7 +258,8 @@
 
   function render(titleText, ...children) {
     const title = h("h1", { tabindex: "-1" }, titleText);
-    view.replaceChildren(title, ...children);
+    view.replaceChildren(title);
+    append(view, children);
     document.title = titleText + " · ctmm-bridge console";
     if (!refreshing) title.focus();
   }
@@ -377,7 +379,7 @@
     return h("section", { class: "card lane", "aria-label": title },
       h("h2", {}, title),
       h("p", { class: paused ? "paused" : "running" },
-        paused ? "Paused: " : "Delivering",
+        paused ? "Paused: " : "Not paused",
         paused ? (lane.paused.reason || "no reason given") : null,
         paused && lane.paused.since ? h("span", {}, " (since ", when(lane.paused.since), ")") : null),
       h("dl", { class: "counts" }, counts.map(([name, n, extra]) => h("div", {},
