@@ -1,9 +1,9 @@
 // ctmm-bridge operator console. Plain JavaScript, no framework, no build step.
 //
 // Safety rule of this file: every value from the bridge (payloads come from outside) reaches
-// the page as text: elements are built with createElement and filled with text nodes; there is
-// no innerHTML, insertAdjacentHTML, document.write or eval anywhere (a test checks). Links are
-// only ever built from "#/..." routes with encoded parts.
+// the page as text: elements are built with createElement and filled with text nodes; no
+// string is ever parsed as markup or code (tests/console/test_page.py lists the APIs it bans).
+// Links are only ever built from "#/..." routes with encoded parts.
 "use strict";
 
 (function () {
