@@ -630,7 +630,7 @@
     });
     // "Died in the last two hours" in one choice.
     const sinceField = field("Got there (changed) in", select("since", SINCE, params.get("since")));
-    form.insertBefore(sinceField, form.querySelector("fieldset"));
+    form.insertBefore(sinceField, form.firstChild);
     const outcome = h("div", { id: "replay-outcome", "aria-live": "polite" });
     render("Replay",
       h("p", { class: "meta" }, "Send matching deliveries again, due now, on a fresh retry schedule. States default to failed and dead; delivered items are never replayed in bulk. First count, then confirm."),
