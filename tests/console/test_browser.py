@@ -155,15 +155,12 @@ def _wait(predicate: Any, what: str, timeout: float = 15) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _failed_delivery(url: str) -> int:
-    """ann@example.com's campaign, refused by Mailmodo: its id once it is failed."""
+def _failed_delivery(url: str, email: str, object_id: str) -> int:
+    """A campaign for ``email`` (its first name a script), refused by Mailmodo: its id once it
+    is failed."""
     body = {
         "targetId": 1,
-        "profiles": {
-            "email": "ann@example.com",
-            "objectId": "__ann",
-            "profileData": {"First Name": XSS},
-        },
+        "profiles": {"email": email, "objectId": object_id, "profileData": {"First Name": XSS}},
     }
     resp = httpx.post(f"{url}/clevertap/campaigns/spring-sale", json=body, auth=("ct", CT_SECRET))
     assert resp.status_code == 200, resp.text
@@ -193,7 +190,8 @@ def test_an_operator_finds_reads_and_retries_a_failed_delivery(
     from playwright.sync_api import expect, sync_playwright
 
     url, fake = bridge
-    delivery_id = _failed_delivery(url)
+    delivery_id = _failed_delivery(url, "ann@example.com", "__ann")
+    bob = _failed_delivery(url, "bob@example.com", "__bob")
     shots = _shots_dir(tmp_path)
     errors: list[str] = []
 
@@ -277,6 +275,25 @@ def test_an_operator_finds_reads_and_retries_a_failed_delivery(
             expect(
                 page.get_by_role("button", name="Send again (already delivered)")
             ).to_be_visible()
+
+            # "Replay everything that failed or died in the last two hours": count, confirm.
+            page.goto(f"{url}/console#/replay?since=2h")
+            expect(page.get_by_label("Got there (changed) in")).to_have_value("2h")
+            expect(page.locator("#replay-outcome")).to_contain_text("1 delivery matches.")
+            confirm = page.get_by_role("button", name="Replay 1 delivery")
+            expect(confirm).to_be_focused()
+            page.keyboard.press("Enter")
+            expect(page.locator("#replay-outcome")).to_contain_text("Replayed 1 of 1")
+            _wait(
+                lambda: (
+                    httpx.get(
+                        f"{url}/admin/deliveries/{bob}",
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    ).json()["delivery"]["state"]
+                    == "delivered"
+                ),
+                "the replayed delivery to be delivered",
+            )
 
             # The person's page answers "what happened to ann@example.com?".
             page.goto(f"{url}/console#/person?email=ann@example.com")

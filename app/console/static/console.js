@@ -110,6 +110,10 @@
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
 
+  function plural(n, one, many) {
+    return n + " " + (n === 1 ? one : many);
+  }
+
   function durationMs(text) {
     const m = /^(\d+)([mhd])$/.exec(text || "");
     if (!m) return null;
@@ -653,12 +657,12 @@
       outcome.replaceChildren(h("p", {}, "No delivery matches: nothing to replay."), described);
       return;
     }
-    const confirm = button("Replay " + counted.matched + " deliveries", async () => {
+    const confirm = button("Replay " + plural(counted.matched, "delivery", "deliveries"), async () => {
       confirm.disabled = true;
       try {
         const done = await api("POST", "replay", null, Object.assign({}, body, { dry_run: false }));
-        outcome.replaceChildren(h("p", { class: "ok-text" }, "Replayed " + done.replayed + " of " + done.matched +
-          " matching deliveries" + (done.replayed < done.matched ? " (the others changed state or were being sent at that moment)" : "") + "."),
+        outcome.replaceChildren(h("p", { class: "ok-text" }, "Replayed " + done.replayed + " of " +
+          plural(done.matched, "matching delivery", "matching deliveries") + (done.replayed < done.matched ? " (the others changed state or were being sent at that moment)" : "") + "."),
         link("deliveries", listParams(Object.assign({}, body, { states: ["pending"] })), "Watch them in Deliveries"));
         say("Replayed " + done.replayed + " deliveries.");
       } catch (err) {
@@ -666,7 +670,7 @@
         say("Replay failed: " + err.message, true);
       }
     }, "danger");
-    outcome.replaceChildren(h("p", {}, h("strong", {}, counted.matched + " deliveries match."), " Nothing has been sent yet."),
+    outcome.replaceChildren(h("p", {}, h("strong", {}, plural(counted.matched, "delivery matches.", "deliveries match.")), " Nothing has been sent yet."),
       described, h("div", { class: "actions" }, confirm, button("Cancel", () => outcome.replaceChildren(h("p", {}, "Not replayed.")), "secondary")));
     confirm.focus();
   }
