@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run sandbox test lint typecheck fmt bench bench-events clean
+.PHONY: run sandbox test lint typecheck fmt bench bench-events bench-backlog bench-forwarder clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(VENV)/.installed-dev
 
 bench-events: $(VENV)/.installed-dev
 	$(BIN)/python bench/events.py
+
+bench-backlog: $(VENV)/.installed-dev
+	$(BIN)/python bench/backlog.py
+
+bench-forwarder: $(VENV)/.installed-dev
+	$(BIN)/python bench/forwarder.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     mailmodo_api_key: str | None = None
     mailmodo_api_url: str = "https://api.mailmodo.com"
 
+    mailmojo_api_token: str | None = None
+    mailmojo_api_url: str = "https://api.mailmojo.no"
+
     clevertap_webhook_secrets: CsvList = Field(default_factory=list)
     mailmodo_webhook_secrets: CsvList = Field(default_factory=list)
     admin_token: str | None = None
@@ -87,6 +90,11 @@ class Settings(BaseSettings):
     mailmodo_rate_per_second: float = Field(default=5.0, gt=0)
     mailmodo_max_concurrency: int = Field(default=10, ge=1, le=200)
     mailmodo_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    # Mailmojo publishes no rate limit; each contact sync is two calls (read, then write).
+    mailmojo_rate_per_second: float = Field(default=2.0, gt=0)
+    mailmojo_max_concurrency: int = Field(default=4, ge=1, le=50)
+    mailmojo_timeout_seconds: float = Field(default=15.0, gt=0)
 
     clevertap_max_concurrency: int = Field(default=5, ge=1, le=15)
     clevertap_batch_size: int = Field(default=1000, ge=1, le=1000)
@@ -163,7 +171,11 @@ class Settings(BaseSettings):
     def _lease_outlasts_calls(self) -> Settings:
         # A worker only starts a call its lease will outlast (timeout + 5 s), so a lease
         # shorter than that would claim and release rows forever without sending them.
-        longest = max(self.mailmodo_timeout_seconds, self.clevertap_timeout_seconds) + 5
+        timeouts = [self.mailmodo_timeout_seconds, self.clevertap_timeout_seconds]
+        if self.mailmojo_api_token:
+            # Only counted when used: an operator without Mailmojo keeps a valid lease.
+            timeouts.append(self.mailmojo_timeout_seconds)
+        longest = max(timeouts) + 5
         if self.lease_seconds <= longest:
             raise ValueError(
                 f"BRIDGE_LEASE_SECONDS ({self.lease_seconds:g}) must be longer than the longest "

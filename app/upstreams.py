@@ -4,11 +4,13 @@ An upstream is one folder with the same file names (``client.py``, ``bodies.py``
 ``outcomes.py``, ``check.py``, ``config.py``) and one ``Adapter`` line below. The worker
 assembly builds clients from it and ``ctmm-bridge check`` runs every ``check`` in it.
 
-Adding an upstream (say Mailmojo): add ``Upstream.MAILMOJO`` and its operations to
-``app.outbox.models``, write ``app/mailmojo/`` (a typed client with ``from_config``, the bodies it
-is sent, ``outcomes.py`` on top of ``app.upstream``'s taxonomy, a cheap ``check``, a frozen
-``config`` view of ``Settings``), add its settings to ``app.config.Settings``, then one line
-here; a consumer in ``app.worker`` delivers its rows.
+Adding an upstream (as Mailmojo was): its ``Upstream``, operations and ``Direction`` in
+``app.outbox.models``, its settings in ``app.config.Settings``, its folder (a typed client with
+``from_config``, the bodies it is sent, ``outcomes.py`` on top of ``app.upstream``'s taxonomy, a
+cheap ``check``, a frozen ``config`` view of ``Settings``), one line here; then a consumer in
+``app.worker`` (built in ``build.py``, looped in ``runner.py``), a readiness block, and, when
+CleverTap calls feed it, a route and its operation in ``app.inbound`` (README: "To add an
+upstream").
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from app.mailmodo import outcomes as mailmodo_outcomes
 from app.mailmodo.check import check_mailmodo
 from app.mailmodo.client import MailmodoClient
 from app.mailmodo.config import MailmodoConfig
+from app.mailmojo import outcomes as mailmojo_outcomes
+from app.mailmojo.check import check_mailmojo
+from app.mailmojo.client import MailmojoClient
+from app.mailmojo.config import MailmojoConfig
 from app.outbox.models import Operation, Upstream
 from app.upstream import CheckResult, Outcome, UpstreamError
 
@@ -89,8 +95,21 @@ CLEVERTAP: Adapter[CleverTapConfig, CleverTapClient, Callable[..., list[Outcome]
     operations=(Operation.EVENT_UPLOAD,),
 )
 
+MAILMOJO: Adapter[MailmojoConfig, MailmojoClient, Callable[..., Outcome]] = Adapter(
+    upstream=Upstream.MAILMOJO,
+    settings=MailmojoConfig.from_settings,
+    configured=lambda config: config.configured,
+    client=MailmojoClient.from_config,
+    classify=mailmojo_outcomes.classify_write,
+    classify_failure=mailmojo_outcomes.classify_failure,
+    check=check_mailmojo,
+    operations=(Operation.MAILMOJO_SYNC,),
+)
+
 #: Every upstream, in the order ``ctmm-bridge check`` reports them.
-UPSTREAMS: dict[Upstream, Adapter[Any, Any, Any]] = {a.upstream: a for a in (MAILMODO, CLEVERTAP)}
+UPSTREAMS: dict[Upstream, Adapter[Any, Any, Any]] = {
+    a.upstream: a for a in (MAILMODO, CLEVERTAP, MAILMOJO)
+}
 
 #: Which upstream an operation is delivered to.
 UPSTREAM_OF: dict[Operation, Upstream] = {

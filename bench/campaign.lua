@@ -13,6 +13,7 @@
 --   BENCH_IDS_FILE     if set, every delivery id answered with a 2xx is written there
 --                      (one per line) for the durability check
 --   BENCH_RESULT_FILE  if set, the summary line below is also written there
+--   BENCH_CLOSE        "1": send "Connection: close" (a new connection per call, as CleverTap)
 --
 -- done() prints one machine-readable line:
 --   BENCH_RESULT sent=.. ok=.. non2xx=.. not_accepted=.. errors=.. requests=.. duration_s=..
@@ -37,6 +38,9 @@ function init(args)
       headers["X-Bridge-Secret"] = os.getenv("BENCH_SECRET") or ""
    else
       headers["Authorization"] = "Basic " .. (os.getenv("BENCH_BASIC") or "")
+   end
+   if os.getenv("BENCH_CLOSE") == "1" then
+      headers["Connection"] = "close"
    end
    path = "/clevertap/campaigns/" .. (os.getenv("BENCH_CAMPAIGN") or "bench-campaign")
    prefix = tag .. "-t" .. tid .. "-"

@@ -33,13 +33,20 @@ def test_check_all_good(respx_mock: respx.MockRouter, tmp_path: Path, engine: En
     ct = respx_mock.get(f"{CLEVERTAP_URL}{CT_PROFILE}").respond(
         400, json={"status": "fail", "error": "Profile not found"}
     )
-    settings = make_settings(f"sqlite:///{tmp_path / 'bridge.db'}")
+    mj = respx_mock.get("https://mailmojo.test/v1/lists/").respond(200, json=[])
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'bridge.db'}",
+        mailmojo_api_token="mj-token",
+        mailmojo_api_url="https://mailmojo.test",
+    )
     results = {r.name: r for r in check(settings)}
     assert {n: r.status for n, r in results.items()} == {
         "database": "ok",
         "mailmodo": "ok",
         "clevertap": "ok",
+        "mailmojo": "ok",
     }
+    assert mj.calls.last.request.headers["Authorization"] == "Bearer mj-token"
     assert mm.calls.last.request.headers["mmApiKey"] == MAILMODO_KEY
     request = ct.calls.last.request
     assert request.url.params["email"] == "ctmm-bridge-check@example.invalid"

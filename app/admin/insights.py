@@ -36,13 +36,9 @@ from app.admin.service import (
 )
 from app.clock import utcnow
 from app.db import read_only
+from app.outbox import count_repository
 from app.outbox.models import Direction, State, Upstream
 
-#: Which direction delivers to which upstream.
-DIRECTION_OF = {
-    Upstream.MAILMODO: Direction.CLEVERTAP_TO_MAILMODO,
-    Upstream.CLEVERTAP: Direction.MAILMODO_TO_CLEVERTAP,
-}
 MINUTES = 60
 FAILED_STATES = (State.FAILED.value, State.DEAD.value)
 #: A person's page searches this many of the newest rejected calls for the email.
@@ -56,8 +52,8 @@ def overview(engine: Engine) -> Overview:
     current = now.replace(second=0, microsecond=0)
     since = current - timedelta(minutes=MINUTES - 1)
     with read_only(engine).connect() as conn:
-        counted = repo.counts_by_upstream_and_state(conn)
-        oldest = {u: repo.oldest_pending_by_upstream(conn, u.value) for u in Upstream}
+        counted = count_repository.counts_by_upstream_and_state(conn)
+        oldest = count_repository.oldest_pending_by_upstream(conn)
         minutes = repo.finished_per_minute(conn, since, (State.DELIVERED.value, *FAILED_STATES))
         paused = {r.upstream: r for r in repo.paused_upstreams(conn)}
         rejected = repo.count_rejected_calls(conn)
@@ -70,15 +66,15 @@ def overview(engine: Engine) -> Overview:
             series = delivered if state == State.DELIVERED.value else failed
             series[upstream][index] += n
     states: dict[str, dict[str, int]] = {u.value: dict.fromkeys(State, 0) for u in Upstream}
-    for upstream, state, n in counted:
-        states.setdefault(upstream, dict.fromkeys(State, 0))[state] = n
+    for (upstream, state), n in counted.items():
+        states[upstream.value][state.value] = n
     lanes = []
     for upstream in Upstream:
         pause = paused.get(upstream.value)
-        first = oldest[upstream]
+        first = oldest.get(upstream)
         lanes.append(
             Lane(
-                direction=DIRECTION_OF[upstream].value,
+                direction=count_repository.DIRECTION_OF[upstream].value,
                 upstream=upstream.value,
                 received=sum(states[upstream.value].values()),
                 states={str(s): n for s, n in states[upstream.value].items()},

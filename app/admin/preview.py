@@ -12,6 +12,7 @@ from app.admin.schemas import UpstreamRequest
 from app.clevertap.bodies import upload_record_for
 from app.mailmodo.bodies import SyncPlan, add_to_list_body
 from app.mailmodo.client import PATHS, MailmodoClient
+from app.mailmojo.client import segment as mailmojo_segment
 from app.outbox.models import Operation, Upstream
 
 _MAILMODO_KEY = "header mmApiKey: the configured Mailmodo API key (not shown)."
@@ -35,6 +36,16 @@ def upstream_request(row: Any) -> UpstreamRequest | None:
                 note=_CLEVERTAP_KEYS
                 if record is not None
                 else "No CleverTap ID nor email yet: nothing can be sent. " + _CLEVERTAP_KEYS,
+            )
+        if operation is Operation.MAILMOJO_SYNC:
+            return UpstreamRequest(
+                upstream=Upstream.MAILMOJO.value,
+                method="POST",
+                path=f"/v1/lists/{mailmojo_segment(row.target or '')}/subscribers/",
+                body=orjson.loads(row.payload),
+                note="The stored plan, not yet the body: at send time the bridge reads the "
+                "contact, then subscribes it to the list (this path) or updates the contact it "
+                "found, by the contact-sync rules. Header Authorization: Bearer (not shown).",
             )
         if operation is Operation.LIST_SYNC:
             plan = SyncPlan.from_json(row.payload)

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 
 from app.identity.repository import IDENTITIES
+from app.outbox import count_repository
 from app.outbox.models import CallStatus, State
 from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES, in_states
 from app.outbox.transitions import Cancellation, OperatorReplay, Purge
@@ -95,7 +96,9 @@ def conditions(f: DeliveryFilter) -> list[ColumnElement[bool]]:
     if f.upstream is not None:
         where.append(c.upstream == f.upstream)
     if f.states:
-        where.append(c.state.in_(f.states))
+        # One state is written ``state = x``: a page of it, newest first, then reads straight
+        # off ``ix_deliveries_state_id`` (an IN list makes SQLite sort every matching row).
+        where.append(in_states(frozenset(State(s) for s in f.states)))
     if f.email is not None:
         # Stored lower-cased, so the plain index on email serves the lookup.
         where.append(c.email == f.email.strip().lower())
@@ -366,18 +369,16 @@ def purge_standalone_calls_batch(conn: Connection, *, cutoff: datetime, limit: i
 
 
 def counts_by_direction_and_state(conn: Connection) -> list[tuple[str, str, int]]:
-    d = DELIVERIES.c
-    rows = conn.execute(
-        select(d.direction, d.state, func.count()).group_by(d.direction, d.state)
-    ).all()
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+    """Counted per upstream on the due index (a direction is its upstream's), never by
+    reading the table: see ``app.outbox.count_repository``."""
+    return [
+        (count_repository.DIRECTION_OF[upstream].value, state.value, n)
+        for (upstream, state), n in count_repository.counts_by_upstream_and_state(conn).items()
+    ]
 
 
 def oldest_pending_created_at(conn: Connection) -> datetime | None:
-    value = conn.execute(
-        select(func.min(DELIVERIES.c.created_at)).where(DELIVERIES.c.state == State.PENDING.value)
-    ).scalar()
-    return _aware(value)
+    return min(count_repository.oldest_pending_by_upstream(conn).values(), default=None)
 
 
 def delivered_since(conn: Connection, since: datetime) -> int:
@@ -418,32 +419,7 @@ def resume_upstream(conn: Connection, upstream: str, now: datetime) -> bool:
     return system_repo.clear_paused(conn, upstream, now)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 # -- the console: overview, failures grouped, per minute, a person --------------------------------
-
-
-def counts_by_upstream_and_state(conn: Connection) -> list[tuple[str, str, int]]:
-    """Served by the claim index (upstream, state, next_attempt_at) alone: no table read."""
-    d = DELIVERIES.c
-    rows = conn.execute(select(d.upstream, d.state, func.count()).group_by(d.upstream, d.state))
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
-
-
-def oldest_pending_by_upstream(conn: Connection, upstream: str) -> datetime | None:
-    """When the oldest pending item of ``upstream`` was created: the lowest id among its
-    pending rows (ids grow with arrival), found in the claim index, then that row's time."""
-    d = DELIVERIES.c
-    first = (
-        select(func.min(d.id))
-        .where(d.upstream == upstream, d.state == State.PENDING.value)
-        .scalar_subquery()
-    )
-    return _aware(conn.execute(select(d.created_at).where(d.id == first)).scalar())
 
 
 def finished_per_minute(

@@ -44,6 +44,8 @@ def banner(settings: Settings, credentials: Credentials) -> str:
         f"  sync contacts        {base}/clevertap/lists/<MAILMODO_LIST_NAME>/contacts",
         f"  Authentication: Basic Authorization, user name: clevertap, password: {shown}",
         f"  (or no authentication plus the header  X-Bridge-Secret: {shown})",
+        "CleverTap → Mailmojo (same authentication):",
+        f"  sync contacts        {base}/clevertap/mailmojo/lists/<MAILMOJO_LIST_ID>/contacts",
         "",
         "Mailmodo → CleverTap: in a Mailmodo journey, a Webhook card (after a condition card) to",
         f"  {base}/mailmodo/{mm_secret}/events/<opened|clicked|form_submitted|bounced|"

@@ -49,8 +49,10 @@ def _filters(
 
 
 StateOpt = typer.Option(None, "--state", help="Repeatable.", show_default=False)
-UpstreamOpt = typer.Option(None, help="mailmodo or clevertap.")
-DirectionOpt = typer.Option(None, help="clevertap_to_mailmodo or mailmodo_to_clevertap.")
+UpstreamOpt = typer.Option(None, help="mailmodo, mailmojo or clevertap.")
+DirectionOpt = typer.Option(
+    None, help="clevertap_to_mailmodo, mailmodo_to_clevertap or clevertap_to_mailmojo."
+)
 EmailOpt = typer.Option(None, help="Recipient email (case-insensitive).")
 TargetOpt = typer.Option(None, help="Campaign/journey id or event name.")
 OperationOpt = typer.Option(None, help="campaign.trigger, journey.start, event.upload, …")
@@ -265,7 +267,9 @@ def cancel(delivery_id: int = typer.Argument(..., metavar="ID", help="Delivery i
     typer.echo(f"delivery {result.id}: {result.previous_state} → {result.state}")
 
 
-def resume(upstream: Upstream = typer.Argument(..., help="mailmodo or clevertap.")) -> None:
+def resume(
+    upstream: Upstream = typer.Argument(..., help="mailmodo, mailmojo or clevertap."),
+) -> None:
     """Clear the pause of an upstream whose credentials were rejected (once they are fixed).
 
     Exit codes: 0 done (also when it was not paused); 1 database error; 2 bad usage.

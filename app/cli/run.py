@@ -111,8 +111,10 @@ def sandbox(
     port: int | None = typer.Option(None, help="Bridge port (default BRIDGE_PORT, else free)."),
     mailmodo_port: int = typer.Option(8081, help="Fake Mailmodo port (else a free one)."),
     clevertap_port: int = typer.Option(8082, help="Fake CleverTap port (else a free one)."),
+    mailmojo_port: int = typer.Option(8083, help="Fake Mailmojo port (else a free one)."),
 ) -> None:
-    """Try the bridge with fake CleverTap and Mailmodo APIs on loopback: no accounts needed."""
+    """Try the bridge with fake CleverTap, Mailmodo and Mailmojo APIs on loopback: no accounts
+    needed."""
     from app.sandbox.service import run_sandbox
 
     run_sandbox(
@@ -120,6 +122,7 @@ def sandbox(
         bridge_port=port,
         mailmodo_port=mailmodo_port,
         clevertap_port=clevertap_port,
+        mailmojo_port=mailmojo_port,
     )
 
 

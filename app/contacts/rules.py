@@ -1,11 +1,16 @@
 """Contact-sync rules (``shared/reference/contact-sync.md``), as pure functions.
 
+ONE implementation for every contact store the bridge syncs into (Mailmodo's list sync and
+Mailmojo's): each upstream's ``bodies.py`` only maps the decisions onto its API.
+
 R1 the email is always written. R2 ``first_name``, ``last_name`` and ``phone`` only fill blanks:
-a value Mailmodo already holds is never overwritten. R3 of several phones the first present of
-mobile > default > work > home is used. R4 managed tags live in one property the bridge owns
-(``<prefix>tags``, the sorted tags joined by commas) that is rewritten on every sync that names
-tags; nothing else is touched. R5 profiles without a usable email, and guests (no identity at
-all), are skipped.
+a value the contact already holds is never overwritten. R3 of several phones the first present
+of mobile > default > work > home is used. R4 managed tags carry the prefix: the wanted ones are
+normalised and prefixed (``wanted_tags``); Mailmodo, which has no tags, keeps them in one
+property the bridge owns (``managed_tags``: ``<prefix>tags``, sorted, joined by commas), while
+Mailmojo's real tag list is merged (``merge_tags``: tags without the prefix are never touched).
+A call that names no tags leaves them alone. R5 profiles without a usable email, and guests (no
+identity at all), are skipped.
 """
 
 from __future__ import annotations
@@ -73,16 +78,34 @@ def tag_name(raw: str) -> str:
     return _TAG_CHARS.sub("-", raw.strip().lower()).strip("-")[:99].strip("-")
 
 
-def managed_tags(value: Any, prefix: str) -> str | None:
-    """The bridge-owned tags property for the wanted tags, or None when the call names none.
-
-    ``value`` is a list or a comma-separated string; an empty one clears the managed tags.
-    """
+def wanted_tags(value: Any, prefix: str) -> list[str] | None:
+    """The wanted managed tags (normalised, prefixed, sorted, no duplicates), or None when the
+    call names none. ``value`` is a list or a comma-separated string; an empty one means "no
+    managed tags" (they are all removed)."""
     if value is None:
         return None
     items = value if isinstance(value, list) else str(value).split(",")
-    tags = sorted({prefix + t for t in (tag_name(str(i)) for i in items) if t})
-    return ",".join(tags)
+    return sorted({prefix + t for t in (tag_name(str(i)) for i in items) if t})
+
+
+def managed_tags(value: Any, prefix: str) -> str | None:
+    """Mailmodo's bridge-owned tags property for the wanted tags, or None when the call names
+    none (an empty value clears the managed tags)."""
+    tags = wanted_tags(value, prefix)
+    return None if tags is None else ",".join(tags)
+
+
+def merge_tags(existing: list[str], wanted: list[str] | None, prefix: str) -> list[str]:
+    """The whole tag list to send (R4): the existing tags in their order, minus the managed ones
+    no longer wanted, then the wanted ones not there yet. Tags without the prefix are never
+    touched; with ``wanted`` None (the call named no tags) nothing changes. Keeping the order
+    makes a replay produce the same list, so it writes nothing."""
+    if wanted is None:
+        return list(existing)
+    keep = set(wanted)
+    merged = [t for t in existing if not t.startswith(prefix) or t in keep]
+    present = set(merged)
+    return merged + [t for t in wanted if t not in present]
 
 
 def skip_guests(parsed: ParsedCall) -> ParsedCall:

@@ -16,8 +16,12 @@ from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
 from app.db import read_only
-from app.outbox.models import Delivery, State
+from app.outbox import count_repository
+from app.outbox.models import Delivery, State, Upstream
 from app.system.models import UpstreamState
+
+#: Every upstream gets its series, at 0 when it has nothing.
+UPSTREAM_NAMES = tuple(u.value for u in Upstream)
 
 
 class OutboxCollector(Collector):
@@ -48,36 +52,22 @@ class OutboxCollector(Collector):
         )
         now = utcnow()
         with self.engine.connect() as conn:
-            counts = conn.execute(
-                select(Delivery.upstream, Delivery.state, func.count()).group_by(
-                    Delivery.upstream, Delivery.state
-                )
-            ).all()
-            oldest_rows = conn.execute(
-                select(Delivery.upstream, func.min(Delivery.created_at))
-                .where(Delivery.state == State.PENDING.value)
-                .group_by(Delivery.upstream)
-            ).all()
+            counts = count_repository.counts_by_upstream_and_state(conn)
+            oldest_rows = count_repository.oldest_pending_by_upstream(conn)
             parked_emails = conn.execute(
                 select(func.count(func.distinct(Delivery.email))).where(
                     Delivery.state == State.PARKED.value
                 )
             ).scalar_one()
             pauses = conn.execute(select(UpstreamState.upstream, UpstreamState.paused)).all()
-        seen = {(u, s) for u, s, _ in counts}
-        for upstream in ("mailmodo", "clevertap"):
-            for known in State:
-                if (upstream, known.value) not in seen:
-                    depth.add_metric([upstream, known.value], 0)
-        for upstream, state_name, count in counts:
-            depth.add_metric([upstream, state_name], count)
-        ages = {u: _age(now, created) for u, created in oldest_rows}
-        for upstream in ("mailmodo", "clevertap"):
-            oldest.add_metric([upstream], ages.get(upstream, 0.0))
+        for (upstream, state_name), count in counts.items():
+            depth.add_metric([upstream.value, state_name.value], count)
+        for upstream in Upstream:
+            oldest.add_metric([upstream.value], _age(now, oldest_rows.get(upstream)))
         parked.add_metric([], parked_emails)
         paused_map = {u: bool(p) for u, p in pauses}
-        for upstream in ("mailmodo", "clevertap"):
-            paused.add_metric([upstream], 1 if paused_map.get(upstream) else 0)
+        for name in UPSTREAM_NAMES:
+            paused.add_metric([name], 1 if paused_map.get(name) else 0)
         yield from (depth, oldest, parked, paused)
 
 

@@ -93,4 +93,28 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
             "paused_since": ct_paused.paused_at.isoformat() if ct_paused.paused_at else None,
         }
     checks["clevertap"] = clevertap
+    checks["mailmojo"] = _optional_upstream(
+        configured=bool(settings.mailmojo_api_token),
+        waiting=waiting[Upstream.MAILMOJO],
+        hint="set BRIDGE_MAILMOJO_API_TOKEN; contact syncs are kept until then",
+        paused=upstreams.get(Upstream.MAILMOJO.value),
+    )
     return all(c["ok"] for c in checks.values()), checks
+
+
+def _optional_upstream(
+    *, configured: bool, waiting: bool, hint: str, paused: Any
+) -> dict[str, Any]:
+    """An upstream only some set-ups use: without credentials it matters only once something
+    waits for it; a pause (credentials rejected) always does."""
+    check: dict[str, Any] = {"ok": configured or not waiting, "configured": configured}
+    if not configured:
+        check["hint"] = hint
+    if paused is not None and paused.paused:
+        check |= {
+            "ok": False,
+            "paused": True,
+            "reason": paused.reason,
+            "paused_since": paused.paused_at.isoformat() if paused.paused_at else None,
+        }
+    return check

@@ -1,9 +1,10 @@
-"""CleverTap -> Mailmodo, inbound: a CleverTap webhook call becomes one Mailmodo delivery per
-recipient, stored before the 200.
+"""CleverTap -> Mailmodo (or Mailmojo), inbound: a CleverTap webhook call becomes one delivery
+per recipient, stored before the 200.
 
 The call is read by CleverTap's parser (``app.clevertap.source`` -> ``Recipient``), the
 contact rules decide who is skipped (``app.contacts.rules``), and each delivery's payload is
-the body Mailmodo will receive (``app.mailmodo.bodies``).
+the body the upstream will receive, or for a contact sync its plan (``app.mailmodo.bodies``,
+``app.mailmojo.bodies``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from app.inbound.service import (
     secret_matches,
 )
 from app.mailmodo.bodies import stored_payload
-from app.outbox.models import CallStatus, Direction, Operation, Source
+from app.mailmojo import bodies as mailmojo_bodies
+from app.outbox.models import CallStatus, Direction, Operation, Source, Upstream
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.security import Credentials
 from app.upstreams import UPSTREAM_OF
@@ -36,12 +38,20 @@ ROUTES: dict[Operation, str] = {
     Operation.JOURNEY_START: "clevertap.journey.start",
     Operation.JOURNEY_ABORT: "clevertap.journey.abort",
     Operation.LIST_SYNC: "clevertap.list.sync",
+    Operation.MAILMOJO_SYNC: "clevertap.mailmojo.list.sync",
 }
 TARGET_NAMES = {
     Operation.CAMPAIGN_TRIGGER: "campaign id",
     Operation.JOURNEY_START: "journey id",
     Operation.JOURNEY_ABORT: "journey id",
     Operation.LIST_SYNC: "list name",
+    Operation.MAILMOJO_SYNC: "Mailmojo list id",
+}
+#: The contact syncs: guests are skipped (R5) and the payload is a plan (``bodies.sync_plan``).
+CONTACT_SYNCS = frozenset({Operation.LIST_SYNC, Operation.MAILMOJO_SYNC})
+DIRECTIONS = {
+    Upstream.MAILMODO: Direction.CLEVERTAP_TO_MAILMODO,
+    Upstream.MAILMOJO: Direction.CLEVERTAP_TO_MAILMOJO,
 }
 UNAUTHORIZED = InboundError(
     401,
@@ -66,6 +76,7 @@ def build_record(
     """The inbound call, its deliveries and the identities it teaches us, as one record."""
     now = utcnow()
     upstream = UPSTREAM_OF[operation]
+    direction = DIRECTIONS[upstream]
     record = IngestRecord(
         source=Source.CLEVERTAP,
         route=ROUTES[operation],
@@ -87,12 +98,18 @@ def build_record(
             NewDelivery(
                 operation=operation,
                 upstream=upstream,
-                direction=Direction.CLEVERTAP_TO_MAILMODO,
+                direction=direction,
                 target=target,
                 email=email_key,
                 clevertap_id=recipient.clevertap_id,
-                payload=stored_payload(
-                    operation, recipient, target, tag_prefix=tag_prefix, tags_field=tags_field
+                payload=(
+                    mailmojo_bodies.stored_payload(
+                        recipient, target, tag_prefix=tag_prefix, tags_field=tags_field
+                    )
+                    if upstream is Upstream.MAILMOJO
+                    else stored_payload(
+                        operation, recipient, target, tag_prefix=tag_prefix, tags_field=tags_field
+                    )
                 ),
                 next_attempt_at=now,
             )
@@ -110,7 +127,7 @@ def parse_or_reject(body: Any, operation: Operation | None = None) -> ParsedCall
         parsed = parse_call(body)
     except ShapeError as exc:
         raise InboundError(422, exc.message, exc.detail) from None
-    if operation is Operation.LIST_SYNC:
+    if operation in CONTACT_SYNCS:
         parsed = skip_guests(parsed)
     if parsed.kind != "test" and not parsed.recipients:
         raise InboundError(
@@ -149,7 +166,15 @@ class CleverTapCall(WebhookKind[ParsedCall]):
         return secret_matches(clevertap_credential(request), credentials.clevertap_secrets)
 
     def check_target(self, target: str | None) -> None:
-        check_target(target or "", self.target_name)
+        target = check_target(target or "", self.target_name)
+        numeric = target.isascii() and target.isdecimal()
+        if self.operation is Operation.MAILMOJO_SYNC and not numeric:
+            # Mailmojo's list ids are numbers; anything else would only fail at delivery.
+            raise InboundError(
+                422,
+                f"invalid {self.target_name}",
+                {"hint": "the number of the Mailmojo list (Lists, in the list's URL)"},
+            )
 
     def parse(self, payload: Any, target: str | None) -> ParsedCall:
         return parse_or_reject(payload, self.operation)
@@ -192,3 +217,4 @@ CAMPAIGN_TRIGGER = CleverTapCall(Operation.CAMPAIGN_TRIGGER)
 JOURNEY_START = CleverTapCall(Operation.JOURNEY_START)
 JOURNEY_ABORT = CleverTapCall(Operation.JOURNEY_ABORT)
 LIST_SYNC = CleverTapCall(Operation.LIST_SYNC)
+MAILMOJO_SYNC = CleverTapCall(Operation.MAILMOJO_SYNC)

@@ -12,6 +12,7 @@ from app.inbound.from_clevertap import (
     JOURNEY_ABORT,
     JOURNEY_START,
     LIST_SYNC,
+    MAILMOJO_SYNC,
     CleverTapCall,
 )
 from app.inbound.from_mailmodo import MAILMODO_CALLBACK
@@ -82,6 +83,15 @@ async def abort_journey(journey_id: str, request: Request) -> Response:
 )
 async def sync_contacts(list_name: str, request: Request) -> Response:
     return await _clevertap(request, LIST_SYNC, list_name)
+
+
+@clevertap_router.post(
+    "/mailmojo/lists/{list_id}/contacts",
+    responses=_CLEVERTAP_RESPONSES,
+    summary="Sync every profile in the call into a Mailmojo list (contact-sync rules)",
+)
+async def sync_mailmojo_contacts(list_id: str, request: Request) -> Response:
+    return await _clevertap(request, MAILMOJO_SYNC, list_id)
 
 
 # --- Mailmodo callbacks ----------------------------------------------------------------------

@@ -27,11 +27,13 @@ class CallStatus(StrEnum):
 class Direction(StrEnum):
     CLEVERTAP_TO_MAILMODO = "clevertap_to_mailmodo"
     MAILMODO_TO_CLEVERTAP = "mailmodo_to_clevertap"
+    CLEVERTAP_TO_MAILMOJO = "clevertap_to_mailmojo"
 
 
 class Upstream(StrEnum):
     MAILMODO = "mailmodo"
     CLEVERTAP = "clevertap"
+    MAILMOJO = "mailmojo"
 
 
 class Operation(StrEnum):
@@ -40,6 +42,7 @@ class Operation(StrEnum):
     JOURNEY_ABORT = "journey.abort"
     LIST_SYNC = "list.sync"
     EVENT_UPLOAD = "event.upload"
+    MAILMOJO_SYNC = "mailmojo.list.sync"
 
 
 class State(StrEnum):
@@ -132,6 +135,17 @@ class Delivery(Base):
         # Finished per state and time (stats, retention); upstream too for the console's
         # per-minute series per upstream, read from the index alone.
         Index("ix_deliveries_state_updated_at_upstream", "state", "updated_at", "upstream"),
+        # Admin listings by state, newest first: a page reads its rows off the index instead
+        # of sorting every row in the state (a million pending rows when Mailmodo is down).
+        Index("ix_deliveries_state_id", "state", "id"),
+        # The oldest pending item per upstream (/metrics, /admin/stats) in one index look-up.
+        Index(
+            "ix_deliveries_pending_created",
+            "upstream",
+            "created_at",
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
         # Releasing parked events when an identity arrives for their email.
         Index(
             "ix_deliveries_parked_email",

@@ -1,6 +1,7 @@
-"""Run the bridge and the two fakes in one process, on loopback, with a throw-away database.
+"""Run the bridge and the fakes (Mailmodo, CleverTap, Mailmojo) in one process, on loopback,
+with a throw-away database.
 
-All three are ``uvicorn.Server`` instances in one asyncio loop. Their sockets are bound here
+All of them are ``uvicorn.Server`` instances in one asyncio loop. Their sockets are bound here
 first (the preferred port, else any free one), so the bridge's settings can name the fakes'
 real addresses before anything starts. Settings are the operator's, with everything that could
 reach a real account or the real database replaced, and delays shortened for a demo.
@@ -30,6 +31,7 @@ from fastapi import FastAPI
 from app.config import LogFormat, Settings, UnresolvedIdentity
 from app.logging import configure_logging
 from app.main import create_app
+from app.sandbox.fake_mailmojo import SANDBOX_LIST_ID, create_fake_mailmojo
 from app.sandbox.fakes import create_fake_clevertap, create_fake_mailmodo
 from app.security import new_secret
 
@@ -66,6 +68,23 @@ CLEVERTAP_CALL = {
     "profiles": [{"Email": EMAIL, "ObjectId": CLEVERTAP_ID, "ProfileData": {"First Name": "Ann"}}],
 }
 MAILMODO_CALLBACK = {"event": "opened", "email": EMAIL, "campaign_name": "Welcome"}
+#: contact-sync.md §5's profile and wanted tags, synced into the fake Mailmojo's list.
+MAILMOJO_CALL = {
+    "key_values": {"tags": "vip, paying"},
+    "profiles": [
+        {
+            "Email": EMAIL,
+            "Identity": "u-42",
+            "ObjectId": CLEVERTAP_ID,
+            "ProfileData": {
+                "First Name": "Anna",
+                "Last Name": "Lee",
+                "Mobile": "+4790000001",
+                "Phone": "+4722000002",
+            },
+        }
+    ],
+}
 
 
 class SandboxError(RuntimeError):
@@ -112,6 +131,7 @@ class FakeCredentials:
     mailmodo_api_key: str
     clevertap_account_id: str
     clevertap_passcode: str
+    mailmojo_api_token: str
 
     @classmethod
     def generate(cls) -> FakeCredentials:
@@ -119,11 +139,13 @@ class FakeCredentials:
             mailmodo_api_key=f"sandbox-{new_secret()}",
             clevertap_account_id=f"SANDBOX-{os.urandom(4).hex().upper()}",
             clevertap_passcode=f"sandbox-{new_secret()}",
+            mailmojo_api_token=f"sandbox-{new_secret()}",
         )
 
 
 class Sandbox:
-    """The bridge plus fake Mailmodo and CleverTap; ``async with Sandbox(...)`` runs them."""
+    """The bridge plus fake Mailmodo, CleverTap and Mailmojo; ``async with Sandbox(...)`` runs
+    them."""
 
     def __init__(
         self,
@@ -132,6 +154,7 @@ class Sandbox:
         bridge_port: int | None = None,
         mailmodo_port: int | None = 8081,
         clevertap_port: int | None = 8082,
+        mailmojo_port: int | None = 8083,
         db_path: Path | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
@@ -140,6 +163,7 @@ class Sandbox:
             "bridge": base.port if bridge_port is None else bridge_port,
             "mailmodo": mailmodo_port,
             "clevertap": clevertap_port,
+            "mailmojo": mailmojo_port,
         }
         self.db_path = db_path
         self.overrides = dict(overrides or {})
@@ -161,6 +185,10 @@ class Sandbox:
     def clevertap_url(self) -> str:
         return self.urls["clevertap"]
 
+    @property
+    def mailmojo_url(self) -> str:
+        return self.urls["mailmojo"]
+
     def build_settings(self) -> Settings:
         """The operator's settings, pointed at the fakes and a database of its own."""
         assert self.db_path is not None
@@ -177,6 +205,8 @@ class Sandbox:
             "clevertap_account_id": creds.clevertap_account_id,
             "clevertap_passcode": creds.clevertap_passcode,
             "clevertap_api_url": self.urls["clevertap"],
+            "mailmojo_api_token": creds.mailmojo_api_token,
+            "mailmojo_api_url": self.urls["mailmojo"],
             "clevertap_webhook_secrets": [CLEVERTAP_SECRET],
             "mailmodo_webhook_secrets": [MAILMODO_SECRET],
             "admin_token": ADMIN_TOKEN,
@@ -210,6 +240,7 @@ class Sandbox:
                 sockets["clevertap"],
                 "off",
             ),
+            (create_fake_mailmojo(creds.mailmojo_api_token), sockets["mailmojo"], "off"),
             (create_app(self.settings), sockets["bridge"], "on"),
         ]
         try:
@@ -292,7 +323,7 @@ def _curl(*parts: str, body: object | None = None, url: str, split: bool = False
 
 def render_instructions(urls: Mapping[str, str], settings: Settings, db_path: Path | None) -> str:
     """The walk-through; every command in it is sent verbatim by the sandbox tests."""
-    bridge, mm, ct = urls["bridge"], urls["mailmodo"], urls["clevertap"]
+    bridge, mm, ct, mj = urls["bridge"], urls["mailmodo"], urls["clevertap"], urls["mailmojo"]
     json_header = ("-H", "Content-Type: application/json")
     step1 = _curl(
         "-u",
@@ -308,6 +339,14 @@ def render_instructions(urls: Mapping[str, str], settings: Settings, db_path: Pa
         body=MAILMODO_CALLBACK,
         split=True,
     )
+    step5 = _curl(
+        "-u",
+        f"clevertap:{CLEVERTAP_SECRET}",
+        *json_header,
+        url=f"{bridge}/clevertap/mailmojo/lists/{SANDBOX_LIST_ID}/contacts",
+        body=MAILMOJO_CALL,
+        split=True,
+    )
     schedule = settings.retry_schedule_seconds
     retries = ", ".join(f"{delay:g} s" for delay in schedule)
     fails = min(3, len(schedule))
@@ -316,12 +355,13 @@ def render_instructions(urls: Mapping[str, str], settings: Settings, db_path: Pa
         return _curl("-X", "POST", url=f"{mm}/_sandbox/mode", body=body)
 
     lines = [
-        "ctmm-bridge sandbox: the bridge with fake CleverTap and Mailmodo APIs, on this machine",
-        "only. No accounts needed; everything is thrown away when you stop it (Ctrl-C).",
+        "ctmm-bridge sandbox: the bridge with fake CleverTap, Mailmodo and Mailmojo APIs, on this",
+        "machine only. No accounts needed; everything is thrown away when you stop it (Ctrl-C).",
         "",
         f"  bridge          {bridge}   (database {db_path})",
         f"  fake Mailmodo   {mm}   (answers like api.mailmodo.com)",
         f"  fake CleverTap  {ct}   (answers like <region>.api.clevertap.com)",
+        f"  fake Mailmojo   {mj}   (answers like api.mailmojo.no)",
         "",
         "A round trip: paste these into another terminal, one at a time.",
         "",
@@ -344,8 +384,23 @@ def render_instructions(urls: Mapping[str, str], settings: Settings, db_path: Pa
         "",
         f"  curl {ct}/_sandbox/requests",
         "",
+        f"5. Contact sync into Mailmojo: the fake Mailmojo already has {EMAIL} (first name Ann,",
+        "   tags newsletter-2024, ct_vip, ct_trial). CleverTap syncs her profile into list "
+        f"{SANDBOX_LIST_ID}:",
+        "",
+        f"  {step5}",
+        "",
+        "6. The bridge read the contact, then sent one PATCH: last_name and phone (the mobile)",
+        "   filled because they were blank, first_name left as it was, ct_trial replaced by",
+        "   ct_paying, newsletter-2024 untouched. See the calls, then the contact; repeat step 5",
+        "   and the bridge reads again but writes nothing:",
+        "",
+        f"  curl {mj}/_sandbox/requests",
+        f"  curl {mj}/_sandbox/contacts",
+        "",
         "Watch retries: make a fake misbehave, repeat step 1 (or step 3 for CleverTap), then look",
-        "at its requests and at the log below. The same works on the fake CleverTap's address.",
+        "at its requests and at the log below. The same works on the fake CleverTap's and the",
+        "fake Mailmojo's addresses.",
         "",
         f"  {mode({'mode': 'fail', 'status': 503, 'count': fails})}",
         f"      the next {fails} calls get 503; the bridge tries again after {retries}, so",
@@ -371,6 +426,7 @@ def run_sandbox(
     bridge_port: int | None,
     mailmodo_port: int,
     clevertap_port: int,
+    mailmojo_port: int = 8083,
 ) -> None:
     """``ctmm-bridge sandbox``: start everything, print the walk-through, run until a signal."""
     configure_logging(base.model_copy(update={"log_format": LogFormat.CONSOLE}))
@@ -386,6 +442,7 @@ def run_sandbox(
             bridge_port=bridge_port,
             mailmodo_port=mailmodo_port,
             clevertap_port=clevertap_port,
+            mailmojo_port=mailmojo_port,
         )
         async with sandbox:
             sys.stdout.write(sandbox.instructions() + "\n")

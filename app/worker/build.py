@@ -10,10 +10,13 @@ from sqlalchemy.engine import Engine
 from app.clevertap.client import CleverTapClient
 from app.config import Settings
 from app.mailmodo.client import MailmodoClient
+from app.mailmojo.client import MailmojoClient
 from app.outbox.policy import RetryPolicy
 from app.security import fingerprint
-from app.upstreams import CLEVERTAP, MAILMODO
+from app.upstreams import CLEVERTAP, MAILMODO, MAILMOJO
 from app.worker.delivery import MailmodoDeliverer
+from app.worker.mailmojo import RATE_NAME as MAILMOJO_RATE
+from app.worker.mailmojo import MailmojoDeliverer
 from app.worker.ratelimit import SharedRateLimiter
 from app.worker.runner import WorkerRunner, new_worker_id
 from app.worker.upload import CleverTapUploader
@@ -30,6 +33,7 @@ def build_runner(
         worker_id=worker_id,
         mailmodo=build_mailmodo_deliverer(engine, settings, worker_id),
         clevertap=build_clevertap_uploader(engine, settings, worker_id),
+        mailmojo=build_mailmojo_deliverer(engine, settings, worker_id),
     )
 
 
@@ -80,5 +84,20 @@ def build_mailmodo_deliverer(
         engine=engine,
         client=client or MAILMODO.client(config),
         limiter=SharedRateLimiter(engine, "mailmodo", config.rate_per_second),
+        **_consumer_settings(settings, worker_id, config.key),
+    )
+
+
+def build_mailmojo_deliverer(
+    engine: Engine, settings: Settings, worker_id: str, client: MailmojoClient | None = None
+) -> MailmojoDeliverer | None:
+    """None when no Mailmojo token is configured: contact syncs wait, readiness says why."""
+    config = MAILMOJO.settings(settings)
+    if not MAILMOJO.configured(config):
+        return None
+    return MailmojoDeliverer(
+        engine=engine,
+        client=client or MAILMOJO.client(config),
+        limiter=SharedRateLimiter(engine, MAILMOJO_RATE, config.rate_per_second),
         **_consumer_settings(settings, worker_id, config.key),
     )

@@ -23,6 +23,7 @@ from app.config import Settings
 from app.outbox import repository, transitions
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
+from app.worker.mailmojo import MailmojoDeliverer
 from app.worker.upload import CleverTapUploader
 
 log = structlog.get_logger(__name__)
@@ -42,12 +43,14 @@ class WorkerRunner:
         settings: Settings,
         mailmodo: MailmodoDeliverer | None,
         clevertap: CleverTapUploader | None = None,
+        mailmojo: MailmojoDeliverer | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.mailmodo = mailmodo
         self.clevertap = clevertap
+        self.mailmojo = mailmojo
         self.worker_id = worker_id or new_worker_id()
         self.started_at = utcnow()
         self._wakes: list[asyncio.Event] = []
@@ -59,6 +62,8 @@ class WorkerRunner:
             await self.mailmodo.client.aclose()
         if self.clevertap is not None:
             await self.clevertap.client.aclose()
+        if self.mailmojo is not None:
+            await self.mailmojo.client.aclose()
 
     def wake_threadsafe(self) -> None:
         """Called by the ingest writer after a commit: new work may be due now."""
@@ -77,13 +82,31 @@ class WorkerRunner:
             "worker started",
             worker_id=self.worker_id,
             mailmodo="on" if self.mailmodo else "off (BRIDGE_MAILMODO_API_KEY not set)",
+            mailmojo="on" if self.mailmojo else "off (BRIDGE_MAILMOJO_API_TOKEN not set)",
         )
         tasks = [asyncio.create_task(self._heartbeat(stop), name="heartbeat")]
         if self.mailmodo is not None:
             tasks.append(
                 asyncio.create_task(
-                    self._deliver_loop(self.mailmodo, self.settings.mailmodo_max_concurrency, stop),
+                    self._deliver_loop(
+                        self.mailmodo,
+                        self.settings.mailmodo_max_concurrency,
+                        stop,
+                        self.settings.mailmodo_rate_per_second,
+                    ),
                     name="mailmodo-deliveries",
+                )
+            )
+        if self.mailmojo is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self._deliver_loop(
+                        self.mailmojo,
+                        self.settings.mailmojo_max_concurrency,
+                        stop,
+                        self.settings.mailmojo_rate_per_second,
+                    ),
+                    name="mailmojo-deliveries",
                 )
             )
         if self.clevertap is not None:
@@ -167,12 +190,16 @@ class WorkerRunner:
         return event
 
     async def _deliver_loop(
-        self, deliverer: MailmodoDeliverer, concurrency: int, stop: asyncio.Event
+        self,
+        deliverer: MailmodoDeliverer | MailmojoDeliverer,
+        concurrency: int,
+        stop: asyncio.Event,
+        rate_per_second: float,
     ) -> None:
         inflight: set[asyncio.Task[object]] = set()
         wake = self._new_wake()
         # Claim no more than about two seconds of rate at once, so leases stay short.
-        burst = max(1, int(self.settings.mailmodo_rate_per_second * 2))
+        burst = max(1, int(rate_per_second * 2))
         try:
             while not stop.is_set():
                 wake.clear()

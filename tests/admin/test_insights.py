@@ -120,7 +120,11 @@ async def test_overview_counts_lag_pauses_and_minutes(running: Running, clock: M
         )  # fmt: skip
 
     body = await get(client, "/admin/overview")
-    mm, ct = body["lanes"]
+    lanes = {lane["upstream"]: lane for lane in body["lanes"]}
+    assert list(lanes) == ["mailmodo", "clevertap", "mailmojo"]
+    mm, ct = lanes["mailmodo"], lanes["clevertap"]
+    assert lanes["mailmojo"]["direction"] == "clevertap_to_mailmojo"
+    assert lanes["mailmojo"]["received"] == 0
     assert (mm["direction"], mm["upstream"]) == ("clevertap_to_mailmodo", "mailmodo")
     assert (ct["direction"], ct["upstream"]) == ("mailmodo_to_clevertap", "clevertap")
     assert mm["received"] == 8
@@ -156,9 +160,13 @@ async def test_overview_counts_lag_pauses_and_minutes(running: Running, clock: M
 async def test_overview_of_an_empty_bridge(running: Running) -> None:
     client, _ = running
     body = await get(client, "/admin/overview")
-    assert [lane["received"] for lane in body["lanes"]] == [0, 0]
+    assert [lane["received"] for lane in body["lanes"]] == [0, 0, 0]
     assert all(lane["oldest_pending_age_seconds"] is None for lane in body["lanes"])
-    assert body["per_minute"]["delivered"] == {"mailmodo": [0] * 60, "clevertap": [0] * 60}
+    assert body["per_minute"]["delivered"] == {
+        "mailmodo": [0] * 60,
+        "clevertap": [0] * 60,
+        "mailmojo": [0] * 60,
+    }
     assert body["rejected_calls"] == 0
     assert body["workers"] == []
 
@@ -321,6 +329,7 @@ async def test_person_identity_deliveries_both_ways_and_rejected_calls(running: 
     assert body["counts"] == {
         "clevertap_to_mailmodo": {"dead": 1},
         "mailmodo_to_clevertap": {"delivered": 1, "parked": 1},
+        "clevertap_to_mailmojo": {},
     }
     ids = [i["id"] for i in body["deliveries"]["items"]]
     assert ids[1:] == [event[0], sent[0]]
@@ -333,7 +342,11 @@ async def test_person_identity_deliveries_both_ways_and_rejected_calls(running: 
     nobody = await get(client, "/admin/person", email="nobody@example.com")
     assert nobody["identity"] is None
     assert nobody["deliveries"]["items"] == []
-    assert nobody["counts"] == {"clevertap_to_mailmodo": {}, "mailmodo_to_clevertap": {}}
+    assert nobody["counts"] == {
+        "clevertap_to_mailmodo": {},
+        "mailmodo_to_clevertap": {},
+        "clevertap_to_mailmojo": {},
+    }
 
 
 async def test_person_pages_on_and_needs_an_email(running: Running) -> None:
@@ -370,6 +383,11 @@ async def test_detail_shows_the_request_sent_upstream(running: Running) -> None:
     keyed = add_events(engine, "a@x.io", clevertap_id="__a")[0]
     by_email = add_events(engine, "b@x.io")[0]
     unreadable = add_delivery(engine, "a@x.io", payload="not json")
+    mojo = add_delivery(
+        engine, "a@x.io", operation=Operation.MAILMOJO_SYNC, target="list 7",
+        payload={"email": "a@x.io", "list_id": "list 7"}, upstream="mailmojo",
+        direction="clevertap_to_mailmojo",
+    )  # fmt: skip
 
     async def request_of(delivery_id: int) -> Any:
         return (await get(client, f"/admin/deliveries/{delivery_id}"))["upstream_request"]
@@ -397,6 +415,9 @@ async def test_detail_shows_the_request_sent_upstream(running: Running) -> None:
     assert record["identity"] == "b@x.io"
     assert "objectId" not in record
     assert await request_of(unreadable) is None
+    req = await request_of(mojo)
+    assert (req["upstream"], req["path"]) == ("mailmojo", "/v1/lists/list%207/subscribers/")
+    assert req["body"] == {"email": "a@x.io", "list_id": "list 7"}
     detail = await get(client, f"/admin/deliveries/{unreadable}")
     assert detail["delivery"]["payload"] == "not json"
     # No credential of the running bridge appears in what is shown.

@@ -203,6 +203,7 @@ async def test_retry_cancel_resume(
     assert run("retry", str(b), "--force").stdout.strip() == f"delivery {b}: delivered → pending"
     run("retry", "999", code=1)
     assert "were not paused" in run("resume", "mailmodo").stdout
+    assert "were not paused" in run("resume", "mailmojo").stdout
     run("resume", "sendgrid", code=2)
 
 

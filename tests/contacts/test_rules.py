@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.contacts.rules import candidates, fill_blanks, managed_tags, tag_name
+from app.contacts.rules import (
+    candidates,
+    fill_blanks,
+    managed_tags,
+    merge_tags,
+    tag_name,
+    wanted_tags,
+)
 
 
 def test_phone_priority_mobile_default_work_home() -> None:
@@ -47,3 +54,40 @@ def test_tags_are_normalised_prefixed_sorted() -> None:
     assert managed_tags("paying, vip", "ct_") == "ct_paying,ct_vip"
     assert managed_tags([], "ct_") == ""  # named but empty: clears the managed tags
     assert managed_tags(None, "ct_") is None  # not named: untouched
+
+
+def test_wanted_tags_are_the_one_source_of_both_forms() -> None:
+    assert wanted_tags("paying, VIP, vip", "ct_") == ["ct_paying", "ct_vip"]
+    assert managed_tags("paying, VIP, vip", "ct_") == ",".join(
+        wanted_tags("paying, vip", "ct_") or []
+    )
+    assert wanted_tags(None, "ct_") is None
+    assert wanted_tags("", "ct_") == []
+
+
+def test_merge_tags_worked_example() -> None:
+    """contact-sync.md §5: external tags kept in their order, ct_trial removed, ct_paying added."""
+    existing = ["newsletter-2024", "ct_vip", "ct_trial"]
+    assert merge_tags(existing, ["ct_paying", "ct_vip"], "ct_") == [
+        "newsletter-2024",
+        "ct_vip",
+        "ct_paying",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("existing", "wanted", "merged"),
+    [
+        (["a", "ct_x", "b"], None, ["a", "ct_x", "b"]),  # not named: untouched
+        (["a", "ct_x", "b"], [], ["a", "b"]),  # named empty: managed ones go, others stay
+        (["b", "a"], ["ct_y"], ["b", "a", "ct_y"]),  # external order kept
+        (["ct_y", "a"], ["ct_y"], ["ct_y", "a"]),  # already right: the same list
+        (["CT_X", "ct_X"], ["ct_x"], ["CT_X", "ct_x"]),  # prefix is case-sensitive
+    ],
+)
+def test_merge_tags_touches_only_prefixed_tags(
+    existing: list[str], wanted: list[str] | None, merged: list[str]
+) -> None:
+    assert merge_tags(existing, wanted, "ct_") == merged
+    # Idempotent: merging again changes nothing.
+    assert merge_tags(merged, wanted, "ct_") == merged

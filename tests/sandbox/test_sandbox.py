@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from app.clevertap.outcomes import classify_upload
 from app.cli import cli
 from app.config import Settings
+from app.sandbox.fake_mailmojo import SEEDED_CONTACT, create_fake_mailmojo
 from app.sandbox.fakes import create_fake_clevertap, create_fake_mailmodo
 from app.sandbox.service import (
     CLEVERTAP_ID,
@@ -62,6 +63,7 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
         bridge_port=0,
         mailmodo_port=0,
         clevertap_port=0,
+        mailmojo_port=0,
         db_path=tmp_path / "sandbox.db",
         overrides=FAST,
     )
@@ -214,6 +216,41 @@ async def test_the_printed_round_trip_works(sandbox: Sandbox, http: httpx.AsyncC
     assert len(uploads) == 1
     assert uploads[0]["status"] == 200
     assert uploads[0]["answer"] == {"status": "success", "processed": 1, "unprocessed": []}
+
+
+async def test_the_printed_mailmojo_sync_works(sandbox: Sandbox, http: httpx.AsyncClient) -> None:
+    """Steps 5 and 6: contact-sync.md §5 against the fake Mailmojo, then a replay that writes
+    nothing."""
+    assert sandbox.settings is not None
+    assert sandbox.settings.mailmojo_api_url == sandbox.mailmojo_url
+    commands = printed_commands(sandbox.instructions())
+    sync = find(commands, "/clevertap/mailmojo/lists/")
+    show = find(commands, f"{sandbox.mailmojo_url}/_sandbox/requests")
+    contacts = find(commands, f"{sandbox.mailmojo_url}/_sandbox/contacts")
+
+    async def calls(method: str, count: int) -> list[dict[str, Any]] | None:
+        listing = (await curl(http, show)).json()["requests"]
+        found = [r for r in listing if r["method"] == method]
+        return found if len(found) >= count else None
+
+    assert (await curl(http, sync)).status_code == 200
+    [patch] = await eventually(lambda: calls("PATCH", 1), "the PATCH")
+    assert patch["path"] == "/v1/contacts/ann@example.com/"
+    assert patch["body"] == {
+        "email": EMAIL,
+        "last_name": "Lee",
+        "phone": "+4790000001",
+        "tags": ["newsletter-2024", "ct_vip", "ct_paying"],
+    }
+    [ann] = (await curl(http, contacts)).json()["contacts"]
+    assert (ann["first_name"], ann["last_name"]) == ("Ann", "Lee")
+
+    # Repeated: read again, nothing written.
+    assert (await curl(http, sync)).status_code == 200
+    await eventually(lambda: calls("GET", 2), "the second read")
+    await asyncio.sleep(0.3)
+    assert len(await calls("PATCH", 1) or []) == 1
+    assert await calls("POST", 1) is None
 
 
 async def test_printed_mode_commands_are_accepted(
@@ -390,6 +427,30 @@ async def test_fake_clevertap_answers_like_clevertap() -> None:
         assert r.json()["status"] == "success"
 
 
+async def test_fake_mailmojo_answers_like_mailmojo() -> None:
+    async with _client(create_fake_mailmojo("tok")) as mj:
+        good = {"Authorization": "Bearer tok"}
+        assert (await mj.get("/v1/lists/")).status_code == 401
+        assert (await mj.get("/v1/lists/", headers=good)).json()[0]["id"] == 1
+        r = await mj.get("/v1/contacts/ann%40example.com/", headers=good)
+        assert r.json()["tags"] == SEEDED_CONTACT["tags"]
+        assert (await mj.get("/v1/contacts/x%40y.io/", headers=good)).status_code == 404
+        r = await mj.post("/v1/lists/1/subscribers/", json={"email": "x@y.io"}, headers=good)
+        assert r.status_code == 201
+        assert r.json()["list_associations"][0]["list_id"] == 1
+        r = await mj.post("/v1/lists/1/subscribers/", json={"email": "nope"}, headers=good)
+        assert r.status_code == 400
+        assert (await mj.post("/v1/lists/9/subscribers/", json={}, headers=good)).status_code == 404
+        r = await mj.patch("/v1/contacts/x%40y.io/", json={"tags": ["a"]}, headers=good)
+        assert r.status_code == 200
+        contacts = (await mj.get("/_sandbox/contacts")).json()["contacts"]
+        assert [c["email"] for c in contacts] == ["ann@example.com", "x@y.io"]
+        assert contacts[1]["tags"] == ["a"]
+        await mj.post("/_sandbox/mode", json={"mode": "unauthorized", "count": 1})
+        r = await mj.get("/v1/contacts/x%40y.io/", headers=good)
+        assert (r.status_code, r.json()) == (401, {"detail": "Invalid token."})
+
+
 # --------------------------------------------------------------------------- plumbing
 
 
@@ -419,10 +480,11 @@ def test_readme_shows_the_commands_the_sandbox_prints() -> None:
         "bridge": "http://127.0.0.1:8080",
         "mailmodo": "http://127.0.0.1:8081",
         "clevertap": "http://127.0.0.1:8082",
+        "mailmojo": "http://127.0.0.1:8083",
     }
     demo = Settings.model_validate({**Settings(_env_file=None).model_dump(), **DEMO_SETTINGS})
     printed = printed_commands(render_instructions(urls, demo, None))
     shown = printed_commands(section)
-    assert len(shown) == 8
+    assert len(shown) == 11
     for command in shown:
         assert command in printed

@@ -9,12 +9,14 @@
 (function () {
   const TOKEN_KEY = "ctmm-bridge.admin-token";
   const STATES = ["pending", "delivered", "failed", "dead", "parked", "dropped", "cancelled"];
-  const UPSTREAMS = ["mailmodo", "clevertap"];
+  const UPSTREAMS = ["mailmodo", "clevertap", "mailmojo"];
   const DIRECTIONS = {
     clevertap_to_mailmodo: "CleverTap → Mailmodo",
     mailmodo_to_clevertap: "Mailmodo → CleverTap",
+    clevertap_to_mailmojo: "CleverTap → Mailmojo",
   };
-  const OPERATIONS = ["campaign.trigger", "journey.start", "journey.abort", "list.sync", "event.upload"];
+  const OPERATIONS = ["campaign.trigger", "journey.start", "journey.abort", "list.sync", "event.upload",
+    "mailmojo.list.sync"];
   const SINCE = [["", "any time"], ["15m", "last 15 minutes"], ["1h", "last hour"], ["2h", "last 2 hours"],
     ["24h", "last 24 hours"], ["7d", "last 7 days"]];
   const PAGE = 50;
@@ -438,7 +440,7 @@
     const updatedAfter = ms ? new Date(Date.now() - ms).toISOString() : null;
     const data = await api("GET", "failures", { upstream, state: states, updated_after: updatedAfter, offset, limit: PAGE });
     const form = h("form", { class: "filters", "aria-label": "Filter failures" },
-      field("Upstream", select("upstream", [["", "both"], ...UPSTREAMS.map((u) => [u, u])], upstream)),
+      field("Upstream", select("upstream", [["", "any"], ...UPSTREAMS.map((u) => [u, u])], upstream)),
       field("Got there", select("since", SINCE, since)),
       checkboxes("States", "state", ["failed", "dead"], states),
       h("div", { class: "actions" }, h("button", { type: "submit" }, "Show")));
@@ -521,8 +523,8 @@
     const form = h("form", { class: "filters", "aria-label": "Filter deliveries" },
       field("Recipient email", input("email", params.get("email"), { type: "search", autocomplete: "off", inputmode: "email" })),
       field("Campaign, journey or event", input("target", params.get("target"))),
-      field("Direction", select("direction", [["", "both"], ...Object.entries(DIRECTIONS)], params.get("direction"))),
-      field("Upstream", select("upstream", [["", "both"], ...UPSTREAMS.map((u) => [u, u])], params.get("upstream"))),
+      field("Direction", select("direction", [["", "any"], ...Object.entries(DIRECTIONS)], params.get("direction"))),
+      field("Upstream", select("upstream", [["", "any"], ...UPSTREAMS.map((u) => [u, u])], params.get("upstream"))),
       field("Operation", select("operation", [["", "any"], ...OPERATIONS.map((o) => [o, o])], params.get("operation"))),
       field("Created after", h("input", { name: "created_after_local", type: "datetime-local", value: isoToLocal(params.get("created_after")) })),
       field("Created before", h("input", { name: "created_before_local", type: "datetime-local", value: isoToLocal(params.get("created_before")) })),
@@ -681,7 +683,7 @@
     const source = params.get("source") || "";
     const data = await api("GET", "rejected", { source, cursor: params.get("cursor"), limit: PAGE });
     const form = h("form", { class: "filters", "aria-label": "Filter rejected calls" },
-      field("Source", select("source", [["", "both"], ["clevertap", "clevertap"], ["mailmodo", "mailmodo"]], source)),
+      field("Source", select("source", [["", "any"], ["clevertap", "clevertap"], ["mailmodo", "mailmodo"]], source)),
       h("div", { class: "actions" }, h("button", { type: "submit" }, "Show")));
     form.addEventListener("submit", (e) => { e.preventDefault(); window.location.hash = routeHref("rejected", formValues(form)); });
     render("Rejected calls",

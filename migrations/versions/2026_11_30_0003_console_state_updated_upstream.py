@@ -5,8 +5,8 @@ with upstream in the index that is an index-only range scan (about 20 ms at 1,00
 SQLite instead of about 400 ms). The new index serves every query the old one did (same
 leading columns), so it replaces it: no extra write per delivery.
 
-Revision ID: 0002_console
-Revises: 0001
+Revision ID: 0003_console
+Revises: 0002
 Create Date: 2026-11-30 08:30:00
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0002_console"
-down_revision: str | None = "0001"
+revision: str = "0003_console"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
