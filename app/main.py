@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app import __version__
 from app.admin.router import router as admin_router
 from app.config import EmbeddedWorkerMode, IngestWriterMode, Settings, get_settings
+from app.console.router import router as console_router
 from app.db import create_db_engine, create_session_factory
 from app.errors import BridgeError, error_response, internal_error
 from app.health.metrics import ReadinessCollector, app_registry
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.include_router(clevertap_router)
     app.include_router(mailmodo_router)
     app.include_router(admin_router)
+    app.include_router(console_router)
     app.dispatch = WebhookDispatch([clevertap_router, mailmodo_router])
 
     @app.exception_handler(BridgeError)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Connection,
     Row,
     and_,
+    case,
     delete,
     exists,
     func,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 
+from app.identity.repository import IDENTITIES
 from app.outbox import count_repository
 from app.outbox.models import CallStatus, State
 from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES, in_states
@@ -52,13 +54,25 @@ class DeliveryFilter:
     #: On ``updated_at``: for a failed, dead or delivered item, when it got there.
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+    #: The last HTTP status; 0 picks items that got no answer (timeout, network error).
+    status_code: int | None = None
+    #: The exact current reason; "" picks items without one.
+    reason: str | None = None
 
     @property
     def narrows_deliveries(self) -> bool:
         """Whether it picks deliveries by what they are, not only by state and time."""
         return any(
             v is not None
-            for v in (self.direction, self.upstream, self.email, self.target, self.operation)
+            for v in (
+                self.direction,
+                self.upstream,
+                self.email,
+                self.target,
+                self.operation,
+                self.status_code,
+                self.reason,
+            )
         )
 
     @property
@@ -100,6 +114,14 @@ def conditions(f: DeliveryFilter) -> list[ColumnElement[bool]]:
         where.append(c.updated_at >= f.updated_after)
     if f.updated_before is not None:
         where.append(c.updated_at < f.updated_before)
+    if f.status_code is not None:
+        where.append(
+            c.last_status_code.is_(None)
+            if f.status_code == 0
+            else c.last_status_code == f.status_code
+        )
+    if f.reason is not None:
+        where.append(c.reason.is_(None) if f.reason == "" else c.reason == f.reason)
     return where
 
 
@@ -395,3 +417,109 @@ def heartbeats(conn: Connection) -> Sequence[Row[Any]]:
 
 def resume_upstream(conn: Connection, upstream: str, now: datetime) -> bool:
     return system_repo.clear_paused(conn, upstream, now)
+
+
+# -- the console: overview, failures grouped, per minute, a person --------------------------------
+
+
+def finished_per_minute(
+    conn: Connection, since: datetime, states: Sequence[str]
+) -> list[tuple[str, str, datetime, int]]:
+    """(upstream, state, minute, items) for items that reached ``states`` since ``since``;
+    the (state, updated_at, upstream) index serves it without reading the table."""
+    d = DELIVERIES.c
+    minute: ColumnElement[Any]
+    if conn.dialect.name == "sqlite":
+        # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: the first 16 characters are the minute.
+        minute = func.substr(d.updated_at, 1, 16)
+    else:
+        minute = func.date_trunc("minute", d.updated_at)
+    stmt = (
+        select(d.upstream, d.state, minute.label("minute"), func.count())
+        .where(d.state.in_(states), d.updated_at >= since)
+        .group_by(d.upstream, d.state, minute)
+    )
+    out = []
+    for upstream, state, at, n in conn.execute(stmt):
+        when = (
+            datetime.fromisoformat(at).replace(tzinfo=UTC)
+            if isinstance(at, str)
+            else at.astimezone(UTC)
+        )
+        out.append((str(upstream), str(state), when, int(n)))
+    return out
+
+
+def count_rejected_calls(conn: Connection) -> int:
+    stmt = (
+        select(func.count()).select_from(CALLS).where(CALLS.c.status == CallStatus.REJECTED.value)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def failure_groups(
+    conn: Connection, f: DeliveryFilter, *, limit: int, offset: int
+) -> Sequence[Row[Any]]:
+    """Failed and dead items grouped by upstream, last status code and reason, the group
+    that failed most recently first."""
+    d = DELIVERIES.c
+    last_seen = func.max(d.updated_at)
+    stmt = (
+        select(
+            d.upstream,
+            d.last_status_code.label("status_code"),
+            d.reason,
+            func.count().label("items"),
+            func.sum(case((d.state == State.DEAD.value, 1), else_=0)).label("dead"),
+            func.min(d.updated_at).label("first_seen"),
+            last_seen.label("last_seen"),
+        )
+        .where(*conditions(f))
+        .group_by(d.upstream, d.last_status_code, d.reason)
+        .order_by(last_seen.desc(), d.upstream, d.last_status_code, d.reason)
+        .limit(limit)
+        .offset(offset)
+    )
+    return conn.execute(stmt).all()
+
+
+def counts_of_email(conn: Connection, email: str) -> list[tuple[str, str, int]]:
+    d = DELIVERIES.c
+    rows = conn.execute(
+        select(d.direction, d.state, func.count())
+        .where(d.email == email)
+        .group_by(d.direction, d.state)
+    )
+    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def identity_of(conn: Connection, email: str) -> Row[Any] | None:
+    i = IDENTITIES.c
+    stmt = select(i.email, i.clevertap_id, i.source, i.updated_at).where(i.email == email)
+    return cast("Row[Any] | None", conn.execute(stmt).first())
+
+
+def rejected_naming(
+    conn: Connection, email: str, *, newest: int, limit: int
+) -> tuple[Sequence[Row[Any]], int]:
+    """Rejected calls whose body names ``email``, among the ``newest`` rejected calls (a body
+    is not indexed by what it names, so the search is bounded); also how many were searched."""
+    c = CALLS.c
+    recent = (
+        select(c.id)
+        .where(c.status == CallStatus.REJECTED.value)
+        .order_by(c.id.desc())
+        .limit(newest)
+        .subquery()
+    )
+    searched = int(conn.execute(select(func.count()).select_from(recent)).scalar_one())
+    rows = conn.execute(
+        select(CALLS)
+        .where(
+            c.id.in_(select(recent.c.id)),
+            func.lower(c.body).contains(email.lower(), autoescape=True),
+        )
+        .order_by(c.id.desc())
+        .limit(limit)
+    ).all()
+    return rows, searched

@@ -17,13 +17,16 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from app.admin import actions, service
+from app.admin import actions, insights, service
 from app.admin.schemas import (
     ActionResult,
     DeliveryDetail,
     DeliveryPage,
     ErrorBody,
+    FailureGroups,
     Filters,
+    Overview,
+    Person,
     PurgeRequest,
     PurgeResult,
     RejectedPage,
@@ -129,6 +132,12 @@ def list_deliveries(
         datetime | None, Query(description="Last changed at or after (a dead item: when it died)")
     ] = None,
     updated_before: datetime | None = None,
+    status_code: Annotated[
+        int | None, Query(ge=0, description="Last HTTP status; 0 = no answer came")
+    ] = None,
+    reason: Annotated[
+        str | None, Query(description="The exact current reason; empty = no reason")
+    ] = None,
     limit: Limit = service.DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> DeliveryPage:
@@ -143,6 +152,8 @@ def list_deliveries(
         created_before=created_before,
         updated_after=updated_after,
         updated_before=updated_before,
+        status_code=status_code,
+        reason=reason,
     )
     return service.list_deliveries(bridge(request).engine, spec, limit=limit, cursor=cursor)
 
@@ -243,3 +254,54 @@ def stats(request: Request) -> Stats:
 )
 def resume_upstream(request: Request, upstream: Upstream) -> ResumeResult:
     return actions.resume_upstream(bridge(request).engine, upstream)
+
+
+# -- what the console reads ----------------------------------------------------------------------
+
+
+@router.get(
+    "/overview",
+    summary="Per direction and upstream: counts by state, lag, pauses; per minute for an hour",
+    responses=_errors(),
+)
+def overview(request: Request) -> Overview:
+    return insights.overview(bridge(request).engine)
+
+
+@router.get(
+    "/failures",
+    summary="Failed and dead deliveries grouped by upstream, status code and reason",
+    description="Each group carries the `POST /admin/replay` body that replays exactly its "
+    "items. Groups that failed most recently come first; page with `offset`.",
+    responses=_errors(422),
+)
+def failures(
+    request: Request,
+    upstream: Upstream | None = None,
+    state: Annotated[
+        list[State] | None, Query(description="Repeatable; default failed and dead")
+    ] = None,
+    updated_after: Annotated[datetime | None, Query(description="Got there at or after")] = None,
+    updated_before: datetime | None = None,
+    limit: Limit = service.DEFAULT_LIMIT,
+    offset: Annotated[int, Query(ge=0, description="`next_offset` of the previous page")] = 0,
+) -> FailureGroups:
+    spec = Filters(
+        upstream=upstream,
+        states=state,
+        updated_after=updated_after,
+        updated_before=updated_before,
+    )
+    return insights.failures(bridge(request).engine, spec, limit=limit, offset=offset)
+
+
+@router.get(
+    "/person",
+    summary="Everything held about one email: identity, deliveries, rejected calls naming it",
+    responses=_errors(422),
+)
+def person(
+    request: Request,
+    email: Annotated[str, Query(min_length=1, description="The person's email (any case)")],
+) -> Person:
+    return insights.person(bridge(request).engine, email)

@@ -86,11 +86,24 @@ class AttemptItem(_Out):
     worker_id: str | None
 
 
+class UpstreamRequest(BaseModel):
+    """What the bridge sends upstream for this delivery (credentials left out)."""
+
+    upstream: str
+    method: str
+    path: str = Field(description="Path on the upstream's API base URL")
+    body: Any
+    note: str | None = Field(default=None, description="Where the real call differs")
+
+
 class DeliveryDetail(BaseModel):
     delivery: DeliveryFull
     inbound_call: InboundCallItem | None
     attempts: list[AttemptItem]
     reason: str | None = Field(description="Why the delivery is in its current state")
+    upstream_request: UpstreamRequest | None = Field(
+        default=None, description="The request the bridge sends upstream for it"
+    )
 
 
 class ActionResult(BaseModel):
@@ -117,6 +130,12 @@ class Filters(BaseModel):
         default=None, description="Last changed at or after (for a dead item: when it died)"
     )
     updated_before: datetime | None = None
+    status_code: int | None = Field(
+        default=None, ge=0, description="Last HTTP status; 0 = no answer (timeout, network)"
+    )
+    reason: str | None = Field(
+        default=None, description="The exact current reason; an empty string = no reason"
+    )
     dry_run: bool = False
 
 
@@ -212,3 +231,78 @@ class ResumeResult(BaseModel):
     upstream: str
     resumed: bool
     detail: str
+
+
+# -- the console's reads: overview, failures grouped, a person ------------------------------------
+
+
+class Lane(BaseModel):
+    """One direction and the upstream it delivers to (the registry maps one to the other)."""
+
+    direction: str
+    upstream: str
+    received: int = Field(description="Deliveries held for this upstream, in every state")
+    states: dict[str, int] = Field(description="state → deliveries")
+    oldest_pending_age_seconds: float | None
+    delivered_last_hour: int
+    paused: UpstreamStatus
+
+
+class PerMinute(BaseModel):
+    """Finished deliveries per minute over the last hour, oldest minute first."""
+
+    since: datetime = Field(description="Start of the first minute")
+    minutes: int = Field(description="Number of one-minute buckets (60)")
+    delivered: dict[str, list[int]] = Field(description="upstream → delivered per minute")
+    failed: dict[str, list[int]] = Field(
+        description="upstream → items that became failed or dead per minute"
+    )
+
+
+class Overview(BaseModel):
+    generated_at: datetime
+    lanes: list[Lane]
+    per_minute: PerMinute
+    rejected_calls: int = Field(description="Refused inbound calls held")
+    workers: list[WorkerBeat]
+
+
+class FailureGroup(BaseModel):
+    """Failed or dead deliveries that share upstream, last status code and reason."""
+
+    upstream: str
+    status_code: int | None = Field(description="Last HTTP status; null when no answer came")
+    reason: str | None
+    count: int
+    failed: int
+    dead: int
+    first_seen: datetime = Field(description="Earliest time one of them got there")
+    last_seen: datetime = Field(description="Latest time one of them got there")
+    replay: ReplayRequest = Field(description="The `POST /admin/replay` body for this group")
+
+
+class FailureGroups(BaseModel):
+    groups: list[FailureGroup]
+    next_offset: int | None = Field(description="Pass as `offset` for the next page")
+
+
+class IdentityItem(_Out):
+    email: str
+    clevertap_id: str
+    source: str
+    updated_at: datetime
+
+
+class PersonRejected(BaseModel):
+    items: list[RejectedItem]
+    searched: int = Field(description="How many of the newest rejected calls were searched")
+
+
+class Person(BaseModel):
+    """Everything held about one email: its identity, its deliveries, refused calls naming it."""
+
+    email: str
+    identity: IdentityItem | None = Field(description="The CleverTap ID learnt for the email")
+    counts: dict[str, dict[str, int]] = Field(description="direction → state → deliveries")
+    deliveries: DeliveryPage = Field(description="Newest first; page on with /admin/deliveries")
+    rejected: PersonRejected

@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from app.admin import repository as repo
+from app.admin.preview import upstream_request
 from app.admin.repository import DeliveryFilter
 from app.admin.schemas import (
     AttemptItem,
@@ -132,6 +133,8 @@ def delivery_filter(spec: Filters, *, default_states: Sequence[State] = ()) -> D
         created_before=_opt_utc(spec.created_before),
         updated_after=_opt_utc(spec.updated_after),
         updated_before=_opt_utc(spec.updated_before),
+        status_code=spec.status_code,
+        reason=spec.reason,
     )
 
 
@@ -172,6 +175,7 @@ def delivery_detail(engine: Engine, delivery_id: int) -> DeliveryDetail:
         inbound_call=call_item,
         attempts=[AttemptItem.model_validate(a) for a in attempts],
         reason=row.reason,
+        upstream_request=upstream_request(row),
     )
 
 

@@ -57,14 +57,7 @@ class MailmodoClient:
 
     async def call(self, operation: Operation, target: str, payload: str) -> UpstreamResponse:
         """POST an already-serialised JSON ``payload`` for ``operation`` on ``target``."""
-        # Dots are unreserved, so quote() keeps "." and ".." — which URL normalisation would
-        # then remove as path segments; encode them so the id stays an id.
-        segment = (
-            quote(target, safe="").replace(".", "%2E")
-            if not target.strip(".")
-            else quote(target, safe="")
-        )
-        path = PATHS[operation].format(target=segment)
+        path = PATHS[operation].format(target=self.path_segment(target))
         request = self._client.build_request(
             "POST",
             path,
@@ -72,6 +65,14 @@ class MailmodoClient:
             headers={"Content-Type": "application/json"},
         )
         return await send(self._client, request)
+
+    @staticmethod
+    def path_segment(target: str) -> str:
+        """``target`` as one path segment. Dots are unreserved, so quote() keeps "." and
+        ".." — which URL normalisation would then remove; encode them so the id stays an id."""
+        if not target.strip("."):
+            return quote(target, safe="").replace(".", "%2E")
+        return quote(target, safe="")
 
     async def get_contact(self, email: str) -> UpstreamResponse:
         """``GET /api/v1/getContactDetails``: the contact's properties are in ``data``."""
