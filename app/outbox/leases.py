@@ -1,0 +1,58 @@
+"""SQL of leases held by workers that are gone: who holds leases, and taking them back.
+
+Beside ``app.outbox.repository`` (which claims and finishes rows) because it is the other side
+of a lease: another process ends it, for a worker that can no longer. ``app.system.recovery``
+decides which workers are gone; this module only applies ``transitions.reclaim_lease`` under
+its guard (the row is still leased by that worker), so a row that was meanwhile finished,
+given back or claimed by someone else is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from app.outbox.repository import DELIVERIES, Executor, in_states
+from app.outbox.transitions import Edge, LeaseReclaim
+
+
+def lessees(conn: Executor) -> set[str]:
+    """The workers that hold at least one lease (read through the partial index of leased
+    rows, so it costs the same with a million pending rows)."""
+    leased_by = DELIVERIES.c.leased_by
+    rows = conn.execute(select(leased_by).distinct().where(leased_by.is_not(None)))
+    return {str(worker_id) for (worker_id,) in rows}
+
+
+def reclaim_leases(
+    conn: Executor,
+    change: LeaseReclaim,
+    workers: Collection[str],
+    *,
+    leased_before: datetime | None = None,
+) -> int:
+    """Rows leased by ``workers`` become due now, unleased, with no attempt used; with
+    ``leased_before``, only rows claimed before then (``updated_at`` is the claim time while a
+    row is leased: nothing else writes a leased row). Returns how many rows came back."""
+    assert change.edge is Edge.RECLAIM_LEASE
+    if not workers:
+        return 0
+    table = DELIVERIES
+    stmt = update(table).where(
+        table.c.leased_by.is_not(None),
+        table.c.leased_by.in_(sorted(workers)),
+        in_states(change.from_states),
+    )
+    if leased_before is not None:
+        stmt = stmt.where(table.c.updated_at < leased_before)
+    result = conn.execute(
+        stmt.values(
+            lease_token=None,
+            leased_by=None,
+            next_attempt_at=change.updated_at,
+            updated_at=change.updated_at,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
