@@ -17,6 +17,9 @@ from sqlalchemy import select, update
 from app.outbox.repository import DELIVERIES, Executor, in_states
 from app.outbox.transitions import Edge, LeaseReclaim
 
+#: Ids per UPDATE: far below any backend's limit on bound parameters.
+_CHUNK = 1000
+
 
 def lessees(conn: Executor) -> set[str]:
     """The workers that hold at least one lease (read through the partial index of leased
@@ -40,19 +43,24 @@ def reclaim_leases(
     if not workers:
         return 0
     table = DELIVERIES
-    stmt = update(table).where(
-        table.c.leased_by.is_not(None),
-        table.c.leased_by.in_(sorted(workers)),
-        in_states(change.from_states),
-    )
-    if leased_before is not None:
-        stmt = stmt.where(table.c.updated_at < leased_before)
-    result = conn.execute(
-        stmt.values(
-            lease_token=None,
-            leased_by=None,
-            next_attempt_at=change.updated_at,
-            updated_at=change.updated_at,
+    held = table.c.leased_by.is_not(None) & table.c.leased_by.in_(sorted(workers))
+    # First the ids, through the partial index of leased rows (a handful): on the whole table a
+    # planner may prefer the state index and walk every pending row of a large backlog.
+    ids = [row_id for (row_id,) in conn.execute(select(table.c.id).where(held))]
+    taken = 0
+    for start in range(0, len(ids), _CHUNK):
+        stmt = update(table).where(
+            table.c.id.in_(ids[start : start + _CHUNK]), held, in_states(change.from_states)
         )
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+        if leased_before is not None:
+            stmt = stmt.where(table.c.updated_at < leased_before)
+        result = conn.execute(
+            stmt.values(
+                lease_token=None,
+                leased_by=None,
+                next_attempt_at=change.updated_at,
+                updated_at=change.updated_at,
+            )
+        )
+        taken += int(getattr(result, "rowcount", 0) or 0)
+    return taken
