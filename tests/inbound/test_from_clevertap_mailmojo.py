@@ -12,6 +12,7 @@ import pytest
 from app.outbox.models import State
 from app.state import BridgeState
 from app.worker.build import build_mailmojo_deliverer
+from tests.conftest import CT_AUTH, make_settings, profiles_body
 from tests.inbound.test_from_clevertap import (
     BAD_CREDENTIALS,
     GOOD_CREDENTIALS,
@@ -20,7 +21,6 @@ from tests.inbound.test_from_clevertap import (
     payload,
     running,
 )
-from tests.conftest import CT_AUTH, make_settings, profiles_body
 from tests.mailmojo.conftest import LIST_ID, ROUTE
 
 PATH = "/clevertap/mailmojo/lists/{}/contacts"
