@@ -1,7 +1,7 @@
 """leases of gone workers: heartbeat pid namespace, index of leased rows
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0001 (on merge after another branch's 0002: make it 0002)
 Create Date: 2026-12-01 10:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = '0003'
-down_revision: str | None = '0002'
+down_revision: str | None = '0001'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
