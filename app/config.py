@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     public_url: str | None = None
     lease_seconds: float = Field(default=300, ge=5)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
-    heartbeat_seconds: float = Field(default=10, gt=0)
+    heartbeat_seconds: float = Field(default=5, gt=0)
     shutdown_grace_seconds: float = Field(default=10, ge=0)
     pause_probe_seconds: float = Field(default=60, gt=0)
     rejected_body_bytes: int = Field(default=16_384, ge=256)

@@ -272,21 +272,22 @@ def add_identity(
         )
 
 
-def add_heartbeat(engine: Engine, worker_id: str, *, beat_at: datetime | None = None) -> None:
+def add_heartbeat(
+    engine: Engine, worker_id: str, *, beat_at: datetime | None = None, **values: Any
+) -> None:
+    """A worker's heartbeat row (beating now, pid 1 on ``test-host``, no pid namespace unless
+    ``values`` say otherwise: ``pid``, ``pid_namespace``, ``started_at``, ``hostname``)."""
     now = utcnow()
+    row: dict[str, Any] = {
+        "worker_id": worker_id,
+        "hostname": "test-host",
+        "pid": 1,
+        "started_at": beat_at or now,
+        "beat_at": beat_at or now,
+    }
+    row.update(values)
     with engine.begin() as conn:
-        conn.execute(
-            HEARTBEATS.insert(),
-            [
-                {
-                    "worker_id": worker_id,
-                    "hostname": "test-host",
-                    "pid": 1,
-                    "started_at": beat_at or now,
-                    "beat_at": beat_at or now,
-                }
-            ],
-        )
+        conn.execute(HEARTBEATS.insert(), [row])
 
 
 # --- moving rows as a worker (or time) would have ----------------------------------------------

@@ -9,16 +9,18 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from app.netbackend import AsyncioBackend, AsyncioTransport
 from app.upstream import UpstreamTimeout, UpstreamUnreachable, pooled_client, send
 
-DATA = Path(__file__).parent / "data"
+#: A throw-away certificate authority and a certificate for 127.0.0.1, made in memory.
+CA = trustme.CA()
+CERT = CA.issue_cert("127.0.0.1", "localhost")
 
 
 class Server:
@@ -55,7 +57,7 @@ class Server:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(DATA / "localhost-cert.pem", DATA / "localhost-key.pem")
+            CERT.configure_cert(context)
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
@@ -136,7 +138,8 @@ async def test_a_refused_connection_is_unreachable() -> None:
 async def test_tls_is_verified_and_works() -> None:
     s = Server(tls=True)
     try:
-        context = ssl.create_default_context(cafile=str(DATA / "localhost-cert.pem"))
+        context = ssl.create_default_context()
+        CA.configure_trust(context)
         transport = AsyncioTransport(limits=httpx.Limits(max_connections=2), verify=context)
         async with httpx.AsyncClient(base_url=s.url, transport=transport) as client:
             for _ in range(2):

@@ -153,6 +153,13 @@ class Delivery(Base):
             sqlite_where=text("state = 'parked'"),
             postgresql_where=text("state = 'parked'"),
         ),
+        # Finding the leases of gone workers: only leased rows are in it, so it stays small.
+        Index(
+            "ix_deliveries_leased_by",
+            "leased_by",
+            sqlite_where=text("leased_by IS NOT NULL"),
+            postgresql_where=text("leased_by IS NOT NULL"),
+        ),
     )
 
 

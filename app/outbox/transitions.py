@@ -12,6 +12,7 @@ edge               from                                     to
 admit              (a new row)                              pending, parked, dropped, failed
 attempt            pending, leased by the worker            delivered, failed, dead, pending
 release_lease      pending, leased by the worker            pending (due now, unleased)
+reclaim_lease      pending, leased by a gone worker         pending (due now, unleased)
 resume_deferred    pending, held back by a 401/403          pending (due now)
 release_parked     parked                                   pending
 expire_parked      parked                                   dead
@@ -28,6 +29,8 @@ purge              delivered, failed, dead, cancelled,      (the row is deleted)
 A worker's claim is not an edge: it leases a pending row (``repository.claim_due``) without
 changing its state; ``release_lease`` and ``attempt`` end the lease. A row with a live lease
 is always pending, since every edge out of pending clears the lease or is refused in flight.
+``reclaim_lease`` is ``release_lease`` done by another process for a worker that is gone (its
+heartbeat stale or its process dead, ``app.system.recovery``), guarded by ``leased_by``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "DeferralResume",
     "Edge",
     "EdgeRule",
+    "LeaseReclaim",
     "LeaseRelease",
     "OperatorReplay",
     "ParkedExpiry",
@@ -65,6 +69,7 @@ __all__ = [
     "cancel",
     "expire_parked",
     "purge",
+    "reclaim_lease",
     "release_lease",
     "release_parked",
     "replay",
@@ -77,6 +82,7 @@ class Edge(StrEnum):
     ADMIT = "admit"
     ATTEMPT = "attempt"
     RELEASE_LEASE = "release_lease"
+    RECLAIM_LEASE = "reclaim_lease"
     RESUME_DEFERRED = "resume_deferred"
     RELEASE_PARKED = "release_parked"
     EXPIRE_PARKED = "expire_parked"
@@ -114,6 +120,7 @@ EDGES: Mapping[Edge, EdgeRule] = MappingProxyType(
             frozenset({_S.DELIVERED, _S.FAILED, _S.DEAD, _S.PENDING}),
         ),
         Edge.RELEASE_LEASE: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
+        Edge.RECLAIM_LEASE: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
         Edge.RESUME_DEFERRED: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
         Edge.RELEASE_PARKED: EdgeRule(frozenset({_S.PARKED}), frozenset({_S.PENDING})),
         Edge.EXPIRE_PARKED: EdgeRule(frozenset({_S.PARKED}), frozenset({_S.DEAD})),
@@ -181,6 +188,15 @@ class AttemptChange(Change):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseRelease(Change):
     """A leased row given back unsent: unleased and due at ``updated_at``."""
+
+    state: State
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseReclaim(Change):
+    """Rows leased by a gone worker: unleased and due at ``updated_at``, no attempt used (the
+    call may or may not have reached the upstream: at least once)."""
 
     state: State
     updated_at: datetime
@@ -323,6 +339,14 @@ def release_lease(now: datetime) -> LeaseRelease:
     rule = EDGES[Edge.RELEASE_LEASE]
     return LeaseRelease(
         edge=Edge.RELEASE_LEASE, from_states=rule.from_states, state=State.PENDING, updated_at=now
+    )
+
+
+def reclaim_lease(now: datetime) -> LeaseReclaim:
+    """Take back the rows of a worker that is gone, without waiting for their lease to run out."""
+    rule = EDGES[Edge.RECLAIM_LEASE]
+    return LeaseReclaim(
+        edge=Edge.RECLAIM_LEASE, from_states=rule.from_states, state=State.PENDING, updated_at=now
     )
 
 

@@ -21,11 +21,15 @@ class GeneratedSecret(Base):
 
 
 class WorkerHeartbeat(Base):
+    """A live worker: others take its leases back once it stops beating or its process is gone."""
+
     __tablename__ = "worker_heartbeats"
 
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    #: Where ``pid`` means something (kernel boot id + pid namespace); None where unknown.
+    pid_namespace: Mapped[str | None] = mapped_column(String(96))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     beat_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 

@@ -39,16 +39,59 @@ def get_or_create_secret(conn: Executor, name: str, candidate: str, now: datetim
 
 
 def beat(
-    conn: Executor, *, worker_id: str, hostname: str, pid: int, started_at: datetime, now: datetime
+    conn: Executor,
+    *,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    started_at: datetime,
+    now: datetime,
+    pid_namespace: str | None = None,
 ) -> None:
+    """Say ``worker_id`` is alive; a row taken away meanwhile (the worker was thought gone) is
+    written again."""
     ins = _insert(conn, WorkerHeartbeat).values(
-        worker_id=worker_id, hostname=hostname, pid=pid, started_at=started_at, beat_at=now
+        worker_id=worker_id,
+        hostname=hostname,
+        pid=pid,
+        pid_namespace=pid_namespace,
+        started_at=started_at,
+        beat_at=now,
     )
     conn.execute(ins.on_conflict_do_update(index_elements=["worker_id"], set_={"beat_at": now}))
 
 
 def forget_worker(conn: Executor, worker_id: str) -> None:
     conn.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    worker_id: str
+    hostname: str
+    pid: int
+    pid_namespace: str | None
+    started_at: datetime
+    beat_at: datetime
+
+
+def heartbeats(conn: Executor) -> list[Heartbeat]:
+    hb = WorkerHeartbeat
+    rows = conn.execute(
+        select(hb.worker_id, hb.hostname, hb.pid, hb.pid_namespace, hb.started_at, hb.beat_at)
+    )
+    return [Heartbeat(*row) for row in rows]
+
+
+def forget_gone_worker(conn: Executor, worker_id: str, beat_at: datetime) -> bool:
+    """Remove a gone worker's row, unless it beat since it was read (then it is not gone);
+    False when it beat or another worker removed it first."""
+    result = conn.execute(
+        delete(WorkerHeartbeat).where(
+            WorkerHeartbeat.worker_id == worker_id, WorkerHeartbeat.beat_at == beat_at
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def latest_beat(conn: Executor) -> datetime | None:

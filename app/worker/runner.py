@@ -23,6 +23,7 @@ from app.clock import utcnow
 from app.config import Settings
 from app.outbox import repository, transitions
 from app.outbox.repository import Claimed
+from app.system import recovery
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.mailmojo import MailmojoDeliverer
@@ -60,6 +61,7 @@ class WorkerRunner:
         self.mailmojo = mailmojo
         self.worker_id = worker_id or new_worker_id()
         self.started_at = utcnow()
+        self.me = recovery.Me(self.worker_id)
         self._wakes: list[asyncio.Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -91,7 +93,12 @@ class WorkerRunner:
             mailmodo="on" if self.mailmodo else "off (BRIDGE_MAILMODO_API_KEY not set)",
             mailmojo="on" if self.mailmojo else "off (BRIDGE_MAILMOJO_API_TOKEN not set)",
         )
-        tasks = [asyncio.create_task(self._heartbeat(stop), name="heartbeat")]
+        # Before the first claim: say we are alive, then take back what gone workers held.
+        await self._tick()
+        tasks = [
+            asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
+            asyncio.create_task(self._maintenance(stop), name="maintenance"),
+        ]
         if self.mailmodo is not None:
             tasks.append(
                 asyncio.create_task(
@@ -147,6 +154,25 @@ class WorkerRunner:
                 pid=os.getpid(),
                 started_at=self.started_at,
                 now=now,
+                pid_namespace=self.me.pid_namespace,
+            )
+
+    def _reclaim(self) -> None:
+        """Leases of gone workers come back now, not when they run out (``app.system.recovery``)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            found = recovery.reclaim_from_gone_workers(
+                conn,
+                me=self.me,
+                now=now,
+                stale_after=recovery.gone_after(self.settings.heartbeat_seconds),
+            )
+        for worker_id, why in found.gone.items():
+            log.warning("worker gone; its leased items are due again", gone=worker_id, why=why)
+        if found.rows:
+            log.warning(
+                "took back items leased by gone workers (calls in flight may be sent again)",
+                rows=found.rows,
             )
 
     def _maintain(self) -> None:
@@ -181,13 +207,28 @@ class WorkerRunner:
             )
         return pruned
 
+    async def _tick(self) -> None:
+        for job in (self._beat, self._reclaim):
+            try:
+                await asyncio.to_thread(job)
+            except Exception:
+                log.exception("periodic job failed", job=job.__name__)
+
     async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Beat and sweep, apart from the slower housekeeping so that it never delays a beat
+        (a worker whose beat is late by ``GONE_AFTER_BEATS`` intervals loses its leases)."""
         while not stop.is_set():
-            for job in (self._beat, self._maintain):
-                try:
-                    await asyncio.to_thread(job)
-                except Exception:
-                    log.exception("periodic job failed", job=job.__name__)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_seconds)
+            if not stop.is_set():
+                await self._tick()
+
+    async def _maintenance(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._maintain)
+            except Exception:
+                log.exception("periodic job failed", job="_maintain")
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.heartbeat_seconds)
 

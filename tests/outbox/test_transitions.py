@@ -21,7 +21,7 @@ from app.admin.repository import DeliveryFilter
 from app.clock import ManualClock
 from app.db import create_db_engine
 from app.identity.models import Identity
-from app.outbox import repository, transitions
+from app.outbox import leases, repository, transitions
 from app.outbox.models import Delivery, Direction, Operation, State, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.schemas import Claimed, NewDelivery
@@ -48,6 +48,7 @@ EXPECTED = {
     *((Edge.ADMIT, NEW, s) for s in (P, PK, DR, F)),
     *((Edge.ATTEMPT, P, s) for s in (DL, F, DE, P)),
     (Edge.RELEASE_LEASE, P, P),
+    (Edge.RECLAIM_LEASE, P, P),
     (Edge.RESUME_DEFERRED, P, P),
     (Edge.RELEASE_PARKED, PK, P),
     (Edge.EXPIRE_PARKED, PK, DE),
@@ -124,6 +125,7 @@ def _changes() -> list[transitions.Change]:
     return [
         attempt,
         transitions.release_lease(NOW),
+        transitions.reclaim_lease(NOW),
         transitions.resume_deferred(NOW),
         transitions.release_parked(NOW),
         transitions.expire_parked(NOW, ttl_hours=72),
@@ -265,6 +267,11 @@ def test_retry_after_the_last_delay_is_dead() -> None:
 def test_release_lease_gives_the_row_back_due_now() -> None:
     change = transitions.release_lease(NOW)
     assert (change.state, change.updated_at) == (P, NOW)
+
+
+def test_reclaim_lease_gives_the_row_back_due_now() -> None:
+    change = transitions.reclaim_lease(NOW)
+    assert (change.edge, change.state, change.updated_at) == (Edge.RECLAIM_LEASE, P, NOW)
 
 
 # --- every edge from every state, applied by the repositories ------------------------------------
@@ -413,6 +420,28 @@ def test_lease_edges_start_only_from_pending(db: Engine) -> None:
         change = transitions.after_attempt(again, outcome(AttemptOutcome.FAILED), T0, POLICY)
         assert repository.finish_many(conn, [(again, change)]) == 1
     assert states_after(db, ids)[P] == (F, T0)
+
+
+def test_reclaim_lease_from_every_state(db: Engine) -> None:
+    """Only pending rows leased by the gone worker come back; the guard refuses the others
+    (even a row in another state that somehow kept ``leased_by``)."""
+    gone = one_per_state(db, leased_by="gone-worker", lease_token="t1")
+    other = one_per_state(db, leased_by="live-worker", lease_token="t2")
+    change = transitions.reclaim_lease(T0)
+    with db.begin() as conn:
+        assert leases.reclaim_leases(conn, change, ["gone-worker"]) == 1
+    assert_walk(db, gone, change)
+    assert all(
+        updated == T0 - timedelta(days=30) for _, updated in states_after(db, other).values()
+    )
+    with db.connect() as conn:
+        row = conn.execute(select(Delivery).where(Delivery.id == gone[P])).one()
+    assert (row.lease_token, row.leased_by, row.next_attempt_at, row.attempts) == (
+        None,
+        None,
+        T0,
+        1,
+    )
 
 
 # --- nothing else writes a state -----------------------------------------------------------------
