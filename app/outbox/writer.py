@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from app.clock import utcnow
+from app.logging import log_throttled
 from app.metrics import INGEST_BATCH
 from app.outbox import repository
 from app.outbox.schemas import IngestRecord, IngestResult
@@ -40,9 +41,41 @@ class Writer(Protocol):
         """Calls can be stored now (readiness reports this)."""
         ...
 
+    @property
+    def health(self) -> CommitHealth:
+        """Whether the last commit failed for want of a database (readiness reports this)."""
+        ...
+
     async def submit(self, record: IngestRecord) -> IngestResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class CommitHealth:
+    """The outcome of a writer's last commit: ``error`` is why it failed (the disk is full, the
+    database is gone), None once one succeeds. A writer that is up but cannot commit answers
+    every call 503; readiness must say so, so that traffic goes to a replica that can."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        """One check per commit, not per call: a batch fails or succeeds as a whole unless
+        split, and a split batch with one stored record proves the database writes."""
+        for outcome in outcomes:
+            if isinstance(outcome, IngestResult):
+                self.error = None
+                return
+        for outcome in outcomes:
+            if isinstance(outcome, WriterUnavailable):
+                self.error = str(outcome)[:300]
+                return
+
+    def recovered(self) -> None:
+        """A write went through outside the writer (readiness probe): calls can be stored."""
+        self.error = None
 
 
 class WriterUnavailable(RuntimeError):
@@ -83,10 +116,15 @@ class IngestWriter:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = False
+        self._health = CommitHealth()
 
     @property
     def up(self) -> bool:
         return self._running
+
+    @property
+    def health(self) -> CommitHealth:
+        return self._health
 
     def start(self) -> None:
         if self._thread is not None:
@@ -162,6 +200,7 @@ class IngestWriter:
 
     def _write(self, jobs: list[_Job]) -> None:
         outcomes = commit_batch(self._engine, [j.record for j in jobs], self._dedup_window)
+        self._health.observe(outcomes)
         self._resolve(jobs, outcomes)
         INGEST_BATCH.observe(len(jobs))
         if self._on_commit is not None:
@@ -205,7 +244,16 @@ def commit_batch(
     try:
         return list(_commit(engine, records, dedup_window_seconds))
     except OperationalError as exc:
-        log.error("ingest batch not stored", size=len(records), error=type(exc).__name__)
+        # Once per interval per kind of error: a full disk fails every batch the same way.
+        log_throttled(
+            log,
+            "error",
+            "ingest batch not stored",
+            key=type(exc.orig).__name__,
+            size=len(records),
+            error=type(exc).__name__,
+            reason=str(exc.orig)[:200],
+        )
         return [_failure(exc)] * len(records)
     except Exception as exc:
         if len(records) == 1:

@@ -167,3 +167,17 @@ def push_rate_slot(conn: Executor, name: str, *, not_before: float) -> None:
         text("UPDATE rate_slots SET next_at = :nb WHERE name = :name AND next_at < :nb"),
         {"nb": not_before, "name": name},
     )
+
+
+PROBE_ROW = "readiness-write-probe"
+
+
+def write_probe(conn: Executor) -> None:
+    """A write that must reach the disk at commit (a row inserted and deleted again): readiness
+    uses it to see whether the database takes writes again after the ingest writer failed."""
+    conn.execute(
+        _insert(conn, RateSlot)
+        .values(name=PROBE_ROW, next_at=0.0)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    conn.execute(text("DELETE FROM rate_slots WHERE name = :name"), {"name": PROBE_ROW})
