@@ -21,7 +21,7 @@ def _writes_again(state: BridgeState) -> bool:
     would tell: while readiness fails, no call arrives to try again.)"""
     try:
         with state.engine.begin() as conn:
-            system_repo.write_probe(conn)
+            system_repo.write_probe(conn, utcnow())
     except Exception:
         return False
     state.writer.health.recovered()

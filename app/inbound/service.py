@@ -216,7 +216,10 @@ async def keep_rejected(
 
 
 def _short(detail: Any, limit: int = 2000) -> str:
-    text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    try:
+        text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    except (TypeError, RecursionError):  # quotes input nested too deeply to write back
+        text = "(not shown: nests too deeply)"
     return text if len(text) <= limit else text[:limit] + "…"
 
 

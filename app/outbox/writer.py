@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import psycopg
 import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
@@ -243,19 +245,20 @@ def commit_batch(
     """
     try:
         return list(_commit(engine, records, dedup_window_seconds))
-    except OperationalError as exc:
-        # Once per interval per kind of error: a full disk fails every batch the same way.
-        log_throttled(
-            log,
-            "error",
-            "ingest batch not stored",
-            key=type(exc.orig).__name__,
-            size=len(records),
-            error=type(exc).__name__,
-            reason=str(exc.orig)[:200],
-        )
-        return [_failure(exc)] * len(records)
     except Exception as exc:
+        if _unavailable(exc):
+            # Once per interval per kind of error: a full disk fails every batch the same way.
+            cause = exc.orig if isinstance(exc, OperationalError) else exc
+            log_throttled(
+                log,
+                "error",
+                "ingest batch not stored",
+                key=type(cause).__name__,
+                size=len(records),
+                error=type(cause).__name__,
+                reason=str(cause)[:200],
+            )
+            return [_failure(exc)] * len(records)
         if len(records) == 1:
             return [_failure(exc)]
         log.warning(
@@ -284,6 +287,12 @@ def _commit(
             if attempt == 2 or _timed_out(exc):
                 raise
     raise AssertionError("unreachable")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The database cannot write (disk full, I/O error, gone, locked past the timeout), as
+    SQLAlchemy reports it or, from the raw-cursor statements of ``app.fastsql``, the driver."""
+    return isinstance(exc, OperationalError | sqlite3.OperationalError | psycopg.OperationalError)
 
 
 def _timed_out(exc: OperationalError) -> bool:

@@ -169,15 +169,16 @@ def push_rate_slot(conn: Executor, name: str, *, not_before: float) -> None:
     )
 
 
-PROBE_ROW = "readiness-write-probe"
+PROBE_ROW = "~write-probe"
 
 
-def write_probe(conn: Executor) -> None:
-    """A write that must reach the disk at commit (a row inserted and deleted again): readiness
-    uses it to see whether the database takes writes again after the ingest writer failed."""
+def write_probe(conn: Executor, now: datetime) -> None:
+    """A write that needs new pages at commit (an 8 KB row, inserted and deleted again):
+    readiness uses it to see whether the database takes writes again after the ingest writer
+    failed to commit. A row that fits in a page already there would pass on a full disk."""
     conn.execute(
-        _insert(conn, RateSlot)
-        .values(name=PROBE_ROW, next_at=0.0)
-        .on_conflict_do_nothing(index_elements=["name"])
+        _insert(conn, UpstreamState)
+        .values(upstream=PROBE_ROW, paused=False, reason="x" * 8192, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["upstream"])
     )
-    conn.execute(text("DELETE FROM rate_slots WHERE name = :name"), {"name": PROBE_ROW})
+    conn.execute(text("DELETE FROM upstream_states WHERE upstream = :u"), {"u": PROBE_ROW})
