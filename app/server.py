@@ -108,6 +108,12 @@ class Watch:
         self.now = time.monotonic()
 
 
+_data_received = HttpToolsProtocol.data_received
+_on_message_begin = HttpToolsProtocol.on_message_begin
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_response_complete = HttpToolsProtocol.on_response_complete
+
+
 class WatchedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the times the watchdog needs and the cap."""
 
@@ -165,21 +171,23 @@ class WatchedProtocol(HttpToolsProtocol):
             return
         super().connection_lost(exc)
 
+    # On every call: an attribute store each, and the base method called directly (cheaper
+    # than super() on Python 3.11).
     def data_received(self, data: bytes) -> None:
         self._w_rx = self.watch.now
-        super().data_received(data)
+        _data_received(self, data)
 
     def on_message_begin(self) -> None:
         self._w_begun = self.watch.now
-        super().on_message_begin()
+        _on_message_begin(self)
 
     def on_headers_complete(self) -> None:
         self._w_begun = None
-        super().on_headers_complete()
+        _on_headers_complete(self)
 
     def on_response_complete(self) -> None:
         self._w_done = self.watch.now
-        super().on_response_complete()
+        _on_response_complete(self)
 
     def overdue(self, now: float) -> str | None:
         """Why this connection should be closed now, if it should."""
