@@ -68,10 +68,12 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def fresh_log_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
+def fresh_log_throttle() -> None:
     """Each test starts with no error already logged (``app.logging.log_throttled`` would
-    otherwise stay quiet about what an earlier test logged within the interval)."""
-    monkeypatch.setattr(app_logging, "THROTTLE", app_logging.Throttle())
+    otherwise stay quiet about what an earlier test logged within the interval). Not through
+    ``monkeypatch``: an autouse fixture using it would undo the test's own patches only after
+    the app's shutdown."""
+    app_logging.THROTTLE = app_logging.Throttle()
 
 
 #: The seed of the jitter draws under the ``clock`` fixture (``clock.seed``).
