@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     heartbeat_seconds: float = Field(default=5, gt=0)
     shutdown_grace_seconds: float = Field(default=10, ge=0)
+    max_connections: int = Field(default=2048, ge=1)
+    keep_alive_seconds: float = Field(default=5, gt=0)
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    body_timeout_seconds: float = Field(default=30, gt=0)
     pause_probe_seconds: float = Field(default=60, gt=0)
     rejected_body_bytes: int = Field(default=16_384, ge=256)
     sqlite_synchronous: str = "FULL"

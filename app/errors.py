@@ -33,7 +33,12 @@ def error_response(
     status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
     """THE shape of every error answer: ``{"error": ..., "detail": ...}``."""
-    return json_response({"error": error, "detail": detail}, status, headers)
+    try:
+        return json_response({"error": error, "detail": detail}, status, headers)
+    except (TypeError, RecursionError):  # a detail quoting input orjson cannot write back
+        return json_response(
+            {"error": error, "detail": "(not shown: nests too deeply)"}, status, headers
+        )
 
 
 class BridgeError(Exception):
@@ -54,8 +59,15 @@ class BridgeError(Exception):
     def __str__(self) -> str:
         if self.detail is None:
             return self.error
-        detail = self.detail if isinstance(self.detail, str) else orjson.dumps(self.detail).decode()
+        detail = self.detail if isinstance(self.detail, str) else _dumps(self.detail)
         return f"{self.error}: {detail}"
+
+
+def _dumps(detail: Any) -> str:
+    try:
+        return orjson.dumps(detail).decode()
+    except (TypeError, RecursionError):
+        return "(not shown: nests too deeply)"
 
 
 def internal_error(exc: BaseException) -> Response:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import structlog
@@ -117,3 +120,55 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Alembic announces its dialect whenever a revision is read (every /readyz).
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Repeated identical events logged once per interval, with how many were left out.
+
+    A failing disk or database makes every call fail the same way: thousands of identical
+    lines per minute bury everything else and fill the disk further. ``allow(key)`` says
+    whether to log now: ``None`` (stay quiet), else the number of events with that key left
+    out since the last line (0 the first time), to log as ``repeated=``. Thread-safe (the
+    writer thread, the event loop and the worker threads share one).
+    """
+
+    MAX_KEYS = 1024
+
+    def __init__(
+        self, interval_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: key -> (when it was last logged, events left out since)
+        self._seen: dict[Hashable, tuple[float, int]] = {}
+
+    def allow(self, key: Hashable) -> int | None:
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                self._seen[key] = (seen[0], seen[1] + 1)
+                return None
+            if seen is None and len(self._seen) >= self.MAX_KEYS:
+                self._seen.clear()  # many distinct errors: forget, rather than grow
+            self._seen[key] = (now, 0)
+            return 0 if seen is None else seen[1]
+
+
+#: The process's throttle, for errors that repeat per call or per batch.
+THROTTLE = Throttle()
+
+
+def log_throttled(
+    logger: Any, level: str, event: str, *, key: Hashable = None, **fields: Any
+) -> None:
+    """``logger.<level>(event, **fields)``, at most once per ``THROTTLE.interval`` for the same
+    ``(event, key)``; the line says how many identical ones were left out (``repeated``)."""
+    left_out = THROTTLE.allow((event, key))
+    if left_out is None:
+        return
+    if left_out:
+        fields["repeated"] = left_out
+        fields["interval_seconds"] = THROTTLE.interval
+    getattr(logger, level)(event, **fields)

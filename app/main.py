@@ -145,6 +145,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             if runner is not None:
                 state.stop = asyncio.Event()
                 state.runner_task = asyncio.create_task(runner.run(state.stop), name="worker")
+                # Called by app.server on SIGTERM: the worker's grace runs alongside the drain.
+                app.state.begin_stop = state.stop.set
             app.state.bridge = state
             log.info(
                 "bridge started",

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from app import clock as app_clock
+from app import logging as app_logging
 from app.clock import ManualClock
 from app.config import Settings
 from app.db import create_db_engine
@@ -107,6 +108,15 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_throttle() -> None:
+    """Each test starts with no error already logged (``app.logging.log_throttled`` would
+    otherwise stay quiet about what an earlier test logged within the interval). Not through
+    ``monkeypatch``: an autouse fixture using it would undo the test's own patches only after
+    the app's shutdown."""
+    app_logging.THROTTLE = app_logging.Throttle()
 
 
 #: The seed of the jitter draws under the ``clock`` fixture (``clock.seed``).

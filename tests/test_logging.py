@@ -13,7 +13,8 @@ import respx
 import structlog
 from asgi_lifespan import LifespanManager
 
-from app.logging import configure_logging, mask_email, mask_path
+from app import logging as app_logging
+from app.logging import Throttle, configure_logging, log_throttled, mask_email, mask_path
 from app.main import create_app
 from app.worker.build import build_mailmodo_deliverer
 from tests.conftest import CT_SECRET, MAILMODO_KEY, MM_SECRET, make_settings, profiles_body
@@ -91,3 +92,38 @@ async def test_no_secret_or_unmasked_email_reaches_the_logs(
     assert rejected[0]["request_id"]
     delivery_lines = [line for line in lines if "delivery_id" in line]
     assert delivery_lines
+
+
+# --- repeated errors: once per interval, with a count --------------------------------------------
+
+
+def test_the_throttle_lets_one_through_per_interval_and_counts_the_rest() -> None:
+    now = [100.0]
+    throttle = Throttle(interval_seconds=30, clock=lambda: now[0])
+    assert throttle.allow("disk full") == 0
+    assert [throttle.allow("disk full") for _ in range(5)] == [None] * 5
+    assert throttle.allow("other error") == 0  # another key is another line
+    now[0] += 29.9
+    assert throttle.allow("disk full") is None
+    now[0] += 0.2
+    assert throttle.allow("disk full") == 6  # the line says how many were left out
+    assert throttle.allow("disk full") is None
+
+
+def test_log_throttled_writes_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(app_logging, "THROTTLE", Throttle(10, clock=lambda: now[0]))
+    lines: list[tuple[str, dict[str, object]]] = []
+
+    class Recorder:
+        def error(self, event: str, **fields: object) -> None:
+            lines.append((event, fields))
+
+    for _ in range(1000):
+        log_throttled(Recorder(), "error", "ingest batch not stored", key="OperationalError")
+    now[0] = 11
+    log_throttled(Recorder(), "error", "ingest batch not stored", key="OperationalError", size=3)
+    assert lines == [
+        ("ingest batch not stored", {}),
+        ("ingest batch not stored", {"size": 3, "repeated": 999, "interval_seconds": 10}),
+    ]

@@ -155,6 +155,8 @@ def person(engine: Engine, email: str) -> Person:
     email = email.strip().lower()
     if not email:
         raise invalid("give the email of the person")
+    if "\x00" in email:  # PostgreSQL refuses NUL in any text
+        raise invalid("email must not contain a NUL character")
     with read_only(engine).connect() as conn:
         identity = repo.identity_of(conn, email)
         counted = repo.counts_of_email(conn, email)

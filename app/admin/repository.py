@@ -150,7 +150,13 @@ def count_deliveries(conn: Connection, f: DeliveryFilter) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+#: The largest id a row can have (a signed 64-bit integer on both databases).
+MAX_ID = 2**63 - 1
+
+
 def get_delivery(conn: Connection, delivery_id: int) -> Row[Any] | None:
+    if not 0 < delivery_id <= MAX_ID:  # the driver would fail on it (the CLI passes any int)
+        return None
     return conn.execute(select(DELIVERIES).where(DELIVERIES.c.id == delivery_id)).first()
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -111,6 +111,8 @@ router = APIRouter(
 
 Limit = Annotated[int, Query(ge=1, le=service.MAX_LIMIT, description="Page size")]
 Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
+#: A delivery id in a path: out of the 64-bit range it is a 422, never a driver error.
+DeliveryId = Annotated[int, Path(ge=1, le=service.MAX_ID, description="The delivery's id")]
 
 
 @router.get(
@@ -133,7 +135,7 @@ def list_deliveries(
     ] = None,
     updated_before: datetime | None = None,
     status_code: Annotated[
-        int | None, Query(ge=0, description="Last HTTP status; 0 = no answer came")
+        int | None, Query(ge=0, le=999, description="Last HTTP status; 0 = no answer came")
     ] = None,
     reason: Annotated[
         str | None, Query(description="The exact current reason; empty = no reason")
@@ -163,7 +165,7 @@ def list_deliveries(
     summary="One delivery with its inbound call and every attempt",
     responses=_errors(404, 422),
 )
-def get_delivery(request: Request, delivery_id: int) -> DeliveryDetail:
+def get_delivery(request: Request, delivery_id: DeliveryId) -> DeliveryDetail:
     return service.delivery_detail(bridge(request).engine, delivery_id)
 
 
@@ -176,7 +178,7 @@ def get_delivery(request: Request, delivery_id: int) -> DeliveryDetail:
 )
 def retry_delivery(
     request: Request,
-    delivery_id: int,
+    delivery_id: DeliveryId,
     force: Annotated[bool, Query(description="Also re-send a delivered item")] = False,
 ) -> ActionResult:
     return actions.retry_delivery(bridge(request).engine, delivery_id, force=force)
@@ -187,7 +189,7 @@ def retry_delivery(
     summary="Cancel a pending or parked delivery",
     responses=_errors(404, 409, 422),
 )
-def cancel_delivery(request: Request, delivery_id: int) -> ActionResult:
+def cancel_delivery(request: Request, delivery_id: DeliveryId) -> ActionResult:
     return actions.cancel_delivery(bridge(request).engine, delivery_id)
 
 

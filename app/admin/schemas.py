@@ -131,7 +131,7 @@ class Filters(BaseModel):
     )
     updated_before: datetime | None = None
     status_code: int | None = Field(
-        default=None, ge=0, description="Last HTTP status; 0 = no answer (timeout, network)"
+        default=None, ge=0, le=999, description="Last HTTP status; 0 = no answer (timeout, network)"
     )
     reason: str | None = Field(
         default=None, description="The exact current reason; an empty string = no reason"

@@ -44,6 +44,10 @@ from app.errors import BridgeError
 from app.outbox.models import Direction, State, Upstream
 
 MAX_LIMIT = 500
+#: Larger ids in a path or a cursor are refused before they reach the driver.
+MAX_ID = repo.MAX_ID
+#: The longest duration an operator may type (a century); longer ones overflow a datetime.
+MAX_DURATION = timedelta(days=36_500)
 DEFAULT_LIMIT = 50
 DETAIL_BODY_CHARS = 16_384
 LISTED_BODY_CHARS = 2000
@@ -72,6 +76,8 @@ def parse_duration(text: str) -> timedelta:
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
     if seconds <= 0:
         raise invalid(f"{text!r}: the duration must be more than zero")
+    if seconds > MAX_DURATION.total_seconds():
+        raise invalid(f"{text!r}: the duration must be at most {MAX_DURATION.days} days")
     return timedelta(seconds=seconds)
 
 
@@ -89,7 +95,11 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """In UTC; 422 for a moment that UTC cannot hold (year 1 at +23:59, year 9999 at -23:59)."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise invalid(f"{value.isoformat()} is out of range in UTC") from None
 
 
 def _opt_utc(value: datetime | None) -> datetime | None:
@@ -107,11 +117,18 @@ def decode_cursor(cursor: str | None) -> int | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, value = raw.partition(":")
-        if prefix != "id" or not value.isdigit():
+        if prefix != "id" or not value.isdigit() or int(value) > MAX_ID:
             raise ValueError(raw)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise invalid(f"{cursor!r} is not a cursor this API gave out") from None
+
+
+def _text(value: str, name: str) -> str:
+    """A filter value the database can compare (PostgreSQL refuses NUL in any text)."""
+    if "\x00" in value:
+        raise invalid(f"{name} must not contain a NUL character")
+    return value
 
 
 def _limit(limit: int) -> int:
@@ -126,15 +143,15 @@ def delivery_filter(spec: Filters, *, default_states: Sequence[State] = ()) -> D
         direction=spec.direction.value if spec.direction else None,
         upstream=spec.upstream.value if spec.upstream else None,
         states=tuple(dict.fromkeys(State(s).value for s in states)),
-        email=spec.email.strip().lower() if spec.email else None,
-        target=spec.target or None,
+        email=_text(spec.email.strip().lower(), "email") if spec.email else None,
+        target=_text(spec.target, "target") if spec.target else None,
         operation=spec.operation.value if spec.operation else None,
         created_after=_opt_utc(spec.created_after),
         created_before=_opt_utc(spec.created_before),
         updated_after=_opt_utc(spec.updated_after),
         updated_before=_opt_utc(spec.updated_before),
         status_code=spec.status_code,
-        reason=spec.reason,
+        reason=_text(spec.reason, "reason") if spec.reason else spec.reason,
     )
 
 

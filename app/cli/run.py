@@ -25,9 +25,8 @@ def serve(
     port: int | None = typer.Option(None, help="Listen port (default BRIDGE_PORT)."),
 ) -> None:
     """Serve the webhooks (and, by default, the delivery worker)."""
-    import uvicorn
-
     from app.main import create_app
+    from app.server import build_server
 
     settings = load_settings()
     if host is not None or port is not None:
@@ -47,14 +46,10 @@ def serve(
             engine.dispose()
     typer.echo(banner(settings, credentials))
     tune_gc_for_serving()
-    uvicorn.run(
-        create_app(settings, migrate=False),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
+    server = build_server(create_app(settings, migrate=False), settings)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)  # the app failed to start (logged); uvicorn.run exits 3 too
 
 
 def port_problem(host: str, port: int) -> str | None:

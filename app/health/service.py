@@ -16,6 +16,18 @@ from app.system import repository as system_repo
 from app.system.migrations import current_revision, head_revision
 
 
+def _writes_again(state: BridgeState) -> bool:
+    """After the writer failed to commit: does a real write go through now? (Nothing else
+    would tell: while readiness fails, no call arrives to try again.)"""
+    try:
+        with state.engine.begin() as conn:
+            system_repo.write_probe(conn, utcnow())
+    except Exception:
+        return False
+    state.writer.health.recovered()
+    return True
+
+
 def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
     """Each check with its verdict; ready only when every one passes."""
     settings = state.settings
@@ -32,6 +44,14 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
     checks["writer"] = {"ok": state.writer.up, "mode": settings.ingest_writer.value}
     if not state.writer.up:
         checks["writer"]["hint"] = "the ingest writer is restarting; calls get 503 until it is up"
+        return False, checks
+    if state.writer.health.error is not None and not _writes_again(state):
+        checks["writer"] |= {
+            "ok": False,
+            "error": state.writer.health.error,
+            "hint": "the ingest writer cannot commit (disk full? database gone?); "
+            "calls get 503 until it can",
+        }
         return False, checks
 
     current, head = current_revision(engine), head_revision()

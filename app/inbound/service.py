@@ -16,12 +16,13 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.clock import utcnow
 from app.config import Settings
 from app.errors import BridgeError, error_response, json_response
+from app.logging import log_throttled
 from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord, IngestResult
@@ -211,11 +212,14 @@ async def keep_rejected(
     try:
         await writer.submit(record)
     except (WriterUnavailable, UnstorableRecord):
-        log.error("could not keep a rejected call", route=route, status=error.status)
+        log_throttled(log, "error", "could not keep a rejected call", key=route, route=route)
 
 
 def _short(detail: Any, limit: int = 2000) -> str:
-    text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    try:
+        text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    except (TypeError, RecursionError):  # quotes input nested too deeply to write back
+        text = "(not shown: nests too deeply)"
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -303,13 +307,27 @@ async def receive(
     except UnstorableRecord as exc:
         error = InboundError(422, "the call holds values that cannot be stored", str(exc))
         return await _refuse(request, writer, settings, kind.source, route, target, body, error)
+    except (RecursionError, orjson.JSONEncodeError, OverflowError) as exc:
+        # JSON the parser accepted but that cannot be mapped or serialised again: nesting past
+        # orjson's 254 levels or Python's recursion limit, integers past 64 bits. A 4xx, kept:
+        # a 5xx would make the sender retry the same call forever.
+        error = InboundError(422, "the call cannot be processed", _unprocessable(exc))
+        return await _refuse(request, writer, settings, kind.source, route, target, body, error)
     except InboundError as exc:
         if isinstance(exc, BodyTooLarge):
             body = exc.partial
         return await _refuse(request, writer, settings, kind.source, route, target, body, exc)
+    except ClientDisconnect:
+        # The sender went away (or the server closed a stalled body or is shutting down):
+        # nothing was stored and nobody reads this answer.
+        observe_inbound(route, 499)
+        log.info("inbound call abandoned before its body arrived", route=route)
+        return error_response(400, "client disconnected")
     except WriterUnavailable as exc:
         observe_inbound(route, 503)
-        log.error("inbound call not stored", route=route, error=str(exc))
+        log_throttled(
+            log, "error", "inbound call not stored", key=route, route=route, error=str(exc)
+        )
         return error_response(
             503, "temporarily unavailable", "the database is not available", {"Retry-After": "5"}
         )
@@ -333,6 +351,12 @@ def _log_accepted(route: str, answer: dict[str, Any]) -> None:
         duplicates=answer["duplicates"],
         skipped=answer["skipped"],
     )
+
+
+def _unprocessable(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "the JSON nests too deeply"
+    return f"a value cannot be serialised: {str(exc)[:200]}"
 
 
 async def _refuse(

@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import psycopg
 import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from app.clock import utcnow
+from app.logging import log_throttled
 from app.metrics import INGEST_BATCH
 from app.outbox import repository
 from app.outbox.schemas import IngestRecord, IngestResult
@@ -40,9 +43,41 @@ class Writer(Protocol):
         """Calls can be stored now (readiness reports this)."""
         ...
 
+    @property
+    def health(self) -> CommitHealth:
+        """Whether the last commit failed for want of a database (readiness reports this)."""
+        ...
+
     async def submit(self, record: IngestRecord) -> IngestResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class CommitHealth:
+    """The outcome of a writer's last commit: ``error`` is why it failed (the disk is full, the
+    database is gone), None once one succeeds. A writer that is up but cannot commit answers
+    every call 503; readiness must say so, so that traffic goes to a replica that can."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        """One check per commit, not per call: a batch fails or succeeds as a whole unless
+        split, and a split batch with one stored record proves the database writes."""
+        for outcome in outcomes:
+            if isinstance(outcome, IngestResult):
+                self.error = None
+                return
+        for outcome in outcomes:
+            if isinstance(outcome, WriterUnavailable):
+                self.error = str(outcome)[:300]
+                return
+
+    def recovered(self) -> None:
+        """A write went through outside the writer (readiness probe): calls can be stored."""
+        self.error = None
 
 
 class WriterUnavailable(RuntimeError):
@@ -83,10 +118,15 @@ class IngestWriter:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = False
+        self._health = CommitHealth()
 
     @property
     def up(self) -> bool:
         return self._running
+
+    @property
+    def health(self) -> CommitHealth:
+        return self._health
 
     def start(self) -> None:
         if self._thread is not None:
@@ -162,6 +202,7 @@ class IngestWriter:
 
     def _write(self, jobs: list[_Job]) -> None:
         outcomes = commit_batch(self._engine, [j.record for j in jobs], self._dedup_window)
+        self._health.observe(outcomes)
         self._resolve(jobs, outcomes)
         INGEST_BATCH.observe(len(jobs))
         if self._on_commit is not None:
@@ -204,10 +245,20 @@ def commit_batch(
     """
     try:
         return list(_commit(engine, records, dedup_window_seconds))
-    except OperationalError as exc:
-        log.error("ingest batch not stored", size=len(records), error=type(exc).__name__)
-        return [_failure(exc)] * len(records)
     except Exception as exc:
+        if _unavailable(exc):
+            # Once per interval per kind of error: a full disk fails every batch the same way.
+            cause = exc.orig if isinstance(exc, OperationalError) else exc
+            log_throttled(
+                log,
+                "error",
+                "ingest batch not stored",
+                key=type(cause).__name__,
+                size=len(records),
+                error=type(cause).__name__,
+                reason=str(cause)[:200],
+            )
+            return [_failure(exc)] * len(records)
         if len(records) == 1:
             return [_failure(exc)]
         log.warning(
@@ -236,6 +287,12 @@ def _commit(
             if attempt == 2 or _timed_out(exc):
                 raise
     raise AssertionError("unreachable")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The database cannot write (disk full, I/O error, gone, locked past the timeout), as
+    SQLAlchemy reports it or, from the raw-cursor statements of ``app.fastsql``, the driver."""
+    return isinstance(exc, OperationalError | sqlite3.OperationalError | psycopg.OperationalError)
 
 
 def _timed_out(exc: OperationalError) -> bool:

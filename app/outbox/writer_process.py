@@ -40,6 +40,7 @@ from app.outbox.models import CallStatus, Direction, Operation, Source, State, U
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import (
     MAX_BATCH,
+    CommitHealth,
     Outcome,
     WriterUnavailable,
     commit_batch,
@@ -298,7 +299,12 @@ class ProcessWriter:
         self._running = False
         self._restarts = 0
         self._restart_task: asyncio.Task[None] | None = None
+        self._health = CommitHealth()
         self.pid: int | None = None
+
+    @property
+    def health(self) -> CommitHealth:
+        return self._health
 
     @property
     def up(self) -> bool:
@@ -414,6 +420,7 @@ class ProcessWriter:
                     settle(future, WriterUnavailable(f"could not hand the call over: {exc!r}"))
 
     def _settle(self, results: list[tuple[int, Outcome]]) -> None:
+        self._health.observe([outcome for _, outcome in results])
         for seq, outcome in results:
             future = self._pending.get(seq)
             if future is not None:

@@ -34,6 +34,7 @@ from app.main import create_app
 from app.sandbox.fake_mailmojo import SANDBOX_LIST_ID, create_fake_mailmojo
 from app.sandbox.fakes import create_fake_clevertap, create_fake_mailmodo
 from app.security import new_secret
+from app.server import build_server
 
 HOST = "127.0.0.1"
 #: Fixed, so the printed ``curl`` lines are the same every time.
@@ -99,7 +100,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _run(server: _Server, sock: socket.socket) -> None:
+async def _run(server: uvicorn.Server, sock: socket.socket) -> None:
     """uvicorn exits the process when an app fails to start; here that is just an error."""
     try:
         await server.serve(sockets=[sock])
@@ -169,7 +170,7 @@ class Sandbox:
         self.overrides = dict(overrides or {})
         self.credentials = FakeCredentials.generate()
         self._tmpdir: Path | None = None
-        self._servers: list[tuple[_Server, asyncio.Task[None], socket.socket]] = []
+        self._servers: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
         self.settings: Settings | None = None
         self.urls: dict[str, str] = {}
 
@@ -259,15 +260,20 @@ class Sandbox:
     async def _serve(
         self, app: FastAPI, sock: socket.socket, lifespan: Literal["on", "off"]
     ) -> None:
-        config = uvicorn.Config(
-            app,
-            lifespan=lifespan,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        server = _Server(config)
+        server: uvicorn.Server
+        if lifespan == "on" and self.settings is not None:
+            # The bridge: the same server, limits and timeouts as `serve`.
+            server = build_server(app, self.settings, log_level="warning", handle_signals=False)
+        else:
+            config = uvicorn.Config(
+                app,
+                lifespan=lifespan,
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=5,
+            )
+            server = _Server(config)
         task = asyncio.create_task(_run(server, sock), name=f"sandbox:{sock.getsockname()}")
         self._servers.append((server, task, sock))
         while not server.started:

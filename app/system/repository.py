@@ -210,3 +210,18 @@ def push_rate_slot(conn: Executor, name: str, *, not_before: float) -> None:
         text("UPDATE rate_slots SET next_at = :nb WHERE name = :name AND next_at < :nb"),
         {"nb": not_before, "name": name},
     )
+
+
+PROBE_ROW = "~write-probe"
+
+
+def write_probe(conn: Executor, now: datetime) -> None:
+    """A write that needs new pages at commit (an 8 KB row, inserted and deleted again):
+    readiness uses it to see whether the database takes writes again after the ingest writer
+    failed to commit. A row that fits in a page already there would pass on a full disk."""
+    conn.execute(
+        _insert(conn, UpstreamState)
+        .values(upstream=PROBE_ROW, paused=False, reason="x" * 8192, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["upstream"])
+    )
+    conn.execute(text("DELETE FROM upstream_states WHERE upstream = :u"), {"u": PROBE_ROW})

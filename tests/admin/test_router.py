@@ -3,18 +3,23 @@ bulk replay, purge, rejected calls, stats and resuming a paused upstream."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 
 from app.clock import utcnow
+from app.db import create_db_engine
+from app.main import create_app
 from app.outbox.models import Attempt, Delivery, InboundCall, State
 from app.state import BridgeState
 from app.system import repository as system_repo
+from app.system.migrations import upgrade
 from app.worker.build import build_mailmodo_deliverer
 from tests.admin.conftest import (
     AUTH,
@@ -23,7 +28,7 @@ from tests.admin.conftest import (
     post_campaign,
     row_of,
 )
-from tests.conftest import ADMIN_TOKEN, CT_AUTH
+from tests.conftest import ADMIN_TOKEN, CT_AUTH, make_settings
 from tests.factories import (
     add_attempt,
     set_rows,
@@ -753,3 +758,79 @@ async def test_stats_of_an_empty_database(client: httpx.AsyncClient) -> None:
 async def test_resume_unknown_upstream_is_422(client: httpx.AsyncClient) -> None:
     resp = await client.post("/admin/upstreams/sendgrid/resume", headers=AUTH)
     assert resp.status_code == 422
+
+
+# -- values out of range: 422 or 404, never a driver error ---------------------------------------
+
+
+@pytest.fixture
+async def any_db_client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app on SQLite or PostgreSQL (each driver fails differently on such values)."""
+    settings = make_settings(database_url)
+    engine = create_db_engine(settings)
+    upgrade(settings, engine)
+    engine.dispose()
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as c:
+            yield c
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/deliveries/{id}"),
+        ("POST", "/admin/deliveries/{id}/retry"),
+        ("POST", "/admin/deliveries/{id}/cancel"),
+    ],
+)
+@pytest.mark.parametrize("delivery_id", [2**63, 10**30, -(10**30), 0])
+async def test_ids_past_64_bits_are_refused(
+    any_db_client: httpx.AsyncClient, method: str, path: str, delivery_id: int
+) -> None:
+    resp = await any_db_client.request(method, path.format(id=delivery_id), headers=AUTH)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == "invalid request"
+
+
+async def test_the_largest_id_is_simply_not_found(client: httpx.AsyncClient) -> None:
+    resp = await client.post(f"/admin/deliveries/{2**63 - 1}/retry", headers=AUTH)
+    assert resp.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "created_after=9999-12-31T23:59:59-23:59",
+        "updated_before=0001-01-01T00:00:00%2B23:59",
+        "email=a%00b@example.com",
+        "target=%00",
+        "cursor=aWQ6OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5",  # id:99999999999999999999999999
+    ],
+)
+async def test_query_values_out_of_range_are_422(
+    any_db_client: httpx.AsyncClient, query: str
+) -> None:
+    resp = await any_db_client.get(f"/admin/deliveries?{query}", headers=AUTH)
+    assert resp.status_code == 422, resp.text
+
+
+async def test_a_rejected_filter_out_of_range_is_422(client: httpx.AsyncClient) -> None:
+    resp = await client.get(
+        "/admin/rejected?received_after=0001-01-01T00:00:00%2B23:59", headers=AUTH
+    )
+    assert resp.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"states": ["dead"], "created_after": "0001-01-01T00:00:00+23:59"},
+        {"older_than": "99999999999999d"},
+    ],
+)
+async def test_bodies_out_of_range_are_422(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    path = "/admin/purge" if "older_than" in body else "/admin/replay"
+    resp = await client.post(path, json=body, headers=AUTH)
+    assert resp.status_code == 422, resp.text

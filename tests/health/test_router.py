@@ -296,3 +296,62 @@ async def test_heartbeat_rows_can_be_cleared(client: httpx.AsyncClient, state: B
     with state.engine.begin() as conn:
         conn.execute(delete(WorkerHeartbeat))
     assert (await readyz(client))[0] == 503
+
+
+# --- the ingest writer cannot commit (disk full) -------------------------------------------------
+
+
+def fill_the_disk(engine: Any) -> Any:
+    """Every new connection of ``engine`` sees a full database (SQLite's max_page_count: the
+    same SQLITE_FULL a full disk gives); returns the listener, to lift it again."""
+    from sqlalchemy import event
+
+    def full(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        pages = cur.execute("PRAGMA page_count").fetchone()[0]
+        cur.execute(f"PRAGMA max_page_count = {pages}")
+        cur.close()
+
+    event.listen(engine, "connect", full)
+    engine.dispose()
+    return full
+
+
+def free_the_disk(engine: Any, listener: Any) -> None:
+    from sqlalchemy import event
+
+    event.remove(engine, "connect", listener)
+    engine.dispose()
+
+
+async def test_not_ready_while_the_writer_cannot_commit_and_ready_once_it_can(
+    client: httpx.AsyncClient, state: BridgeState, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beat(state)
+    assert (await readyz(client))[0] == 200
+    listener = fill_the_disk(state.engine)
+    try:
+        for i in range(20):
+            big = profiles_body(*[f"u{i}-{n}@example.com" for n in range(50)])
+            resp = await client.post("/clevertap/campaigns/c1", json=big, headers=CT_AUTH)
+            assert resp.status_code == 503, resp.text
+        status, checks = await readyz(client)
+        assert status == 503
+        assert checks["writer"]["ok"] is False
+        assert "full" in checks["writer"]["error"]
+        assert "cannot commit" in checks["writer"]["hint"]
+    finally:
+        free_the_disk(state.engine, listener)
+    # Nothing else would tell: readiness itself tries a write, and reports ready again.
+    beat(state)
+    status, checks = await readyz(client)
+    assert status == 200, checks
+    assert state.writer.health.error is None
+    resp = await client.post(
+        "/clevertap/campaigns/c1", json=profiles_body("back@example.com"), headers=CT_AUTH
+    )
+    assert resp.status_code == 200
+    out = capsys.readouterr().out
+    # 20 failed calls: one line each for the batch and the call, not twenty.
+    assert out.count("ingest batch not stored") == 1
+    assert out.count("inbound call not stored") == 1

@@ -274,3 +274,48 @@ async def test_a_failed_restart_is_retried(
     await wait_until(lambda: not w.up)
     await wait_until(lambda: w.up, within=30)  # the second attempt (after 0.5 + 1 s) works
     assert (await w.submit(record("back@x.io"))).delivery_ids
+
+
+def full_disk_child(sock: socket.socket, settings: Settings) -> None:
+    """The real child, on a database that is full (SQLite's max_page_count: SQLITE_FULL)."""
+    from sqlalchemy import event
+
+    from app import db as app_db
+
+    real = app_db.create_db_engine
+
+    def full_engine(s: Settings) -> Engine:
+        engine = real(s)
+
+        @event.listens_for(engine, "connect")
+        def full(dbapi_conn: object, _record: object) -> None:
+            cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+            pages = cur.execute("PRAGMA page_count").fetchone()[0]
+            cur.execute(f"PRAGMA max_page_count = {pages}")
+            cur.close()
+
+        return engine
+
+    app_db.create_db_engine = full_engine  # type: ignore[assignment]
+    run_writer(sock, settings)
+
+
+async def test_a_child_that_cannot_commit_makes_the_writer_unhealthy(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not settings.is_sqlite:
+        pytest.skip("SQLite's max_page_count stands in for a full disk")
+    monkeypatch.setattr(writer_process, "_child_main", full_disk_child)
+    w = ProcessWriter(settings)
+    await w.start()
+    try:
+        assert w.up
+        assert w.health.error is None
+        with pytest.raises(WriterUnavailable, match="full"):
+            await w.submit(record("big@x.io", body="x" * 20_000))
+        # Up (the child lives) but unable to commit: readiness must not say ready.
+        assert w.up
+        assert w.health.error is not None
+        assert "full" in w.health.error
+    finally:
+        await w.aclose()

@@ -1,0 +1,339 @@
+"""The HTTP server of ``serve`` (and the sandbox and the end-to-end tests): uvicorn, plus what
+uvicorn leaves out.
+
+uvicorn times out idle keep-alive connections only after a response, and has neither a
+header-read timeout, nor a body-read timeout, nor a connection cap: a connection that sends
+nothing, or one byte now and then, stays open forever, and enough of them exhaust the file
+limit, after which the server answers nothing (not even ``/healthz``) and logs nothing. Here:
+
+* the soft ``RLIMIT_NOFILE`` is raised to the hard limit at start, and connections are capped
+  below it (``BRIDGE_MAX_CONNECTIONS``, leaving room for the database, the writer and the
+  upstream clients). At the cap a connection that is not in the middle of a request (idle, or
+  still sending its headers) is closed to make room, so ``/healthz`` still gets through a
+  flood; only when every connection is busy with a request is the new one answered 503 and
+  closed. Reaching the cap is logged (once per interval) and counted;
+* a watchdog closes connections idle past ``BRIDGE_KEEP_ALIVE_SECONDS`` (from the moment they
+  open, not only after a response), requests whose headers take longer than
+  ``BRIDGE_HEADER_TIMEOUT_SECONDS``, and bodies that stop arriving for
+  ``BRIDGE_BODY_TIMEOUT_SECONDS``;
+* SIGTERM ends within ``BRIDGE_SHUTDOWN_GRACE_SECONDS`` (plus under a second): the worker is
+  told to stop at once (not after the HTTP drain), calls in flight get until the grace runs
+  out, and a call still unanswered then gets a 503 (the sender retries; dedup recognises a
+  call that was committed meanwhile), never uvicorn's 500.
+
+The per-call cost is two attribute stores in ``data_received`` and one per request begun and
+answered; the watchdog walks the open connections once per interval (a second at most).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import time
+from typing import Any
+
+import structlog
+import uvicorn
+from prometheus_client import Counter, Gauge
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.config import Settings
+from app.logging import log_throttled
+
+log = structlog.get_logger(__name__)
+
+CONNECTIONS_CLOSED = Counter(
+    "ctmm_bridge_connections_closed_total",
+    "HTTP connections the bridge closed itself, by reason (idle, header_timeout, "
+    "body_timeout, evicted at the cap, refused at the cap).",
+    ["reason"],
+)
+CONNECTIONS_OPEN = Gauge("ctmm_bridge_connections_open", "HTTP connections open now.")
+for _reason in ("idle", "header_timeout", "body_timeout", "evicted", "refused", "shutdown"):
+    CONNECTIONS_CLOSED.labels(_reason)
+
+#: File descriptors kept for everything but client connections (database files, the writer's
+#: socket, upstream connections, logs), at most half the limit.
+FD_RESERVE = 256
+#: What a connection refused at the cap, or a call caught by shutdown, is answered.
+_BODY_503 = b'{"error":"temporarily unavailable","detail":"the server is %s; retry"}'
+
+
+def _raw_503(why: bytes) -> bytes:
+    body = _BODY_503 % why
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"retry-after: 5\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+REFUSED_ANSWER = _raw_503(b"at its connection limit")
+SHUTDOWN_ANSWER = _raw_503(b"shutting down")
+
+
+def raise_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit where allowed; the soft limit in force."""
+    if sys.platform == "win32":  # pragma: no cover
+        return 8192
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise the file limit", soft=soft, hard=hard)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_cap(max_connections: int, file_limit: int) -> int:
+    """``max_connections``, lowered to fit under the file limit with ``FD_RESERVE`` to spare."""
+    return max(1, min(max_connections, file_limit - min(FD_RESERVE, file_limit // 2)))
+
+
+class Watch:
+    """What the protocols of one server share: the limits, the coarse clock, the counters."""
+
+    def __init__(self, settings: Settings, cap: int) -> None:
+        self.cap = cap
+        self.keep_alive = settings.keep_alive_seconds
+        self.header_timeout = settings.header_timeout_seconds
+        self.body_timeout = settings.body_timeout_seconds
+        self.interval = min(1.0, max(0.05, min(self.keep_alive, self.header_timeout) / 4))
+        #: Refreshed by the watchdog each interval: per-call code stores it, never reads a clock.
+        self.now = time.monotonic()
+
+
+_data_received = HttpToolsProtocol.data_received
+_on_message_begin = HttpToolsProtocol.on_message_begin
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_response_complete = HttpToolsProtocol.on_response_complete
+
+
+class WatchedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the times the watchdog needs and the cap."""
+
+    watch: Watch  # set on the subclass made for each server (see ``protocol_for``)
+    _w_rx: float
+    _w_begun: float | None
+    _w_done: float
+    _w_refused: bool
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        watch = self.watch
+        self._w_rx = self._w_done = watch.now
+        self._w_begun = None
+        self._w_refused = False
+        if len(self.connections) >= watch.cap and not self._make_room():
+            self._w_refused = True
+            CONNECTIONS_CLOSED.labels("refused").inc()
+            log_throttled(
+                log,
+                "warning",
+                "connection limit reached: refusing connections",
+                cap=watch.cap,
+                hint="every connection is busy with a request; raise BRIDGE_MAX_CONNECTIONS "
+                "or add replicas",
+            )
+            with contextlib.suppress(Exception):
+                transport.write(REFUSED_ANSWER)
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def _make_room(self) -> bool:
+        """Close one connection that is not in the middle of a request, if there is one."""
+        for other in self.connections:
+            if isinstance(other, WatchedProtocol) and other._evictable():
+                CONNECTIONS_CLOSED.labels("evicted").inc()
+                log_throttled(
+                    log,
+                    "warning",
+                    "connection limit reached: closing idle connections",
+                    cap=self.watch.cap,
+                    hint="raise BRIDGE_MAX_CONNECTIONS if these are real clients",
+                )
+                other.transport.close()
+                other.connections.discard(other)  # its connection_lost comes later
+                return True
+        return False
+
+    def _evictable(self) -> bool:
+        cycle = self.cycle
+        return (cycle is None or cycle.response_complete) and not self.transport.is_closing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._w_refused:
+            return
+        super().connection_lost(exc)
+
+    # On every call: an attribute store each, and the base method called directly (cheaper
+    # than super() on Python 3.11).
+    def data_received(self, data: bytes) -> None:
+        self._w_rx = self.watch.now
+        _data_received(self, data)
+
+    def on_message_begin(self) -> None:
+        self._w_begun = self.watch.now
+        _on_message_begin(self)
+
+    def on_headers_complete(self) -> None:
+        self._w_begun = None
+        _on_headers_complete(self)
+
+    def on_response_complete(self) -> None:
+        self._w_done = self.watch.now
+        _on_response_complete(self)
+
+    def overdue(self, now: float) -> str | None:
+        """Why this connection should be closed now, if it should."""
+        watch = self.watch
+        begun = self._w_begun
+        if begun is not None:
+            return "header_timeout" if now - begun > watch.header_timeout else None
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.flow.read_paused:
+            # A body still to come: while the call waits for it, or after an early answer.
+            since = max(self._w_rx, self._w_done if cycle.response_complete else 0.0)
+            return "body_timeout" if now - since > watch.body_timeout else None
+        if cycle is None or cycle.response_complete:
+            since = max(self._w_rx, self._w_done)
+            return "idle" if now - since > watch.keep_alive else None
+        return None  # the app is working on a request: not ours to judge
+
+
+def protocol_for(watch: Watch) -> type[WatchedProtocol]:
+    """A protocol class bound to one server's ``Watch`` (uvicorn builds it with its config)."""
+    return type("BridgeProtocol", (WatchedProtocol,), {"watch": watch})
+
+
+class BridgeServer(uvicorn.Server):
+    """uvicorn's server with the watchdog and a shutdown that keeps to the grace period."""
+
+    def __init__(self, config: uvicorn.Config, watch: Watch, grace_seconds: float) -> None:
+        super().__init__(config)
+        self.watch = watch
+        self.grace = grace_seconds
+        self._watchdog: asyncio.Task[None] | None = None
+        #: Called as soon as shutdown begins (``app.state.begin_stop``: the worker's stop).
+        self.app: Any = config.app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch(), name="watchdog")
+
+    async def _watch(self) -> None:
+        watch = self.watch
+        while True:
+            await asyncio.sleep(watch.interval)
+            now = watch.now = time.monotonic()
+            connections = self.server_state.connections
+            CONNECTIONS_OPEN.set(len(connections))
+            for conn in list(connections):
+                if not isinstance(conn, WatchedProtocol) or conn.transport.is_closing():
+                    continue
+                reason = conn.overdue(now)
+                if reason is not None:
+                    CONNECTIONS_CLOSED.labels(reason).inc()
+                    conn.transport.close()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop listening, tell the worker, let calls finish until the grace runs out, answer
+        503 to those that have not, then stop the app (writer, worker) in what is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        begin_stop = getattr(getattr(self.app, "state", None), "begin_stop", None)
+        if callable(begin_stop):
+            begin_stop()
+        log.info("shutting down", grace_seconds=self.grace)
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        # Calls in flight get the grace period, less a moment for the app's own stop.
+        reserve = min(0.5, self.grace / 4)
+        await self._wait_tasks(deadline - reserve)
+        answered = self._answer_unfinished()
+        if answered:
+            log.warning("calls unanswered at shutdown were answered 503", calls=answered)
+        # Their tasks see a closed connection; a commit that lands meanwhile is a duplicate
+        # the sender's retry is told about.
+        await self._wait_tasks(max(deadline, loop.time() + 0.1))
+        for task in list(self.server_state.tasks):
+            task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for connection in list(self.server_state.connections):
+            connection.transport.close()
+        if not self.force_exit:
+            try:
+                async with asyncio.timeout(max(0.2, deadline + 0.6 - loop.time())):
+                    await self.lifespan.shutdown()
+            except TimeoutError:
+                log.error("the app did not stop within the grace period; exiting anyway")
+
+    async def _wait_tasks(self, until: float) -> None:
+        """Until every call's task is done (new ones may start meanwhile), or ``until``."""
+        loop = asyncio.get_running_loop()
+        while self.server_state.tasks and not self.force_exit:
+            left = until - loop.time()
+            if left <= 0:
+                return
+            await asyncio.wait(set(self.server_state.tasks), timeout=min(left, 0.25))
+
+    def _answer_unfinished(self) -> int:
+        answered = 0
+        for conn in list(self.server_state.connections):
+            cycle = getattr(conn, "cycle", None)
+            if cycle is None or cycle.response_started or cycle.response_complete:
+                continue
+            cycle.disconnected = True  # what the app sends from now on goes nowhere
+            cycle.message_event.set()
+            with contextlib.suppress(Exception):
+                conn.transport.write(SHUTDOWN_ANSWER)
+            conn.transport.close()
+            CONNECTIONS_CLOSED.labels("shutdown").inc()
+            answered += 1
+        return answered
+
+
+def build_server(
+    app: Any,
+    settings: Settings,
+    *,
+    log_level: str | None = None,
+    handle_signals: bool = True,
+) -> BridgeServer:
+    """The server for ``app``, configured from ``settings`` (host, port, limits, timeouts)."""
+    cap = connection_cap(settings.max_connections, raise_file_limit())
+    watch = Watch(settings, cap)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=protocol_for(watch),
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
+        timeout_graceful_shutdown=round(settings.shutdown_grace_seconds) + 1,
+    )
+    server: BridgeServer = (BridgeServer if handle_signals else _QuietServer)(
+        config, watch, settings.shutdown_grace_seconds
+    )
+    log.debug("http server", max_connections=cap)
+    return server
+
+
+class _QuietServer(BridgeServer):
+    """For several servers in one loop (the sandbox): signals are handled by the caller."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield

@@ -1,0 +1,245 @@
+"""``app.server`` with real sockets against a real ``ctmm-bridge serve`` process: floods of idle
+and slowloris connections, the connection cap, and SIGTERM under load.
+
+The limits are set low (a few seconds, a few dozen connections) so the tests stay short; the
+mechanisms are the same at the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.server import FD_RESERVE, connection_cap
+from tests.conftest import CT_SECRET
+
+GRACE = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Serve:
+    """``ctmm-bridge serve`` in a process of its own, on a free port, with a fresh database."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.db = tmp_path / "bridge.db"
+        self.log = tmp_path / "serve.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = os.environ | {
+            "BRIDGE_DATABASE_URL": f"sqlite:///{self.db}",
+            "BRIDGE_PORT": str(self.port),
+            "BRIDGE_CLEVERTAP_WEBHOOK_SECRETS": CT_SECRET,
+            "BRIDGE_ADMIN_TOKEN": "admin-token-for-tests",
+            "BRIDGE_LOG_FORMAT": "json",
+            "BRIDGE_SHUTDOWN_GRACE_SECONDS": str(GRACE),
+            "BRIDGE_HEARTBEAT_SECONDS": "0.5",
+            **env,
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise AssertionError("serve did not start:\n" + self.log.read_text())
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + " (.+)"
+        found = re.search("^" + pattern + "$", text, re.MULTILINE)
+        assert found, f"{name} {labels} not in /metrics"
+        return float(found.group(1))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path) -> Iterator[type[Serve]]:
+    started: list[Serve] = []
+
+    class Started(Serve):
+        def __init__(self, **env: str) -> None:
+            super().__init__(tmp_path, **env)
+            started.append(self)
+
+    yield Started
+    for s in started:
+        s.close()
+
+
+def connect(port: int, first: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if first:
+        sock.sendall(first)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """The server closed it (EOF or reset); False while it is still open."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536) == b"" or closed_by_server(sock)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_the_cap_stays_under_the_file_limit() -> None:
+    assert connection_cap(2048, 1_048_576) == 2048
+    assert connection_cap(2048, 1024) == 1024 - FD_RESERVE
+    assert connection_cap(2048, 100) == 50  # at most half the limit is kept back
+
+
+def test_a_flood_of_idle_and_slow_connections_leaves_healthz_answering(serve_factory) -> None:  # type: ignore[no-untyped-def]
+    bridge = serve_factory(
+        BRIDGE_MAX_CONNECTIONS="40",
+        BRIDGE_KEEP_ALIVE_SECONDS="1",
+        BRIDGE_HEADER_TIMEOUT_SECONDS="1",
+    )
+    flood: list[socket.socket] = []
+    try:
+        for i in range(150):  # idle, and slowloris (headers begun, never finished)
+            flood.append(connect(bridge.port, b"GET /healthz HTTP/1.1\r\nX-A: " if i % 2 else b""))
+        for _ in range(3):
+            # Past the cap: an idle or half-sent connection made room for this one.
+            assert httpx.get(f"{bridge.url}/healthz", timeout=3).status_code == 200
+        time.sleep(0.2)
+        open_now = [s for s in flood if not closed_by_server(s)]
+        assert len(open_now) <= 40
+        assert bridge.metric("ctmm_bridge_connections_closed_total", reason="evicted") >= 110
+        # The rest are closed by the watchdog: idle ones and stalled headers alike.
+        time.sleep(2.5)
+        assert [s for s in open_now if not closed_by_server(s)] == []
+        assert bridge.metric("ctmm_bridge_connections_closed_total", reason="idle") > 0
+        assert bridge.metric("ctmm_bridge_connections_closed_total", reason="header_timeout") > 0
+    finally:
+        for s in flood:
+            s.close()
+    log = bridge.log.read_text()
+    # Logged once per interval, not once per connection.
+    assert log.count("connection limit reached: closing idle connections") == 1
+
+
+def test_busy_connections_past_the_cap_are_refused_then_their_bodies_time_out(
+    serve_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    bridge = serve_factory(BRIDGE_MAX_CONNECTIONS="10", BRIDGE_BODY_TIMEOUT_SECONDS="1")
+    head = (
+        b"POST /clevertap/campaigns/c1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Bridge-Secret: " + CT_SECRET.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+    )
+    stalled = [connect(bridge.port, head) for _ in range(10)]
+    try:
+        time.sleep(0.3)  # every one of them is a call waiting for its body
+        refused = connect(bridge.port)
+        refused.settimeout(3)
+        answer = refused.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 5" in answer
+        refused.close()
+        time.sleep(2.5)  # the bodies never come: closed
+        assert all(closed_by_server(s) for s in stalled)
+        # (/metrics itself would have been refused while every connection was busy)
+        assert bridge.metric("ctmm_bridge_connections_closed_total", reason="refused") >= 1
+        assert bridge.metric("ctmm_bridge_connections_closed_total", reason="body_timeout") == 10
+        assert httpx.get(f"{bridge.url}/healthz", timeout=3).status_code == 200
+    finally:
+        for s in stalled:
+            s.close()
+    assert "unhandled error" not in bridge.log.read_text()
+
+
+def test_sigterm_under_load_ends_within_the_grace_and_loses_nothing(serve_factory) -> None:  # type: ignore[no-untyped-def]
+    bridge = serve_factory()
+    statuses: Counter[int | str] = Counter()
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        i = 0
+        with httpx.Client(base_url=bridge.url, timeout=10) as client:
+            while not stop.is_set():
+                email = f"u{n}-{i}@example.com"
+                i += 1
+                body = {"targetId": 1, "profiles": {"email": email, "objectId": f"__{email}"}}
+                try:
+                    resp = client.post("/clevertap/campaigns/c1", json=body, auth=("ct", CT_SECRET))
+                except httpx.TransportError:
+                    with lock:
+                        statuses["refused"] += 1
+                    if bridge.proc.poll() is not None:
+                        return
+                    time.sleep(0.01)
+                    continue
+                with lock:
+                    statuses[resp.status_code] += 1
+                    if resp.status_code == 200:
+                        acknowledged.append(email)
+
+    # Calls whose body stalls until after the grace: shutdown answers them 503.
+    head = (
+        b"POST /clevertap/campaigns/c1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Bridge-Secret: " + CT_SECRET.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+    )
+    stalled = [connect(bridge.port, head) for _ in range(3)]
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    sent_at = time.monotonic()
+    bridge.proc.send_signal(signal.SIGTERM)
+    bridge.proc.wait(timeout=30)
+    took = time.monotonic() - sent_at
+    stop.set()
+    for t in threads:
+        t.join(10)
+    answers = []
+    for s in stalled:
+        s.settimeout(1)
+        with contextlib.suppress(OSError):
+            answers.append(s.recv(4096))
+        s.close()
+
+    assert took <= GRACE + 1, f"SIGTERM took {took:.2f} s"
+    # uvicorn re-raises the signal once it has shut down cleanly, as the default handler would.
+    assert bridge.proc.returncode in (0, -signal.SIGTERM)
+    assert statuses[200] > 50, statuses
+    assert not [s for s in statuses if isinstance(s, int) and s >= 500 and s != 503], statuses
+    assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers), answers
+    assert len(answers) == 3
+    with sqlite3.connect(bridge.db) as db:
+        stored = {row[0] for row in db.execute("SELECT email FROM deliveries")}
+    assert set(acknowledged) <= stored, "an acknowledged call was lost"
+    assert "Exception in ASGI application" not in bridge.log.read_text()
