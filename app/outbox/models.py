@@ -43,6 +43,14 @@ class Operation(StrEnum):
     LIST_SYNC = "list.sync"
     EVENT_UPLOAD = "event.upload"
     MAILMOJO_SYNC = "mailmojo.list.sync"
+    #: Consent (``app.consent``): a scheduled read of a contact's Mailmodo status, an opt-out
+    #: or opt-in carried into Mailmodo, and an opt-out carried into CleverTap as a profile
+    #: record (``MSG-email``) or through its subscribe API.
+    CONTACT_STATUS = "contact.status"
+    CONTACT_UNSUBSCRIBE = "contact.unsubscribe"
+    CONTACT_RESUBSCRIBE = "contact.resubscribe"
+    CONSENT_PROFILE = "consent.profile"
+    CONSENT_SUBSCRIBE = "consent.subscribe"
 
 
 class State(StrEnum):

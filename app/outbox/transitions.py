@@ -12,6 +12,7 @@ edge               from                                     to
 admit              (a new row)                              pending, parked, dropped, failed
 attempt            pending, leased by the worker            delivered, failed, dead, pending
 release_lease      pending, leased by the worker            pending (due now, unleased)
+skip               pending, leased by the worker            dropped (not sent: an echo)
 resume_deferred    pending, held back by a 401/403          pending (due now)
 release_parked     parked                                   pending
 expire_parked      parked                                   dead
@@ -59,6 +60,7 @@ __all__ = [
     "ParkedExpiry",
     "ParkedRelease",
     "Purge",
+    "Skip",
     "State",
     "admit",
     "after_attempt",
@@ -70,6 +72,7 @@ __all__ = [
     "replay",
     "resume_deferred",
     "retry",
+    "skip",
 ]
 
 
@@ -77,6 +80,7 @@ class Edge(StrEnum):
     ADMIT = "admit"
     ATTEMPT = "attempt"
     RELEASE_LEASE = "release_lease"
+    SKIP = "skip"
     RESUME_DEFERRED = "resume_deferred"
     RELEASE_PARKED = "release_parked"
     EXPIRE_PARKED = "expire_parked"
@@ -114,6 +118,7 @@ EDGES: Mapping[Edge, EdgeRule] = MappingProxyType(
             frozenset({_S.DELIVERED, _S.FAILED, _S.DEAD, _S.PENDING}),
         ),
         Edge.RELEASE_LEASE: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
+        Edge.SKIP: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.DROPPED})),
         Edge.RESUME_DEFERRED: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
         Edge.RELEASE_PARKED: EdgeRule(frozenset({_S.PARKED}), frozenset({_S.PENDING})),
         Edge.EXPIRE_PARKED: EdgeRule(frozenset({_S.PARKED}), frozenset({_S.DEAD})),
@@ -183,6 +188,16 @@ class LeaseRelease(Change):
     """A leased row given back unsent: unleased and due at ``updated_at``."""
 
     state: State
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skip(Change):
+    """A leased row finished unsent, with the reason: sending it would only echo back what
+    the other system just told us (``app.consent``)."""
+
+    state: State
+    reason: str
     updated_at: datetime
 
 
@@ -323,6 +338,18 @@ def release_lease(now: datetime) -> LeaseRelease:
     rule = EDGES[Edge.RELEASE_LEASE]
     return LeaseRelease(
         edge=Edge.RELEASE_LEASE, from_states=rule.from_states, state=State.PENDING, updated_at=now
+    )
+
+
+def skip(now: datetime, reason: str) -> Skip:
+    """A claimed consent call the worker will not make (an echo, or already carried)."""
+    rule = EDGES[Edge.SKIP]
+    return Skip(
+        edge=Edge.SKIP,
+        from_states=rule.from_states,
+        state=State.DROPPED,
+        reason=reason,
+        updated_at=now,
     )
 
 

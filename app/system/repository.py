@@ -167,3 +167,24 @@ def push_rate_slot(conn: Executor, name: str, *, not_before: float) -> None:
         text("UPDATE rate_slots SET next_at = :nb WHERE name = :name AND next_at < :nb"),
         {"nb": not_before, "name": name},
     )
+
+
+def share_allowance(
+    conn: Executor, name: str, *, now: float, interval: float, horizon: float
+) -> tuple[int, float]:
+    """How many calls the budget ``name`` (one call per ``interval``) allows now: its slots
+    that start within ``horizon`` seconds; and where its clock stands. The row stays locked
+    on PostgreSQL until the caller commits, so replicas share one budget; the caller then
+    moves the clock on by what it used (``push_rate_slot``)."""
+    conn.execute(
+        _insert(conn, RateSlot)
+        .values(name=name, next_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    next_at = conn.execute(
+        select(RateSlot.next_at).where(RateSlot.name == name).with_for_update()
+    ).scalar_one()
+    start = max(float(next_at), now)
+    if start > now + horizon:
+        return 0, start
+    return int((now + horizon - start) // interval) + 1, start

@@ -13,9 +13,11 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
+from app.consent.service import Consent  # W12 consent
 from app.mailmodo.bodies import SyncPlan, add_to_list_payload
 from app.mailmodo.client import MailmodoClient
 from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
+from app.mailmodo.status import CONSENT_CALLS, consent_call  # W12 consent
 from app.metrics import observe_attempt
 from app.outbox import repository, transitions
 from app.outbox.models import Operation, Upstream
@@ -46,6 +48,7 @@ class MailmodoDeliverer(OutboxConsumer):
         lease_seconds: float,
         key_fingerprint: str | None,
         pause_probe_seconds: float,
+        consent: Consent | None = None,  # W12 consent
     ) -> None:
         super().__init__(
             engine=engine,
@@ -57,6 +60,24 @@ class MailmodoDeliverer(OutboxConsumer):
         )
         self.client = client
         self.limiter = limiter
+        self.consent = consent  # W12 consent
+
+    def claim(self, limit: int) -> list[Claimed]:
+        """W12 consent: triggers first; status reads only in what is left, within their share
+        of the rate; echoing opt-outs finished unsent (``Consent.claim_mailmodo``)."""
+        if self.consent is None:
+            return super().claim(limit)
+        allowed = self.gate.allowed_batch(limit)
+        if allowed <= 0:
+            return []
+        with self.engine.begin() as conn:
+            return self.consent.claim_mailmodo(
+                conn,
+                limit=allowed,
+                now=utcnow(),
+                lease_seconds=self.lease_seconds,
+                worker_id=self.worker_id,
+            )
 
     # -- one round --------------------------------------------------------------------------
 
@@ -119,6 +140,11 @@ class MailmodoDeliverer(OutboxConsumer):
         return utcnow() + margin < row.leased_until
 
     async def attempt(self, row: Claimed, stop: asyncio.Event | None = None) -> Outcome:
+        if row.operation in CONSENT_CALLS:  # W12 consent: status reads, (un)subscribes
+            outcome = await consent_call(self.client, row)
+            if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:
+                await self.limiter.hold_off(outcome.retry_after)
+            return outcome
         assert row.target is not None
         try:
             if row.operation == Operation.LIST_SYNC.value:
@@ -173,6 +199,8 @@ class MailmodoDeliverer(OutboxConsumer):
                 },
             )
             kept = repository.update_leased(conn, row, transition)
+            if kept and self.consent is not None:  # W12 consent: book reads, learn, log
+                self.consent.on_mailmodo_outcomes(conn, [(row, outcome, transition)], now)
             self.gate.observe(conn, outcome, now)
         observe_attempt(
             self.upstream.value, outcome.kind.value, transition.state.value, outcome.duration_ms

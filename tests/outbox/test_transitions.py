@@ -48,6 +48,7 @@ EXPECTED = {
     *((Edge.ADMIT, NEW, s) for s in (P, PK, DR, F)),
     *((Edge.ATTEMPT, P, s) for s in (DL, F, DE, P)),
     (Edge.RELEASE_LEASE, P, P),
+    (Edge.SKIP, P, DR),
     (Edge.RESUME_DEFERRED, P, P),
     (Edge.RELEASE_PARKED, PK, P),
     (Edge.EXPIRE_PARKED, PK, DE),
@@ -124,6 +125,7 @@ def _changes() -> list[transitions.Change]:
     return [
         attempt,
         transitions.release_lease(NOW),
+        transitions.skip(NOW, "echo"),
         transitions.resume_deferred(NOW),
         transitions.release_parked(NOW),
         transitions.expire_parked(NOW, ttl_hours=72),
@@ -419,7 +421,7 @@ def test_lease_edges_start_only_from_pending(db: Engine) -> None:
 
 APP = Path(__file__).resolve().parents[2] / "app"
 #: The only modules that put a state into SQL, and only a change's state.
-APPLIERS = {"outbox/repository.py", "admin/repository.py"}
+APPLIERS = {"outbox/repository.py", "admin/repository.py", "outbox/claim_repository.py"}
 STATE_VALUES = {s.value for s in State}
 
 
