@@ -4,6 +4,7 @@ consent log. Functions take the caller's connection and never commit."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -69,15 +70,30 @@ def set_slot_deliveries(conn: Executor, rows: Sequence[tuple[str, int, int]]) ->
 # -- state per email -------------------------------------------------------------------------
 
 
-def states_of(conn: Executor, emails: Iterable[str]) -> dict[str, ConsentState]:
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the bridge knows about one email's consent (a ``consent_states`` row)."""
+
+    email: str
+    mailmodo_state: str | None
+    mailmodo_reason: str | None
+    mailmodo_at: datetime | None
+    told_mailmodo: str | None
+    told_mailmodo_at: datetime | None
+    told_clevertap: str | None
+    told_clevertap_at: datetime | None
+    updated_at: datetime
+
+
+def states_of(conn: Executor, emails: Iterable[str]) -> dict[str, Known]:
     wanted = sorted(set(emails))
     if not wanted:
         return {}
-    rows = conn.execute(select(ConsentState).where(ConsentState.email.in_(wanted))).scalars()
-    return {row.email: row for row in rows}
+    rows = conn.execute(select(STATES).where(STATES.c.email.in_(wanted))).mappings()
+    return {row["email"]: Known(**row) for row in rows}
 
 
-def state_of(conn: Executor, email: str) -> ConsentState | None:
+def state_of(conn: Executor, email: str) -> Known | None:
     return states_of(conn, [email]).get(email)
 
 
@@ -108,7 +124,7 @@ def mark_told(conn: Executor, email: str, now: datetime, **told: str | None) -> 
     values: dict[str, Any] = {"updated_at": now}
     for key, value in told.items():
         values[key] = value
-        values[f"{key}_at"] = now
+        values[key.replace("_state", "") + "_at"] = now
     ins = _insert(conn, STATES).values(email=email, **values)
     conn.execute(
         ins.on_conflict_do_update(
@@ -136,25 +152,24 @@ def logged_deliveries(conn: Executor, ids: Iterable[int]) -> set[int]:
     return {i for i in found if i is not None}
 
 
-def log_of(conn: Executor, email: str, limit: int = 200) -> list[ConsentLogEntry]:
+def log_of(conn: Executor, email: str, limit: int = 200) -> list[dict[str, Any]]:
     """A person's consent log, newest first."""
-    return list(
-        conn.execute(
-            select(ConsentLogEntry)
-            .where(ConsentLogEntry.email == email)
-            .order_by(ConsentLogEntry.at.desc(), ConsentLogEntry.id.desc())
-            .limit(limit)
-        ).scalars()
-    )
+    rows = conn.execute(
+        select(LOG)
+        .where(LOG.c.email == email)
+        .order_by(LOG.c.at.desc(), LOG.c.id.desc())
+        .limit(limit)
+    ).mappings()
+    return [dict(row) for row in rows]
 
 
-def reads_of(conn: Executor, email: str, limit: int = 100) -> list[Delivery]:
+def reads_of(conn: Executor, email: str, limit: int = 100) -> list[dict[str, Any]]:
     """A person's status reads (scheduled, done or failed), latest due first."""
-    return list(
-        conn.execute(
-            select(Delivery)
-            .where(Delivery.email == email, Delivery.operation == Operation.CONTACT_STATUS.value)
-            .order_by(Delivery.next_attempt_at.desc(), Delivery.id.desc())
-            .limit(limit)
-        ).scalars()
-    )
+    d = cast(Table, Delivery.__table__).c
+    rows = conn.execute(
+        select(d.id, d.state, d.target, d.clevertap_id, d.next_attempt_at, d.attempts, d.reason)
+        .where(d.email == email, d.operation == Operation.CONTACT_STATUS.value)
+        .order_by(d.next_attempt_at.desc(), d.id.desc())
+        .limit(limit)
+    ).mappings()
+    return [dict(row) for row in rows]

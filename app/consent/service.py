@@ -30,7 +30,6 @@ from app.config import ConsentToCleverTap, Settings
 from app.consent import repository as consent_repo
 from app.consent.mapping import OPTED_OUT, ConsentStatus, event_activity, lesson
 from app.consent.metrics import CHANGES_SENT, ECHOES, STATES_LEARNT, STATUS_READS
-from app.consent.models import ConsentState
 from app.mailmodo.status import ContactStatus
 from app.outbox import claim_repository, repository, transitions
 from app.outbox.models import Direction, Operation, State, Upstream
@@ -183,7 +182,7 @@ class Consent:
         return [r for r in rows if r.id not in skipped]
 
     @staticmethod
-    def _needless(row: Claimed, state: ConsentState | None) -> tuple[str, bool] | None:
+    def _needless(row: Claimed, state: consent_repo.Known | None) -> tuple[str, bool] | None:
         """Why a claimed opt-out call need not be made (and whether it is an echo)."""
         if state is None:
             return None
