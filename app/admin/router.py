@@ -33,6 +33,7 @@ from app.admin.schemas import (
     Stats,
 )
 from app.admin.service import AdminError
+from app.consent.view import PersonConsent, person
 from app.inbound.service import secret_matches
 from app.outbox.models import Direction, Operation, Source, State, Upstream
 from app.state import bridge
@@ -243,3 +244,12 @@ def stats(request: Request) -> Stats:
 )
 def resume_upstream(request: Request, upstream: Upstream) -> ResumeResult:
     return actions.resume_upstream(bridge(request).engine, upstream)
+
+
+@router.get(
+    "/consent/{email}",
+    summary="One person's email consent: what is known and told, the consent log, status reads",
+    responses=_errors(422),
+)
+def consent_of(request: Request, email: str) -> PersonConsent:
+    return person(bridge(request).engine, email)
