@@ -63,6 +63,12 @@ class State(StrEnum):
     CANCELLED = "cancelled"
 
 
+#: The rows of ``ix_deliveries_due_sends``: written out as SQL so that a query spelling the
+#: same terms (``claim_repository``) is proven to match it by SQLite and PostgreSQL alike.
+SENDS_INDEX = "ix_deliveries_due_sends"
+SENDS_PREDICATE = "state = 'pending' AND upstream = 'mailmodo' AND operation <> 'contact.status'"
+
+
 #: The state column: the enum's values in a VARCHAR(16), as the migrations created it (no
 #: native enum, no CHECK constraint), so a new state needs no schema change. Rows read back
 #: as ``State`` members; only ``app.outbox.transitions`` decides what is written.
@@ -151,6 +157,14 @@ class Delivery(Base):
             "created_at",
             sqlite_where=text("state = 'pending'"),
             postgresql_where=text("state = 'pending'"),
+        ),
+        # The consent-aware claim (app.outbox.claim_repository): due Mailmodo rows other than
+        # status reads, in due order, without walking past a backlog of due reads.
+        Index(
+            SENDS_INDEX,
+            "next_attempt_at",
+            sqlite_where=text(SENDS_PREDICATE),
+            postgresql_where=text(SENDS_PREDICATE),
         ),
         # Releasing parked events when an identity arrives for their email.
         Index(

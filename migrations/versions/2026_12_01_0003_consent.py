@@ -1,4 +1,4 @@
-"""consent: the state learnt and told per email, the consent log, the status-read slots
+"""consent: the state learnt and told per email, the consent log, the status-read slots, the claim index of sends
 
 Revision ID: 0003
 Revises: 0002
@@ -17,7 +17,13 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+SENDS = "state = 'pending' AND upstream = 'mailmodo' AND operation <> 'contact.status'"
+
+
 def upgrade() -> None:
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.create_index('ix_deliveries_due_sends', ['next_attempt_at'], unique=False, sqlite_where=sa.text(SENDS), postgresql_where=sa.text(SENDS))
+
     op.create_table('consent_log',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=False),
@@ -56,6 +62,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_due_sends', sqlite_where=sa.text(SENDS), postgresql_where=sa.text(SENDS))
     op.drop_table('status_read_slots')
     op.drop_table('consent_states')
     with op.batch_alter_table('consent_log', schema=None) as batch_op:
