@@ -196,8 +196,10 @@ def main() -> int:
         "b": f"{READS:,} reads scheduled (future)",
         "c": f"{READS:,} reads due (backlog)",
     }
-    print(f"database: {url.split(':', 1)[0]}; {INGEST_CALLS} calls ingested per phase, "
-          f"{CLAIMS} claims of {CLAIM_SIZE} per claim kind")
+    print(
+        f"database: {url.split(':', 1)[0]}; {INGEST_CALLS} calls ingested per phase, "
+        f"{CLAIMS} claims of {CLAIM_SIZE} per claim kind"
+    )
     for r in results:
         print(
             f"{labels[r['phase']]:<34} ingest {r['ingest_cpu_us_per_call']:>7} µs CPU/call | "
