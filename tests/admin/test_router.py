@@ -113,6 +113,7 @@ async def test_openapi_describes_the_admin_api(client: httpx.AsyncClient) -> Non
         "/admin/rejected",
         "/admin/stats",
         "/admin/upstreams/{upstream}/resume",
+        "/admin/consent/{email}",
     }
     listing = schema["paths"]["/admin/deliveries"]["get"]
     assert listing["security"] == [{"HTTPBearer": []}]
