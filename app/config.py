@@ -35,6 +35,14 @@ class UnresolvedIdentity(StrEnum):
     DROP = "drop"
 
 
+class ConsentToCleverTap(StrEnum):
+    """What a Mailmodo opt-out does in CleverTap besides its ``MM …`` event."""
+
+    PROFILE = "profile"
+    SUBSCRIBE_API = "subscribe_api"
+    OFF = "off"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -165,6 +173,12 @@ class Settings(BaseSettings):
     clevertap_timeout_seconds: float = Field(default=30.0, gt=0)
     clevertap_linger_ms: float = Field(default=250, ge=0, le=10_000)
 
+    # Consent (app.consent): status reads after each trigger or journey start, and opt-outs
+    # carried both ways. An empty schedule turns the reads off.
+    reconcile_schedule_hours: CsvSeconds = Field(default_factory=lambda: [1.0, 24.0, 72.0])
+    reconcile_rate_share: float = Field(default=0.2, gt=0, le=1)
+    consent_to_clevertap: ConsentToCleverTap = ConsentToCleverTap.PROFILE
+
     contact_tag_prefix: str = "ct_"
     contact_tags_field: str = "tags"
     park_ttl_hours: float = Field(default=72, gt=0)
@@ -224,6 +238,19 @@ class Settings(BaseSettings):
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays must not be negative")
         return value
+
+    @field_validator("reconcile_schedule_hours", mode="before")
+    @classmethod
+    def _reconcile_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("reconcile_schedule_hours")
+    @classmethod
+    def _reconcile_hours(cls, value: list[float]) -> list[float]:
+        if any(not 0 < hours <= 24 * 365 for hours in value):
+            raise ValueError("each read slot must be more than 0 and at most 8760 hours")
+        # One read per slot: the same slot written twice is one slot.
+        return sorted(set(value))
 
     @field_validator("clevertap_region")
     @classmethod

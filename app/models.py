@@ -1,5 +1,6 @@
 """Imports every domain's models so that ``Base.metadata`` is complete (Alembic, tests)."""
 
+from app.consent.models import ConsentLogEntry, ConsentState, StatusReadSlot
 from app.db import Base
 from app.identity.models import Identity
 from app.outbox.models import Attempt, Delivery, InboundCall
@@ -8,11 +9,14 @@ from app.system.models import GeneratedSecret, RateSlot, UpstreamState, WorkerHe
 __all__ = [
     "Attempt",
     "Base",
+    "ConsentLogEntry",
+    "ConsentState",
     "Delivery",
     "GeneratedSecret",
     "Identity",
     "InboundCall",
     "RateSlot",
+    "StatusReadSlot",
     "UpstreamState",
     "WorkerHeartbeat",
 ]

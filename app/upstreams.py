@@ -82,6 +82,9 @@ MAILMODO: Adapter[MailmodoConfig, MailmodoClient, Callable[..., Outcome]] = Adap
         Operation.JOURNEY_START,
         Operation.JOURNEY_ABORT,
         Operation.LIST_SYNC,
+        Operation.CONTACT_STATUS,
+        Operation.CONTACT_UNSUBSCRIBE,
+        Operation.CONTACT_RESUBSCRIBE,
     ),
 )
 CLEVERTAP: Adapter[CleverTapConfig, CleverTapClient, Callable[..., list[Outcome]]] = Adapter(
@@ -92,7 +95,7 @@ CLEVERTAP: Adapter[CleverTapConfig, CleverTapClient, Callable[..., list[Outcome]
     classify=clevertap_outcomes.classify_upload,
     classify_failure=clevertap_outcomes.classify_failure,
     check=check_clevertap,
-    operations=(Operation.EVENT_UPLOAD,),
+    operations=(Operation.EVENT_UPLOAD, Operation.CONSENT_PROFILE, Operation.CONSENT_SUBSCRIBE),
 )
 
 MAILMOJO: Adapter[MailmojoConfig, MailmojoClient, Callable[..., Outcome]] = Adapter(

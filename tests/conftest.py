@@ -105,6 +105,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # In-process writer: an app per test cannot afford a child process each; the process
         # writer has its own tests (tests/outbox/test_writer_process.py) and the e2e tests.
         "ingest_writer": "thread",
+        # No status reads after each send unless a test is about them (tests/consent/).
+        "reconcile_schedule_hours": [],
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -29,6 +29,9 @@ from tests.conftest import make_settings
 
 TABLES = {
     "attempts",
+    "consent_log",
+    "consent_states",
+    "status_read_slots",
     "deliveries",
     "generated_secrets",
     "identities",

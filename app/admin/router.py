@@ -36,6 +36,8 @@ from app.admin.schemas import (
     Stats,
 )
 from app.admin.service import AdminError
+from app.consent.view import PersonConsent
+from app.consent.view import person as consent_view
 from app.inbound.service import secret_matches
 from app.outbox.models import Direction, Operation, Source, State, Upstream
 from app.state import bridge
@@ -307,3 +309,12 @@ def person(
     email: Annotated[str, Query(min_length=1, description="The person's email (any case)")],
 ) -> Person:
     return insights.person(bridge(request).engine, email)
+
+
+@router.get(
+    "/consent/{email}",
+    summary="One person's email consent: what is known and told, the consent log, status reads",
+    responses=_errors(422),
+)
+def consent_of(request: Request, email: str) -> PersonConsent:
+    return consent_view(bridge(request).engine, email)

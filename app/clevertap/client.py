@@ -1,4 +1,4 @@
-"""Typed client for CleverTap's upload API (``POST /1/upload``)."""
+"""Typed client for CleverTap's upload API (``POST /1/upload``, and ``/1/subscribe``)."""
 
 from __future__ import annotations
 
@@ -52,9 +52,12 @@ class CleverTapClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def upload(self, records: list[dict[str, Any]]) -> UpstreamResponse:
-        """Upload up to 1000 records; per-record results are in the 200 answer's body."""
-        request = self._client.build_request(
-            "POST", "/1/upload", content=orjson.dumps({"d": records})
-        )
+    async def upload(
+        self, records: list[dict[str, Any]], path: str = "/1/upload"
+    ) -> UpstreamResponse:
+        """Upload up to 1000 records; per-record results are in the 200 answer's body.
+
+        ``path`` is ``/1/subscribe`` for email subscription records (same body, same answers).
+        """
+        request = self._client.build_request("POST", path, content=orjson.dumps({"d": records}))
         return await send(self._client, request)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import db, operate, run
+from app.cli import consent, db, operate, run
 
 cli = typer.Typer(help="ctmm-bridge: CleverTap ⇄ Mailmodo webhook bridge.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database commands.", no_args_is_help=True)
@@ -33,6 +33,7 @@ cli.command()(operate.retry)
 cli.command()(operate.cancel)
 cli.command()(operate.resume)
 cli.command()(operate.check)
+cli.command()(consent.consent)
 
 
 def main() -> None:

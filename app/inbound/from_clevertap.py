@@ -39,6 +39,8 @@ ROUTES: dict[Operation, str] = {
     Operation.JOURNEY_ABORT: "clevertap.journey.abort",
     Operation.LIST_SYNC: "clevertap.list.sync",
     Operation.MAILMOJO_SYNC: "clevertap.mailmojo.list.sync",
+    Operation.CONTACT_UNSUBSCRIBE: "clevertap.consent.unsubscribe",
+    Operation.CONTACT_RESUBSCRIBE: "clevertap.consent.resubscribe",
 }
 TARGET_NAMES = {
     Operation.CAMPAIGN_TRIGGER: "campaign id",
@@ -46,6 +48,8 @@ TARGET_NAMES = {
     Operation.JOURNEY_ABORT: "journey id",
     Operation.LIST_SYNC: "list name",
     Operation.MAILMOJO_SYNC: "Mailmojo list id",
+    Operation.CONTACT_UNSUBSCRIBE: "",
+    Operation.CONTACT_RESUBSCRIBE: "",
 }
 #: The contact syncs: guests are skipped (R5) and the payload is a plan (``bodies.sync_plan``).
 CONTACT_SYNCS = frozenset({Operation.LIST_SYNC, Operation.MAILMOJO_SYNC})
@@ -218,3 +222,41 @@ JOURNEY_START = CleverTapCall(Operation.JOURNEY_START)
 JOURNEY_ABORT = CleverTapCall(Operation.JOURNEY_ABORT)
 LIST_SYNC = CleverTapCall(Operation.LIST_SYNC)
 MAILMOJO_SYNC = CleverTapCall(Operation.MAILMOJO_SYNC)
+
+
+class ConsentCall(CleverTapCall):
+    """An opt-out or opt-in made in CleverTap (``/clevertap/consent/...``): the same auth,
+    bodies, test call, dedup and answers as the other CleverTap routes; one Mailmodo
+    unsubscribe or resubscribe per recipient, with no path id."""
+
+    def check_target(self, target: str | None) -> None:
+        """The path names no campaign, journey or list."""
+
+    def record(
+        self,
+        parsed: ParsedCall,
+        *,
+        target: str | None,
+        body: bytes,
+        content_type: str | None,
+        dedup_key: str | None,
+        request_id: str | None,
+        settings: Settings,
+    ) -> IngestRecord:
+        record = super().record(
+            parsed,
+            target="",
+            body=body,
+            content_type=content_type,
+            dedup_key=dedup_key,
+            request_id=request_id,
+            settings=settings,
+        )
+        record.target = None
+        for delivery in record.deliveries:
+            delivery.target = None
+        return record
+
+
+CONSENT_UNSUBSCRIBE = ConsentCall(Operation.CONTACT_UNSUBSCRIBE)
+CONSENT_RESUBSCRIBE = ConsentCall(Operation.CONTACT_RESUBSCRIBE)

@@ -21,6 +21,8 @@ from app.activity import Activity
 from app.clevertap.bodies import map_activity
 from app.clock import utcnow
 from app.config import Settings
+from app.consent.mapping import callback_opt_out
+from app.consent.service import SOURCE_CALLBACK, Consent, consent_operation
 from app.inbound.dedup import callback_dedup_key
 from app.inbound.service import InboundError, WebhookKind, secret_matches
 from app.mailmodo.source import CallbackError, parse_callback
@@ -72,6 +74,7 @@ def build_record(
         dedup_key=dedup_key,
         request_id=request_id,
     )
+    consent_op = consent_operation(settings.consent_to_clevertap)
     for event in events:
         email = event.email.lower() if event.email else None
         if email and event.clevertap_id:
@@ -97,6 +100,14 @@ def build_record(
                         None if event.clevertap_id else settings.unresolved_identity.value
                     ),
                     park_until=park_until,
+                )
+            )
+        opted_out = callback_opt_out(event)
+        if consent_op is not None and opted_out is not None and email:
+            # An unsubscribe, spam report or hard bounce: CleverTap stops mailing too.
+            record.deliveries.append(
+                Consent.from_settings(settings).consent_row(
+                    consent_op, email, event.clevertap_id, opted_out.value, SOURCE_CALLBACK, now
                 )
             )
     return record

@@ -9,6 +9,8 @@ from starlette.responses import Response
 
 from app.inbound.from_clevertap import (
     CAMPAIGN_TRIGGER,
+    CONSENT_RESUBSCRIBE,
+    CONSENT_UNSUBSCRIBE,
     JOURNEY_ABORT,
     JOURNEY_START,
     LIST_SYNC,
@@ -37,7 +39,7 @@ _CLEVERTAP_RESPONSES: dict[int | str, dict[str, str]] = {
 }
 
 
-async def _clevertap(request: Request, kind: CleverTapCall, target: str) -> Response:
+async def _clevertap(request: Request, kind: CleverTapCall, target: str | None) -> Response:
     state = bridge(request)
     return await receive(
         request,
@@ -92,6 +94,24 @@ async def sync_contacts(list_name: str, request: Request) -> Response:
 )
 async def sync_mailmojo_contacts(list_id: str, request: Request) -> Response:
     return await _clevertap(request, MAILMOJO_SYNC, list_id)
+
+
+@clevertap_router.post(
+    "/consent/unsubscribe",
+    responses=_CLEVERTAP_RESPONSES,
+    summary="These recipients opted out of email in CleverTap: unsubscribe them in Mailmodo",
+)
+async def consent_unsubscribe(request: Request) -> Response:
+    return await _clevertap(request, CONSENT_UNSUBSCRIBE, None)
+
+
+@clevertap_router.post(
+    "/consent/resubscribe",
+    responses=_CLEVERTAP_RESPONSES,
+    summary="These recipients opted in again in CleverTap: resubscribe them in Mailmodo",
+)
+async def consent_resubscribe(request: Request) -> Response:
+    return await _clevertap(request, CONSENT_RESUBSCRIBE, None)
 
 
 # --- Mailmodo callbacks ----------------------------------------------------------------------

@@ -22,7 +22,10 @@ DEFAULT_ABORT_REASON = "Aborted by CleverTap via ctmm-bridge"
 
 
 def trigger_body(operation: Operation, recipient: Recipient) -> dict[str, Any]:
-    """The body Mailmodo's API expects for a campaign trigger, journey start or abort."""
+    """The body Mailmodo's API expects for a campaign trigger, journey start or abort, or a
+    consent call (the email alone: nothing a caller sends can change more)."""
+    if operation in (Operation.CONTACT_UNSUBSCRIBE, Operation.CONTACT_RESUBSCRIBE):
+        return {"email": recipient.email}
     if operation is Operation.JOURNEY_ABORT:
         reason = recipient.extras.get("reason")
         return {

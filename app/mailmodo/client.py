@@ -16,6 +16,9 @@ PATHS: dict[Operation, str] = {
     Operation.JOURNEY_ABORT: "/hooks/abort/{target}",
     # The list is named in the body; the path has no target.
     Operation.LIST_SYNC: "/api/v1/addToList",
+    # Consent calls name the contact in the body, too.
+    Operation.CONTACT_UNSUBSCRIBE: "/api/v1/contacts/unsubscribe",
+    Operation.CONTACT_RESUBSCRIBE: "/api/v1/contacts/resubscribe",
 }
 
 

@@ -43,6 +43,14 @@ class Operation(StrEnum):
     LIST_SYNC = "list.sync"
     EVENT_UPLOAD = "event.upload"
     MAILMOJO_SYNC = "mailmojo.list.sync"
+    #: Consent (``app.consent``): a scheduled read of a contact's Mailmodo status, an opt-out
+    #: or opt-in carried into Mailmodo, and an opt-out carried into CleverTap as a profile
+    #: record (``MSG-email``) or through its subscribe API.
+    CONTACT_STATUS = "contact.status"
+    CONTACT_UNSUBSCRIBE = "contact.unsubscribe"
+    CONTACT_RESUBSCRIBE = "contact.resubscribe"
+    CONSENT_PROFILE = "consent.profile"
+    CONSENT_SUBSCRIBE = "consent.subscribe"
 
 
 class State(StrEnum):
@@ -53,6 +61,12 @@ class State(StrEnum):
     PARKED = "parked"
     DROPPED = "dropped"
     CANCELLED = "cancelled"
+
+
+#: The rows of ``ix_deliveries_due_sends``: written out as SQL so that a query spelling the
+#: same terms (``claim_repository``) is proven to match it by SQLite and PostgreSQL alike.
+SENDS_INDEX = "ix_deliveries_due_sends"
+SENDS_PREDICATE = "state = 'pending' AND upstream = 'mailmodo' AND operation <> 'contact.status'"
 
 
 #: The state column: the enum's values in a VARCHAR(16), as the migrations created it (no
@@ -145,6 +159,14 @@ class Delivery(Base):
             "created_at",
             sqlite_where=text("state = 'pending'"),
             postgresql_where=text("state = 'pending'"),
+        ),
+        # The consent-aware claim (app.outbox.claim_repository): due Mailmodo rows other than
+        # status reads, in due order, without walking past a backlog of due reads.
+        Index(
+            SENDS_INDEX,
+            "next_attempt_at",
+            sqlite_where=text(SENDS_PREDICATE),
+            postgresql_where=text(SENDS_PREDICATE),
         ),
         # Releasing parked events when an identity arrives for their email.
         Index(

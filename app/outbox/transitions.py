@@ -13,6 +13,7 @@ admit              (a new row)                              pending, parked, dro
 attempt            pending, leased by the worker            delivered, failed, dead, pending
 release_lease      pending, leased by the worker            pending (due now, unleased)
 reclaim_lease      pending, leased by a gone worker         pending (due now, unleased)
+skip               pending, leased by the worker            dropped (not sent: an echo)
 resume_deferred    pending, held back by a 401/403          pending (due now)
 release_parked     parked                                   pending
 expire_parked      parked                                   dead
@@ -63,6 +64,7 @@ __all__ = [
     "ParkedExpiry",
     "ParkedRelease",
     "Purge",
+    "Skip",
     "State",
     "admit",
     "after_attempt",
@@ -75,6 +77,7 @@ __all__ = [
     "replay",
     "resume_deferred",
     "retry",
+    "skip",
 ]
 
 
@@ -83,6 +86,7 @@ class Edge(StrEnum):
     ATTEMPT = "attempt"
     RELEASE_LEASE = "release_lease"
     RECLAIM_LEASE = "reclaim_lease"
+    SKIP = "skip"
     RESUME_DEFERRED = "resume_deferred"
     RELEASE_PARKED = "release_parked"
     EXPIRE_PARKED = "expire_parked"
@@ -121,6 +125,7 @@ EDGES: Mapping[Edge, EdgeRule] = MappingProxyType(
         ),
         Edge.RELEASE_LEASE: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
         Edge.RECLAIM_LEASE: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
+        Edge.SKIP: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.DROPPED})),
         Edge.RESUME_DEFERRED: EdgeRule(frozenset({_S.PENDING}), frozenset({_S.PENDING})),
         Edge.RELEASE_PARKED: EdgeRule(frozenset({_S.PARKED}), frozenset({_S.PENDING})),
         Edge.EXPIRE_PARKED: EdgeRule(frozenset({_S.PARKED}), frozenset({_S.DEAD})),
@@ -199,6 +204,16 @@ class LeaseReclaim(Change):
     call may or may not have reached the upstream: at least once)."""
 
     state: State
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skip(Change):
+    """A leased row finished unsent, with the reason: sending it would only echo back what
+    the other system just told us (``app.consent``)."""
+
+    state: State
+    reason: str
     updated_at: datetime
 
 
@@ -347,6 +362,18 @@ def reclaim_lease(now: datetime) -> LeaseReclaim:
     rule = EDGES[Edge.RECLAIM_LEASE]
     return LeaseReclaim(
         edge=Edge.RECLAIM_LEASE, from_states=rule.from_states, state=State.PENDING, updated_at=now
+    )
+
+
+def skip(now: datetime, reason: str) -> Skip:
+    """A claimed consent call the worker will not make (an echo, or already carried)."""
+    rule = EDGES[Edge.SKIP]
+    return Skip(
+        edge=Edge.SKIP,
+        from_states=rule.from_states,
+        state=State.DROPPED,
+        reason=reason,
+        updated_at=now,
     )
 
 

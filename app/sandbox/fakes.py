@@ -210,6 +210,33 @@ def _valid_email(value: object) -> bool:
 # --------------------------------------------------------------------------- Mailmodo
 
 INVALID_EMAIL = "The provided email is not a valid email id"
+_SUBSCRIBED: dict[str, Any] = {
+    "unsubscribed": False,
+    "unsubscribeReason": None,
+    "unsubscribedEmailTypes": [],
+    "blocked": False,
+    "blockedReason": None,
+}
+#: What ``POST /_sandbox/contacts/{email}`` can make Mailmodo see (the reason is optional).
+_MARKS: dict[str, Callable[[str | None], dict[str, Any]]] = {
+    "subscribed": lambda _reason: dict(_SUBSCRIBED),
+    "unsubscribed": lambda reason: {
+        **_SUBSCRIBED,
+        "unsubscribed": True,
+        "unsubscribeReason": reason or "Clicked the unsubscribe link",
+        "unsubscribedEmailTypes": ["Promotional"],
+    },
+    "bounced": lambda reason: {
+        **_SUBSCRIBED,
+        "blocked": True,
+        "blockedReason": reason or "Hard bounce: mailbox does not exist",
+    },
+    "spam": lambda reason: {
+        **_SUBSCRIBED,
+        "blocked": True,
+        "blockedReason": reason or "Marked as spam by the recipient",
+    },
+}
 
 
 def create_fake_mailmodo(api_key: str) -> FastAPI:
@@ -279,6 +306,70 @@ def create_fake_mailmodo(api_key: str) -> FastAPI:
         if not body.get("instanceId") and not _valid_email(body.get("email")):
             return 400, {"success": False, "status": "error", "message": INVALID_EMAIL}
         return 200, {"success": True, "message": "journey aborted"}
+
+    statuses: dict[str, dict[str, Any]] = {}
+
+    def status_of(email: str) -> dict[str, Any]:
+        return statuses.setdefault(email, dict(_SUBSCRIBED))
+
+    async def contact_details(request: Request, _body: Any) -> tuple[int, Any]:
+        email = (request.query_params.get("email") or "").strip().lower()
+        if not _valid_email(email):
+            return 400, {"name": "ValidationError", "message": INVALID_EMAIL}
+        if email not in contacts:
+            return 404, {"success": False, "message": "Contact not found"}
+        return 200, {
+            "contactIdentifier": str(uuid.uuid5(uuid.NAMESPACE_URL, email)),
+            "email": email,
+            "data": {},
+            **status_of(email),
+        }
+
+    def subscription(unsubscribe: bool) -> Handler:
+        async def handle(_request: Request, body: Any) -> tuple[int, Any]:
+            if (refused := bad_body(body)) is not None:
+                return refused
+            if not _valid_email(body.get("email")):
+                return 400, {"success": False, "message": INVALID_EMAIL}
+            email = str(body["email"]).strip().lower()
+            contacts.add(email)
+            current = status_of(email)
+            if unsubscribe and current["unsubscribed"]:
+                return 200, {"success": True, "message": "Contact already in suppression list"}
+            statuses[email] = (
+                {**_SUBSCRIBED, "unsubscribed": True, "unsubscribeReason": "Unsubscribed via API"}
+                if unsubscribe
+                else dict(_SUBSCRIBED)
+            )
+            return 200, {"success": True, "message": "Done"}
+
+        return handle
+
+    @app.post("/_sandbox/contacts/{email}")
+    async def mark_contact(email: str, request: Request) -> Response:
+        """Make Mailmodo see a contact unsubscribed, bounced, spam or subscribed again:
+        ``{"status": "unsubscribed" | "bounced" | "spam" | "subscribed", "reason": "..."}``."""
+        body = parse_body(await request.body())
+        wanted = body.get("status") if isinstance(body, dict) else None
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if wanted not in _MARKS:
+            return pretty({"error": "status must be one of", "detail": sorted(_MARKS)}, 422)
+        email = email.strip().lower()
+        contacts.add(email)
+        statuses[email] = _MARKS[str(wanted)](reason if isinstance(reason, str) else None)
+        return pretty({"email": email, **statuses[email]})
+
+    @app.get("/api/v1/getContactDetails")
+    async def get_contact_details(request: Request) -> Response:
+        return await call(request, contact_details)
+
+    @app.post("/api/v1/contacts/unsubscribe")
+    async def unsubscribe(request: Request) -> Response:
+        return await call(request, subscription(True))
+
+    @app.post("/api/v1/contacts/resubscribe")
+    async def resubscribe(request: Request) -> Response:
+        return await call(request, subscription(False))
 
     async def lists(_request: Request, _body: Any) -> tuple[int, Any]:
         return 200, {
@@ -435,9 +526,25 @@ def create_fake_clevertap(account_id: str, passcode: str) -> FastAPI:
         # The real answer for an unknown profile is undocumented; this shape is a guess.
         return 200, {"status": "fail", "error": "User not found", "code": 404}
 
+    async def subscribe(_request: Request, body: Any) -> tuple[int, Any]:
+        records = body.get("d") if isinstance(body, dict) else None
+        if not isinstance(records, list):
+            return 400, {"status": "fail", "error": "Malformed request", "code": 400}
+        for record in records:
+            if isinstance(record, dict) and record.get("value"):
+                key = f"email:{record['value']}"
+                profiles.setdefault(key, {"profileData": {}, "events": {}})["subscription"] = (
+                    record.get("status")
+                )
+        return 200, {"status": "success", "processed": len(records), "unprocessed": []}
+
     @app.post("/1/upload")
     async def upload_route(request: Request) -> Response:
         return await call(request, upload)
+
+    @app.post("/1/subscribe")
+    async def subscribe_route(request: Request) -> Response:
+        return await call(request, subscribe)
 
     @app.get("/1/profile.json")
     async def profile_route(request: Request) -> Response:

@@ -57,6 +57,8 @@ DEMO_SETTINGS: dict[str, Any] = {
     "unresolved_identity": UnresolvedIdentity.PARK,
     "log_format": LogFormat.CONSOLE,
     "sqlite_synchronous": "NORMAL",
+    # Status reads 30 s and 2 min after a send, so the consent loop can be watched.
+    "reconcile_schedule_hours": [30 / 3600, 120 / 3600],
 }
 
 # The round trip a newcomer pastes; the tests send exactly these.

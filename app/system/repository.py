@@ -225,3 +225,24 @@ def write_probe(conn: Executor, now: datetime) -> None:
         .on_conflict_do_nothing(index_elements=["upstream"])
     )
     conn.execute(text("DELETE FROM upstream_states WHERE upstream = :u"), {"u": PROBE_ROW})
+
+
+def share_allowance(
+    conn: Executor, name: str, *, now: float, interval: float, horizon: float
+) -> tuple[int, float]:
+    """How many calls the budget ``name`` (one call per ``interval``) allows now: its slots
+    that start within ``horizon`` seconds; and where its clock stands. The row stays locked
+    on PostgreSQL until the caller commits, so replicas share one budget; the caller then
+    moves the clock on by what it used (``push_rate_slot``)."""
+    conn.execute(
+        _insert(conn, RateSlot)
+        .values(name=name, next_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    next_at = conn.execute(
+        select(RateSlot.next_at).where(RateSlot.name == name).with_for_update()
+    ).scalar_one()
+    start = max(float(next_at), now)
+    if start > now + horizon:
+        return 0, start
+    return int((now + horizon - start) // interval) + 1, start

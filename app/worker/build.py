@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from app.clevertap.client import CleverTapClient
 from app.config import Settings
+from app.consent.service import Consent
 from app.mailmodo.client import MailmodoClient
 from app.mailmojo.client import MailmojoClient
 from app.outbox.policy import RetryPolicy
@@ -68,6 +69,7 @@ def build_clevertap_uploader(
         engine=engine,
         client=client or CLEVERTAP.client(config),
         batch_size=config.batch_size,
+        consent=Consent.from_settings(settings),
         # A new passcode, account or region resumes a pause at once.
         **_consumer_settings(settings, worker_id, config.key),
     )
@@ -84,6 +86,7 @@ def build_mailmodo_deliverer(
         engine=engine,
         client=client or MAILMODO.client(config),
         limiter=SharedRateLimiter(engine, "mailmodo", config.rate_per_second),
+        consent=Consent.from_settings(settings),
         **_consumer_settings(settings, worker_id, config.key),
     )
 

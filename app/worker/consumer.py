@@ -82,16 +82,30 @@ class OutboxConsumer:
     def _claim_in(
         self, conn: Connection, limit: int, limiter: SharedRateLimiter | None
     ) -> tuple[list[Claimed], list[float]]:
-        rows = repository.claim_due(
+        rows = self.claim_rows(conn, limit, utcnow())
+        slots = limiter.reserve_in(conn, len(rows)) if limiter is not None and rows else []
+        return rows, slots
+
+    def claim_rows(self, conn: Connection, limit: int, now: datetime) -> list[Claimed]:
+        """Lease up to ``limit`` due rows in the caller's transaction (a consumer whose rows
+        are not all alike, e.g. Mailmodo's triggers before status reads, says how)."""
+        return repository.claim_due(
             conn,
             upstream=self.upstream,
             limit=limit,
-            now=utcnow(),
+            now=now,
             lease_seconds=self.lease_seconds,
             worker_id=self.worker_id,
         )
-        slots = limiter.reserve_in(conn, len(rows)) if limiter is not None and rows else []
-        return rows, slots
+
+    def after_outcomes(
+        self,
+        conn: Connection,
+        kept: Sequence[tuple[Claimed, Outcome, AttemptChange]],
+        now: datetime,
+    ) -> None:
+        """What else the recorded outcomes of rows still ours cause, in the same transaction
+        (nothing here; Mailmodo's deliverer books status reads)."""
 
     def record_many(self, results: Sequence[tuple[Claimed, Outcome]]) -> list[AttemptChange]:
         """The attempts and transitions of many single-item calls in ONE transaction, each
@@ -165,6 +179,15 @@ class OutboxConsumer:
                 for (row, _), change in zip(results, changes, strict=True)
                 if row.id in held
             ],
+        )
+        self.after_outcomes(
+            conn,
+            [
+                (row, outcome, change)
+                for (row, outcome), change in zip(results, changes, strict=True)
+                if row.id in held
+            ],
+            now,
         )
         # An auth refusal pauses; else any real answer lifts a pause: one decision a batch.
         decisive = next(

@@ -7,15 +7,19 @@ that decides *what happens to a row* is here, so tests drive it directly.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
+from app.consent.service import Consent  # W12 consent
 from app.mailmodo.bodies import SyncPlan, add_to_list_payload
 from app.mailmodo.client import MailmodoClient
 from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
+from app.mailmodo.status import CONSENT_CALLS, consent_call  # W12 consent
 from app.outbox.models import Operation, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
@@ -45,6 +49,7 @@ class MailmodoDeliverer(OutboxConsumer):
         lease_seconds: float,
         key_fingerprint: str | None,
         pause_probe_seconds: float,
+        consent: Consent | None = None,  # W12 consent
     ) -> None:
         super().__init__(
             engine=engine,
@@ -58,6 +63,30 @@ class MailmodoDeliverer(OutboxConsumer):
         self.limiter = limiter
         #: Outcomes of finished calls, committed in batches (see ``app.worker.batch``).
         self.outcomes: OutcomeBatcher[AttemptChange] = OutcomeBatcher(self.record_many)
+        self.consent = consent  # W12 consent
+
+    def claim_rows(self, conn: Connection, limit: int, now: datetime) -> list[Claimed]:
+        """Triggers first; status reads only in what is left, within their share of the rate;
+        echoing opt-outs finished unsent (``Consent.claim_mailmodo``)."""
+        if self.consent is None:
+            return super().claim_rows(conn, limit, now)
+        return self.consent.claim_mailmodo(
+            conn,
+            limit=limit,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            worker_id=self.worker_id,
+        )
+
+    def after_outcomes(
+        self,
+        conn: Connection,
+        kept: Sequence[tuple[Claimed, Outcome, AttemptChange]],
+        now: datetime,
+    ) -> None:
+        """Delivered sends book their status reads; reads teach consent (``app.consent``)."""
+        if self.consent is not None and kept:
+            self.consent.on_mailmodo_outcomes(conn, list(kept), now)
 
     # -- one round --------------------------------------------------------------------------
 
@@ -117,6 +146,11 @@ class MailmodoDeliverer(OutboxConsumer):
         return utcnow() + margin < row.leased_until
 
     async def attempt(self, row: Claimed, stop: asyncio.Event | None = None) -> Outcome:
+        if row.operation in CONSENT_CALLS:  # W12 consent: status reads, (un)subscribes
+            outcome = await consent_call(self.client, row)
+            if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:
+                await self.limiter.hold_off(outcome.retry_after)
+            return outcome
         assert row.target is not None
         try:
             if row.operation == Operation.LIST_SYNC.value:

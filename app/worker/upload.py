@@ -15,8 +15,10 @@ from sqlalchemy.engine import Engine
 
 from app.clevertap.bodies import upload_record_for
 from app.clevertap.client import CleverTapClient
+from app.clevertap.consent import consent_record, endpoint_of  # W12 consent
 from app.clevertap.outcomes import classify_failure, classify_upload, refused_whole_batch
 from app.clock import utcnow
+from app.consent.service import TO_CLEVERTAP, Consent  # W12 consent
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository, transitions
 from app.outbox.models import Upstream
@@ -32,6 +34,10 @@ log = structlog.get_logger(__name__)
 
 def upload_record(row: Claimed) -> dict[str, Any] | None:
     """The upload record of a row, keyed by ``objectId``, else ``identity`` = email."""
+    if row.operation in TO_CLEVERTAP:  # W12 consent: a profile or subscribe record
+        return consent_record(
+            row.operation, row.payload, clevertap_id=row.clevertap_id, email=row.email
+        )
     return upload_record_for(row.payload, clevertap_id=row.clevertap_id, email=row.email)
 
 
@@ -49,6 +55,7 @@ class CleverTapUploader(OutboxConsumer):
         batch_size: int,
         key_fingerprint: str | None,
         pause_probe_seconds: float,
+        consent: Consent | None = None,  # W12 consent
     ) -> None:
         super().__init__(
             engine=engine,
@@ -60,9 +67,23 @@ class CleverTapUploader(OutboxConsumer):
         )
         self.client = client
         self.batch_size = batch_size
+        self.consent = consent  # W12 consent
 
     def claim(self, limit: int | None = None) -> list[Claimed]:
-        return super().claim(limit or self.batch_size)
+        if self.consent is None:
+            return super().claim(limit or self.batch_size)
+        # W12 consent: opt-outs that would echo are finished unsent at the claim.
+        allowed = self.gate.allowed_batch(limit or self.batch_size)
+        if allowed <= 0:
+            return []
+        with self.engine.begin() as conn:
+            return self.consent.claim_clevertap(
+                conn,
+                limit=allowed,
+                now=utcnow(),
+                lease_seconds=self.lease_seconds,
+                worker_id=self.worker_id,
+            )
 
     async def run_once(self, limit: int | None = None) -> RunStats:
         """Claim one batch and upload it (tests and the runner both use this path)."""
@@ -87,10 +108,14 @@ class CleverTapUploader(OutboxConsumer):
             (row, Outcome(AttemptOutcome.FAILED, None, "no CleverTap ID and no email", 0.0))
             for row in unsendable
         ]
-        if sendable:
-            records = [record for _, record in sendable]
+        # W12 consent: subscribe records go to /1/subscribe, the rest to /1/upload.
+        groups: dict[str, list[tuple[Claimed, dict[str, Any]]]] = {}
+        for row, record in sendable:
+            groups.setdefault(endpoint_of(row.operation), []).append((row, record))
+        for path, group in groups.items():
+            records = [record for _, record in group]
             try:
-                outcomes = await self.send(records)
+                outcomes = await self.send(records, path)
             except asyncio.CancelledError:
                 await asyncio.shield(asyncio.to_thread(self.release, [r for r, _ in sendable]))
                 raise
@@ -101,22 +126,25 @@ class CleverTapUploader(OutboxConsumer):
                 reason = f"unexpected error: {type(exc).__name__}: {exc}"
                 outcomes = [Outcome(AttemptOutcome.RETRY, None, reason, 0.0)] * len(records)
             results.extend(
-                (row, outcome) for (row, _), outcome in zip(sendable, outcomes, strict=True)
+                (row, outcome) for (row, _), outcome in zip(group, outcomes, strict=True)
             )
         return await asyncio.to_thread(self.record, results)
 
-    async def send(self, records: list[dict[str, Any]]) -> list[Outcome]:
+    async def send(self, records: list[dict[str, Any]], path: str = "/1/upload") -> list[Outcome]:
         """One outcome per record. A whole-request refusal (400, 413) of several records is
         bisected, so one bad record fails alone instead of taking its batch down with it."""
         try:
-            response = await self.client.upload(records)
+            response = await self.client.upload(records, path)
         except UpstreamError as exc:
             return [classify_failure(exc)] * len(records)
         UPLOAD_BATCH.observe(len(records))
         UPSTREAM_LATENCY.labels(self.upstream.value).observe(response.duration_ms / 1000)
         if refused_whole_batch(response) and len(records) > 1:
             half = len(records) // 2
-            return [*await self.send(records[:half]), *await self.send(records[half:])]
+            return [
+                *await self.send(records[:half], path),
+                *await self.send(records[half:], path),
+            ]
         return classify_upload(response, records)
 
     def record(self, results: list[tuple[Claimed, Outcome]]) -> list[AttemptChange]:
@@ -144,6 +172,10 @@ class CleverTapUploader(OutboxConsumer):
             kept = repository.finish_many(
                 conn, [(row, t) for (row, _), t in zip(results, changes, strict=True)]
             )
+            if self.consent is not None:  # W12 consent: what CleverTap was told
+                self.consent.on_clevertap_outcomes(
+                    conn, [(r, o, t) for (r, o), t in zip(results, changes, strict=True)], now
+                )
             batch_outcome = next(
                 (o for _, o in results if o.kind is AttemptOutcome.AUTH_ERROR),
                 next((o for _, o in results if o.status_code), None),

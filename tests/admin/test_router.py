@@ -121,6 +121,7 @@ async def test_openapi_describes_the_admin_api(client: httpx.AsyncClient) -> Non
         "/admin/overview",
         "/admin/failures",
         "/admin/person",
+        "/admin/consent/{email}",
     }
     listing = schema["paths"]["/admin/deliveries"]["get"]
     assert listing["security"] == [{"HTTPBearer": []}]

@@ -74,6 +74,8 @@ def test_only_the_mailmodo_delivery_operations_have_paths() -> None:
         Operation.JOURNEY_START,
         Operation.JOURNEY_ABORT,
         Operation.LIST_SYNC,
+        Operation.CONTACT_UNSUBSCRIBE,
+        Operation.CONTACT_RESUBSCRIBE,
     }
 
 

@@ -49,6 +49,7 @@ EXPECTED = {
     *((Edge.ATTEMPT, P, s) for s in (DL, F, DE, P)),
     (Edge.RELEASE_LEASE, P, P),
     (Edge.RECLAIM_LEASE, P, P),
+    (Edge.SKIP, P, DR),
     (Edge.RESUME_DEFERRED, P, P),
     (Edge.RELEASE_PARKED, PK, P),
     (Edge.EXPIRE_PARKED, PK, DE),
@@ -126,6 +127,7 @@ def _changes() -> list[transitions.Change]:
         attempt,
         transitions.release_lease(NOW),
         transitions.reclaim_lease(NOW),
+        transitions.skip(NOW, "echo"),
         transitions.resume_deferred(NOW),
         transitions.release_parked(NOW),
         transitions.expire_parked(NOW, ttl_hours=72),
@@ -448,7 +450,7 @@ def test_reclaim_lease_from_every_state(db: Engine) -> None:
 
 APP = Path(__file__).resolve().parents[2] / "app"
 #: The only modules that put a state into SQL, and only a change's state.
-APPLIERS = {"outbox/repository.py", "admin/repository.py"}
+APPLIERS = {"outbox/repository.py", "admin/repository.py", "outbox/claim_repository.py"}
 STATE_VALUES = {s.value for s in State}
 
 

@@ -1,0 +1,154 @@
+"""Consent from CleverTap (``/clevertap/consent/...``) and the echo guard both ways."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.outbox.models import State
+from tests.conftest import CT_AUTH, profiles_body
+from tests.consent.conftest import Loop
+
+A = "ann@example.com"
+UNSUB = "/clevertap/consent/unsubscribe"
+RESUB = "/clevertap/consent/resubscribe"
+
+
+async def test_an_opt_out_in_clevertap_reaches_mailmodo_once_per_recipient(loop: Loop) -> None:
+    ids = await loop.post(UNSUB, A, "bob@example.com")
+    assert len(ids) == 2
+    # CleverTap retries the same call: a duplicate, nothing more is sent.
+    again = await loop.client.post(UNSUB, json=profiles_body(A, "bob@example.com"), headers=CT_AUTH)
+    assert again.json()["duplicates"] == 2
+    await loop.work()
+    assert sorted(loop.mm_writes, key=str) == [
+        ("/api/v1/contacts/unsubscribe", {"email": A}),
+        ("/api/v1/contacts/unsubscribe", {"email": "bob@example.com"}),
+    ]
+    [entry] = loop.log(A)
+    assert (entry.state, entry.source, entry.echo) == ("unsubscribed", "clevertap.webhook", False)
+    assert entry.told.startswith("mailmodo: unsubscribe")
+    # A later, different call for the same person: already carried, not sent again.
+    await loop.post(UNSUB, A, key_values={"other": "call"})
+    await loop.work()
+    assert len(loop.mm_writes) == 2
+    skipped = [r for r in loop.rows("contact.unsubscribe") if r.state is State.DROPPED]
+    assert len(skipped) == 1
+    assert "already unsubscribed in Mailmodo" in (skipped[0].reason or "")
+
+
+async def test_a_resubscribe_in_clevertap_reaches_mailmodo(loop: Loop) -> None:
+    await loop.post(UNSUB, A)
+    await loop.work()
+    await loop.post(RESUB, A)
+    await loop.work()
+    assert [path for path, _ in loop.mm_writes] == [
+        "/api/v1/contacts/unsubscribe",
+        "/api/v1/contacts/resubscribe",
+    ]
+    # Opting out again after opting in is carried again.
+    await loop.post(UNSUB, A, key_values={"n": "3"})
+    await loop.work()
+    assert len(loop.mm_writes) == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({}, profiles_body(A), 401),
+        (CT_AUTH, {"unknown": "shape"}, 422),
+        (CT_AUTH, "not json", 400),
+    ],
+)
+async def test_consent_routes_answer_bad_input_like_the_other_routes(
+    loop: Loop, headers: dict[str, str], body: object, status: int
+) -> None:
+    for path in (UNSUB, RESUB):
+        if isinstance(body, str):
+            resp = await loop.client.post(path, content=body, headers=headers)
+        else:
+            resp = await loop.client.post(path, json=body, headers=headers)
+        assert resp.status_code == status
+        assert set(resp.json()) >= {"error"}
+    assert loop.rows() == []
+
+
+async def test_the_test_call_is_answered_and_not_forwarded(loop: Loop) -> None:
+    body = {"is_test": True, "targetId": 1, "profiles": [{"Email": "User@user.com"}]}
+    resp = await loop.client.post(UNSUB, json=body, headers=CT_AUTH)
+    assert resp.status_code == 200
+    assert resp.json()["test"] is True
+    assert loop.rows() == []
+
+
+async def test_custom_body_with_one_recipient(loop: Loop) -> None:
+    resp = await loop.client.post(UNSUB, json={"email": A, "clevertap_id": "__x"}, headers=CT_AUTH)
+    assert resp.status_code == 200, resp.text
+    [row] = loop.rows()
+    assert (row.operation, row.email, row.target) == ("contact.unsubscribe", A, None)
+
+
+# --- no loops -------------------------------------------------------------------------------
+
+
+async def test_clevertap_echoing_our_opt_out_is_not_sent_back(loop: Loop) -> None:
+    """Mailmodo unsubscribed A -> MSG-email false -> CleverTap raises Channel Unsubscribed."""
+    await loop.send(A)
+    loop.contact(A, unsubscribed=True, blocked=False)
+    await loop.later(1)
+    assert len(loop.profiles()) == 1
+    await loop.post(UNSUB, A)  # the Channel Unsubscribed campaign calls us
+    await loop.work()
+    assert [p for p, _ in loop.mm_writes] == ["/api/v1/triggerCampaign/camp-1"]
+    [row] = loop.rows("contact.unsubscribe")
+    assert row.state is State.DROPPED
+    assert "echo" in (row.reason or "")
+    entries = loop.log(A)
+    assert [(e.source, e.echo) for e in entries] == [
+        ("mailmodo.read", False),
+        ("clevertap.webhook", True),
+    ]
+    assert entries[1].told.startswith("nobody: echo")
+
+
+async def test_mailmodo_echoing_our_opt_out_is_not_sent_back(loop: Loop) -> None:
+    """CleverTap opt-out -> Mailmodo unsubscribe -> the next read sees unsubscribed."""
+    await loop.post(UNSUB, A)
+    await loop.work()
+    await loop.send(A)
+    loop.contact(A, unsubscribed=True, unsubscribeReason="API", blocked=False)
+    await loop.later(1)
+    assert loop.events() == []
+    assert loop.profiles() == []
+    entries = loop.log(A)
+    assert [(e.source, e.echo) for e in entries] == [
+        ("clevertap.webhook", False),
+        ("mailmodo.read", True),
+    ]
+
+
+async def test_sends_and_syncs_never_resubscribe(loop: Loop) -> None:
+    """Only /consent/resubscribe calls Mailmodo's resubscribe: a trigger after an opt-out
+    is a plain trigger."""
+    await loop.post(UNSUB, A)
+    await loop.work()
+    await loop.send(A)
+    await loop.post("/clevertap/lists/l-1/contacts", A)
+    loop.mailmodo.post("/api/v1/addToList").respond(200, json={"success": True})
+    await loop.work()
+    paths = [p for p, _ in loop.mm_writes]
+    assert "/api/v1/contacts/resubscribe" not in paths
+    for _, body in loop.mm_writes:
+        assert not {"unsubscribed", "blocked", "resubscribe"} & set(body)
+
+
+async def test_a_callback_echoing_our_opt_out_is_not_sent_to_clevertap(loop: Loop) -> None:
+    from tests.worker.conftest_upload import post_mm
+
+    await loop.post(UNSUB, A)
+    await loop.work()
+    await post_mm(loop.client, {"event": "unsubscribed", "email": A, "clevertap_id": "__a"})
+    await loop.work()
+    assert loop.profiles() == []
+    [row] = loop.rows("consent.profile")
+    assert row.state is State.DROPPED
+    assert loop.log(A)[-1].echo
