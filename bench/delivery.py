@@ -227,9 +227,7 @@ def main() -> int:
         steady_us = f"{sum(spent.values()) * us:.0f}"
         # The API first, then its children by CPU spent (the worker is the busiest).
         api = spent.pop(drainer.pid, 0)
-        by_process = "/".join(
-            f"{t * us:.0f}" for t in [api, *sorted(spent.values(), reverse=True)]
-        )
+        by_process = "/".join(f"{t * us:.0f}" for t in [api, *sorted(spent.values(), reverse=True)])
     line = (
         f"DELIVERY_RESULT backlog={accepted} delivered={calls} complete={'yes' if done else 'no'} "
         f"seconds={span:.2f} deliveries_per_s={rate:.0f} cpu_us_per_delivery={cpu_us:.0f} "
