@@ -150,3 +150,49 @@ def insert_returning_ids(conn: Connection, table: Table, rows: list[dict[str, An
     finally:
         cursor.close()
     return ids
+
+
+@dataclass(frozen=True, slots=True)
+class SqlitePlan:
+    """Any statement for SQLite, compiled once: its SQL and, per ``?``, the parameter's name,
+    default (a literal of the statement) and converter (as its type binds it)."""
+
+    sql: str
+    binds: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        """The positional values of ``params`` (names missing take the statement's value)."""
+        values = []
+        for name, default, proc in self.binds:
+            value = params.get(name, default)
+            values.append(value if proc is None or value is None else proc(value))
+        return values
+
+
+_SQLITE_PLANS: dict[tuple[int, int, tuple[str, ...] | None], SqlitePlan] = {}
+
+
+def sqlite_plan(
+    dialect: Dialect, statement: Any, column_keys: tuple[str, ...] | None = None
+) -> SqlitePlan:
+    """``statement`` compiled for SQLite once (an UPDATE's SET columns may be named with
+    ``column_keys``, each bound by the column's name). No expanding ``IN`` lists."""
+    cache_key = (id(dialect), id(statement), column_keys)
+    plan = _SQLITE_PLANS.get(cache_key)
+    if plan is None:
+        compiled = statement.compile(
+            dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None
+        )
+        assert "POSTCOMPILE" not in compiled.string, compiled.string
+        binds = []
+        for name in compiled.positiontup or []:
+            bind = compiled.binds[name]
+            binds.append((name, compiled.params.get(name), _converter(bind.type, dialect)))
+        plan = _SQLITE_PLANS[cache_key] = SqlitePlan(sql=compiled.string, binds=tuple(binds))
+    return plan
+
+
+def driver_cursor(conn: Connection) -> Any:
+    """A cursor of ``conn``'s driver connection: the same transaction, none of SQLAlchemy's
+    per-execution cost (close it after use)."""
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]

@@ -12,7 +12,9 @@ not the limit, and what each delivery costs in CPU across all of the bridge's pr
    item reached it (or BENCH_DRAIN_TIMEOUT seconds, default 120, passed).
 
 Reported: deliveries/s (first to last call at the fake), CPU per delivery (the bridge's process
-tree, from "listening" to the last delivery), and how many calls reached the fake twice.
+tree, from "listening" to the last delivery, so the worker's start-up is in it), the same in the
+steady state (from a tenth of the backlog delivered to the last delivery) and split by process
+(the API first, then its children, busiest first), and how many calls reached the fake twice.
 Prints one ``DELIVERY_RESULT`` line of key=value pairs. Needs no wrk.
 """
 
@@ -61,6 +63,12 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 def tree_ticks(pid: int) -> tuple[int, int]:
     """CPU ticks (user+system) and RSS bytes of ``pid`` and all of its descendants."""
+    per, rss = tree_detail(pid)
+    return sum(per.values()), rss
+
+
+def tree_detail(pid: int) -> tuple[dict[int, int], int]:
+    """CPU ticks of ``pid`` and each of its descendants, by pid, and their RSS bytes."""
     parents: dict[int, int] = {}
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
@@ -80,14 +88,15 @@ def tree_ticks(pid: int) -> tuple[int, int]:
             if ppid == parent and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    ticks = rss = 0
+    per: dict[int, int] = {}
+    rss = 0
     page = os.sysconf("SC_PAGE_SIZE")
     for p in tree:
         fields = stats.get(p)
         if fields:
-            ticks += int(fields[11]) + int(fields[12])
+            per[p] = int(fields[11]) + int(fields[12])
             rss += int(fields[21]) * page
-    return ticks, rss
+    return per, rss
 
 
 def bridge(db: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -181,16 +190,24 @@ def main() -> int:
         httpx.post(f"http://127.0.0.1:{FAKE_PORT}/_reset", timeout=10)
         drainer = bridge(db, OUT / "drain.log", BRIDGE_MAILMODO_RATE_PER_SECOND="100000")
         try:
-            start_ticks, start_rss = tree_ticks(drainer.pid)
+            start_per, start_rss = tree_detail(drainer.pid)
+            start_ticks = sum(start_per.values())
             before_ready = int(fake_stats()["calls"])
             peak_rss = start_rss
             deadline = time.monotonic() + TIMEOUT
             stats = fake_stats()
+            # The steady state: from the first tenth of the backlog delivered (the worker's
+            # start-up and first connections behind it) to the end.
+            steady: tuple[dict[int, int], int] | None = None
             while stats["calls"] < accepted and time.monotonic() < deadline:
                 time.sleep(0.1)
-                peak_rss = max(peak_rss, tree_ticks(drainer.pid)[1])
+                per, rss = tree_detail(drainer.pid)
+                peak_rss = max(peak_rss, rss)
                 stats = fake_stats()
-            end_ticks, end_rss = tree_ticks(drainer.pid)
+                if steady is None and stats["calls"] >= accepted // 10:
+                    steady = (per, int(stats["calls"]))
+            end_per, end_rss = tree_detail(drainer.pid)
+            end_ticks = sum(end_per.values())
         finally:
             stop(drainer)
     finally:
@@ -202,11 +219,21 @@ def main() -> int:
     delivered_after_ready = max(calls - before_ready, 1)
     cpu_us = (end_ticks - start_ticks) / CLK_TCK * 1e6 / delivered_after_ready
     done = calls >= accepted
+    steady_us = by_process = "n/a"
+    if steady is not None and calls > steady[1]:
+        mid_per, mid_calls = steady
+        us = 1e6 / CLK_TCK / (calls - mid_calls)
+        spent = {pid: end_per.get(pid, 0) - mid_per.get(pid, 0) for pid in end_per}
+        steady_us = f"{sum(spent.values()) * us:.0f}"
+        # The API first, then its children by CPU spent (the worker is the busiest).
+        api = spent.pop(drainer.pid, 0)
+        by_process = "/".join(f"{t * us:.0f}" for t in [api, *sorted(spent.values(), reverse=True)])
     line = (
         f"DELIVERY_RESULT backlog={accepted} delivered={calls} complete={'yes' if done else 'no'} "
         f"seconds={span:.2f} deliveries_per_s={rate:.0f} cpu_us_per_delivery={cpu_us:.0f} "
         f"delivered_before_ready={before_ready} rss_start_mb={start_rss / 2**20:.0f} "
-        f"rss_peak_mb={peak_rss / 2**20:.0f} rss_end_mb={end_rss / 2**20:.0f}"
+        f"rss_peak_mb={peak_rss / 2**20:.0f} rss_end_mb={end_rss / 2**20:.0f} "
+        f"steady_cpu_us_per_delivery={steady_us} steady_us_api_then_children={by_process}"
     )
     print(line)
     (OUT / "delivery.result").write_text(line + "\n")

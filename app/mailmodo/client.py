@@ -8,7 +8,7 @@ import httpx
 
 from app.mailmodo.config import MailmodoConfig
 from app.outbox.models import Operation
-from app.upstream import UpstreamResponse, pooled_client, send
+from app.upstream import DirectPoster, UpstreamResponse, pooled_client, send
 
 PATHS: dict[Operation, str] = {
     Operation.CAMPAIGN_TRIGGER: "/api/v1/triggerCampaign/{target}",
@@ -42,6 +42,7 @@ class MailmodoClient:
             max_connections=max_connections,
             transport=transport,
         )
+        self._poster = DirectPoster(self._client)
 
     @classmethod
     def from_config(
@@ -61,13 +62,7 @@ class MailmodoClient:
     async def call(self, operation: Operation, target: str, payload: str) -> UpstreamResponse:
         """POST an already-serialised JSON ``payload`` for ``operation`` on ``target``."""
         path = PATHS[operation].format(target=self.path_segment(target))
-        request = self._client.build_request(
-            "POST",
-            path,
-            content=payload.encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        return await send(self._client, request)
+        return await self._poster.post_json(path, payload.encode())
 
     @staticmethod
     def path_segment(target: str) -> str:

@@ -9,33 +9,19 @@ claimed by someone else is left alone.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select, update
 
-from app.outbox.repository import DELIVERIES, Claimed, Executor, in_states
+from app.outbox.repository import DELIVERIES, Executor, in_states
 from app.outbox.transitions import Edge, LeaseReclaim
+from app.outbox.worker_sql import finish_held, still_leased
+
+__all__ = ["finish_held", "lessees", "reclaim_leases", "still_leased"]
 
 #: Ids per IN (...) list or UPDATE: far below any backend's limit on bound parameters.
 _CHUNK = 1000
-
-
-def still_leased(conn: Executor, rows: Sequence[Claimed]) -> set[int]:
-    """The ids of ``rows`` whose lease the caller still holds (same token), locked until the
-    end of the transaction on PostgreSQL (SQLite's write lock is already held), so no lease
-    moves before the caller's ``finish_many``: a batch learns exactly which rows it lost."""
-    tokens = {row.id: row.lease_token for row in rows}
-    ids = list(tokens)
-    held: set[int] = set()
-    for start in range(0, len(ids), _CHUNK):
-        found = conn.execute(
-            select(DELIVERIES.c.id, DELIVERIES.c.lease_token)
-            .where(DELIVERIES.c.id.in_(ids[start : start + _CHUNK]))
-            .with_for_update()
-        ).all()
-        held.update(row_id for row_id, token in found if token == tokens[row_id])
-    return held
 
 
 def lessees(conn: Executor) -> set[str]:

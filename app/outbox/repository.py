@@ -9,7 +9,6 @@ under its guard: the lease token for a worker's rows, the change's ``from_states
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,8 +38,18 @@ from app.outbox.transitions import (
     ParkedExpiry,
     ParkedRelease,
 )
+from app.outbox.worker_sql import add_attempts, claim_due, finish_many, leased_values
 
-__all__ = ["ATTEMPTS", "CALLS", "DELIVERIES", "Claimed", "Executor"]
+__all__ = [
+    "ATTEMPTS",
+    "CALLS",
+    "DELIVERIES",
+    "Claimed",
+    "Executor",
+    "add_attempts",
+    "claim_due",
+    "finish_many",
+]
 
 Executor = Connection | Session
 CALLS = cast(Table, InboundCall.__table__)
@@ -394,98 +403,7 @@ def expire_parked(conn: Executor, change: ParkedExpiry) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-# -- claiming and finishing ------------------------------------------------------------------
-
-
-def claim_due(
-    conn: Executor,
-    *,
-    upstream: Upstream,
-    limit: int,
-    now: datetime,
-    lease_seconds: float,
-    worker_id: str,
-) -> list[Claimed]:
-    """Lease up to ``limit`` due rows: they leave the due set until the lease runs out, so a
-    crashed worker's rows come back by themselves."""
-    if limit <= 0:
-        return []
-    table = DELIVERIES
-    due = (
-        select(table.c.id)
-        .where(
-            table.c.upstream == upstream.value,
-            table.c.state == State.PENDING.value,
-            table.c.next_attempt_at <= now,
-        )
-        .order_by(table.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    token = uuid.uuid4().hex
-    rows = conn.execute(
-        update(table)
-        .where(table.c.id.in_(due.scalar_subquery()))
-        .values(
-            lease_token=token,
-            leased_by=worker_id,
-            next_attempt_at=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(
-            table.c.id,
-            table.c.operation,
-            table.c.target,
-            table.c.email,
-            table.c.clevertap_id,
-            table.c.payload,
-            table.c.attempts,
-            table.c.deferrals,
-            table.c.upstream_ref,
-        )
-    ).all()
-    claimed = [
-        Claimed(
-            id=r.id,
-            operation=r.operation,
-            target=r.target,
-            email=r.email,
-            clevertap_id=r.clevertap_id,
-            payload=r.payload,
-            attempts=r.attempts,
-            deferrals=r.deferrals,
-            lease_token=token,
-            leased_until=now + timedelta(seconds=lease_seconds),
-            upstream_ref=r.upstream_ref,
-        )
-        for r in rows
-    ]
-    claimed.sort(key=lambda c: c.id)
-    return claimed
-
-
-def _leased_values(change: AttemptChange | LeaseRelease) -> dict[str, Any]:
-    """The columns a worker's change sets; the lease goes either way."""
-    if isinstance(change, LeaseRelease):
-        return {
-            "lease_token": None,
-            "leased_by": None,
-            "next_attempt_at": change.updated_at,
-            "updated_at": change.updated_at,
-        }
-    return {
-        "state": change.state,
-        "attempts": change.attempts,
-        "deferrals": change.deferrals,
-        "next_attempt_at": change.next_attempt_at,
-        "reason": change.reason,
-        "upstream_ref": change.upstream_ref,
-        "finished_at": change.finished_at,
-        "last_status_code": change.last_status_code,
-        "updated_at": change.updated_at,
-        "lease_token": None,
-        "leased_by": None,
-    }
+# -- claiming and finishing (the hot statements are in ``worker_sql``) ----------------------
 
 
 def update_leased(conn: Executor, claimed: Claimed, change: AttemptChange | LeaseRelease) -> bool:
@@ -497,33 +415,13 @@ def update_leased(conn: Executor, claimed: Claimed, change: AttemptChange | Leas
     result = conn.execute(
         update(table)
         .where(table.c.id == claimed.id, table.c.lease_token == claimed.lease_token)
-        .values(**_leased_values(change))
+        .values(**leased_values(change))
     )
     return bool(getattr(result, "rowcount", 0))
 
 
 def add_attempt(conn: Executor, values: dict[str, Any]) -> None:
     conn.execute(ATTEMPTS.insert(), [values])
-
-
-def finish_many(conn: Executor, rows: Sequence[tuple[Claimed, AttemptChange]]) -> int:
-    """Apply many attempt changes at once (an upload batch), each under its own lease."""
-    if not rows:
-        return 0
-    params = [
-        {"b_id": claimed.id, "b_token": claimed.lease_token} | _leased_values(change)
-        for claimed, change in rows
-    ]
-    stmt = update(DELIVERIES).where(
-        DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.lease_token == bindparam("b_token")
-    )
-    result = conn.execute(stmt, params)
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-def add_attempts(conn: Executor, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(ATTEMPTS.insert(), rows)
 
 
 def has_waiting(conn: Executor, upstream: Upstream) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.fastsql import driver_cursor, sqlite_plan
 from app.outbox import repository as outbox_repository
 from app.outbox import transitions
 from app.system.models import GeneratedSecret, RateSlot, UpstreamState, WorkerHeartbeat
@@ -181,27 +182,67 @@ def clear_paused(conn: Executor, upstream: str, now: datetime) -> bool:
     return lifted
 
 
+_RESERVE = (
+    "UPDATE rate_slots SET next_at = "
+    "CASE WHEN next_at > :now THEN next_at ELSE :now END + :interval "
+    "WHERE name = :name RETURNING next_at"
+)
+#: The same for SQLite's driver cursor: runs in every worker round.
+_RESERVE_SQLITE = (
+    "UPDATE rate_slots SET next_at = CASE WHEN next_at > ?1 THEN next_at ELSE ?1 END + ?2 "
+    "WHERE name = ?3 RETURNING next_at"
+)
+
+
 def reserve_rate_slot(conn: Executor, name: str, *, now: float, interval: float) -> float:
     """Reserve the next send time for ``name`` (epoch seconds), shared by every process.
 
     GCRA: the row holds the earliest free slot; each reservation takes
     ``max(slot, now)`` and moves the slot on by ``interval``. One statement, so it is atomic
-    on SQLite (single writer) and PostgreSQL (row lock).
+    on SQLite (single writer) and PostgreSQL (row lock); the row is created the first time
+    (insert-or-ignore, then the same statement again).
     """
-    conn.execute(
-        _insert(conn, RateSlot)
-        .values(name=name, next_at=now)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    row = conn.execute(
-        text(
-            "UPDATE rate_slots SET next_at = "
-            "CASE WHEN next_at > :now THEN next_at ELSE :now END + :interval "
-            "WHERE name = :name RETURNING next_at"
-        ),
-        {"now": now, "interval": interval, "name": name},
-    ).scalar_one()
-    return float(row) - interval
+    row = _reserve(conn, name, now, interval)
+    if row is None:
+        conn.execute(
+            _insert(conn, RateSlot)
+            .values(name=name, next_at=now)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        row = _reserve(conn, name, now, interval)
+        assert row is not None
+    return row - interval
+
+
+def _reserve(conn: Executor, name: str, now: float, interval: float) -> float | None:
+    if isinstance(conn, Connection) and conn.dialect.name == "sqlite":
+        cursor = driver_cursor(conn)
+        try:
+            found = cursor.execute(_RESERVE_SQLITE, (now, interval, name)).fetchone()
+        finally:
+            cursor.close()
+        return None if found is None else float(found[0])
+    value = conn.execute(
+        text(_RESERVE), {"now": now, "interval": interval, "name": name}
+    ).scalar_one_or_none()
+    return None if value is None else float(value)
+
+
+_PAUSED = select(UpstreamState.paused).where(UpstreamState.upstream == bindparam("upstream"))
+
+
+def is_paused(conn: Executor, upstream: str) -> bool:
+    """Whether ``upstream`` is paused: the one read of the pause a worker round makes."""
+    if isinstance(conn, Connection) and conn.dialect.name == "sqlite":
+        cursor = driver_cursor(conn)
+        try:
+            plan = sqlite_plan(conn.dialect, _PAUSED)
+            found = cursor.execute(plan.sql, plan.args({"upstream": upstream})).fetchone()
+        finally:
+            cursor.close()
+    else:
+        found = conn.execute(_PAUSED, {"upstream": upstream}).first()
+    return found is not None and bool(found[0])
 
 
 def push_rate_slot(conn: Executor, name: str, *, not_before: float) -> None:

@@ -131,14 +131,18 @@ class OutboxConsumer:
         slots: list[float] = []
         gate_closed = False
         with self.engine.begin() as conn:
-            held = self._record_in(conn, results, changes, now) if results else set()
+            # The pause, read once a round: recording and claiming both go by it, and a
+            # real answer while not paused writes nothing (see ``PauseGate.observe``).
+            paused = not self.gate.open_in(conn)
+            held: set[int] = set()
+            if results:
+                held, paused = self._record_in(conn, results, changes, now, paused)
             if limit > 0:
-                # The common case reads the pause in this transaction; a pause (or a probe)
-                # is the gate's to decide, after this commit.
-                if self.gate.open_in(conn):
-                    rows, slots = self._claim_in(conn, limit, limiter)
-                else:
+                # A pause (or a probe) is the gate's to decide, after this commit.
+                if paused:
                     gate_closed = True
+                else:
+                    rows, slots = self._claim_in(conn, limit, limiter)
         for (row, outcome), change in zip(results, changes, strict=True):
             observe_attempt(
                 self.upstream.value, outcome.kind.value, change.state.value, outcome.duration_ms
@@ -154,31 +158,28 @@ class OutboxConsumer:
         results: Sequence[tuple[Claimed, Outcome]],
         changes: list[AttemptChange],
         now: datetime,
-    ) -> set[int]:
-        """Write the attempts and the guarded updates; the ids whose lease was still ours."""
+        paused: bool,
+    ) -> tuple[set[int], bool]:
+        """Write the attempts and the guarded updates; the ids whose lease was still ours,
+        and whether the upstream is paused after this batch."""
+        worker_id = self.worker_id
         attempts = [
             {
                 "delivery_id": row.id,
                 "number": change.attempt_number,
-                "started_at": now - timedelta(seconds=outcome.duration_ms / 1000),
+                "started_at": now - timedelta(milliseconds=outcome.duration_ms),
                 "duration_ms": outcome.duration_ms,
                 "status_code": outcome.status_code,
                 "outcome": outcome.kind.value,
                 "error": outcome.reason,
                 "response_body": outcome.response_body,
-                "worker_id": self.worker_id,
+                "worker_id": worker_id,
             }
             for (row, outcome), change in zip(results, changes, strict=True)
         ]
-        held = leases.still_leased(conn, [row for row, _ in results])
         repository.add_attempts(conn, attempts)
-        repository.finish_many(
-            conn,
-            [
-                (row, change)
-                for (row, _), change in zip(results, changes, strict=True)
-                if row.id in held
-            ],
+        held = leases.finish_held(
+            conn, [(row, change) for (row, _), change in zip(results, changes, strict=True)]
         )
         self.after_outcomes(
             conn,
@@ -202,8 +203,8 @@ class OutboxConsumer:
             ),
         )
         if decisive is not None:
-            self.gate.observe(conn, decisive, now)
-        return held
+            paused = bool(self.gate.observe(conn, decisive, now, paused=paused))
+        return held, paused
 
     def log_outcome(
         self, row: Claimed, outcome: Outcome, change: AttemptChange, *, lease_kept: bool

@@ -56,11 +56,15 @@ class PauseGate:
 
     def open_in(self, conn: Connection) -> bool:
         """Not paused, read in the caller's transaction (the claim's): no extra connection."""
-        state = system_repo.get_upstream_state(conn, self.upstream.value)
-        return state is None or not state.paused
+        return not system_repo.is_paused(conn, self.upstream.value)
 
-    def observe(self, conn: Connection, outcome: Outcome, now: datetime) -> None:
-        """Pause on 401/403; resume on any other real answer. Runs in the caller's txn."""
+    def observe(
+        self, conn: Connection, outcome: Outcome, now: datetime, *, paused: bool | None = None
+    ) -> bool | None:
+        """Pause on 401/403; resume on any other real answer. Runs in the caller's txn;
+        ``paused`` is the pause as this transaction already read it (None: not read), so a
+        real answer while not paused writes nothing. Returns whether the upstream is paused
+        now (None: still not read)."""
         if outcome.kind is AttemptOutcome.AUTH_ERROR:
             before = system_repo.get_upstream_state(conn, self.upstream.value)
             system_repo.set_paused(
@@ -79,11 +83,13 @@ class PauseGate:
                     reason=outcome.reason,
                     probe_every_seconds=self.probe_seconds,
                 )
-        elif (
-            outcome.kind is not AttemptOutcome.RATE_LIMITED
-            and outcome.status_code
-            and system_repo.clear_paused(conn, self.upstream.value, now)
-        ):
+            return True
+        if outcome.kind is AttemptOutcome.RATE_LIMITED or not outcome.status_code:
+            return paused
+        if paused is False:
+            return False
+        if system_repo.clear_paused(conn, self.upstream.value, now):
             log.info(
                 "upstream accepted our credentials again; resuming", upstream=self.upstream.value
             )
+        return False
