@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, Table, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.fastsql import insert_returning_ids, sqlite_query, sqlite_time
@@ -95,6 +97,11 @@ _RELEASE_PARKED = (
         reason=bindparam("b_reason"),
     )
 )
+_INSERT_KEYED_CALL = (
+    pg_insert(CALLS)
+    .on_conflict_do_nothing(index_elements=[CALLS.c.dedup_key])
+    .returning(CALLS.c.id, CALLS.c.dedup_key)
+)
 #: Values per expanding IN (…) list: far below PostgreSQL's 65,535 parameters per statement.
 _IN_CHUNK = 1000
 _PARKED_EMAILS = (
@@ -105,6 +112,14 @@ _PARKED_EMAILS = (
 
 
 # -- ingest -----------------------------------------------------------------------------------
+
+
+class _LostDedupRace(IntegrityError):
+    """A call lost the race for its dedup key, yet the winner's key is gone: the writer
+    retries the batch (as for any unique-constraint failure), and the retry's look-up decides."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("INSERT inbound_calls", {"dedup_key": key}, Exception("dedup race"))
 
 
 @dataclass(slots=True)
@@ -128,14 +143,16 @@ def ingest_batch(
     """Store many inbound calls at once (group commit); duplicates inside the window are
     recorded as such and produce no deliveries.
 
-    On PostgreSQL two replicas can race on the same new dedup key; the loser's transaction
-    fails on the unique constraint and the writer retries it, when this SELECT sees the key.
+    On PostgreSQL two replicas can race on the same new dedup key, both past the look-up: the
+    calls are inserted with ``ON CONFLICT (dedup_key) DO NOTHING``, which waits for the other
+    transaction, so the loser learns it lost in the same statement and records its call as a
+    duplicate of the winner's, with no failed transaction and no retry.
     """
     fresh = _fresh_dedup_keys(conn, records, now - timedelta(seconds=dedup_window_seconds))
     sorted_ = _sort_duplicates(records, fresh)
     results: list[IngestResult | None] = [None] * len(records)
     if sorted_.originals:
-        _store_originals(conn, records, sorted_.originals, results, now)
+        _store_originals(conn, records, sorted_, results, now)
     if sorted_.dup_of_stored or sorted_.dup_of_batch:
         _store_duplicates(conn, records, sorted_, results)
     final = [r for r in results if r is not None]
@@ -194,12 +211,13 @@ def _sort_duplicates(records: Sequence[IngestRecord], fresh: dict[str, tuple[int
 def _store_originals(
     conn: Connection,
     records: Sequence[IngestRecord],
-    originals: list[int],
+    sorted_: _Sorted,
     results: list[IngestResult | None],
     now: datetime,
 ) -> None:
     """Insert the calls, learn their identities (releasing parked events), admit and insert
-    their deliveries; fills ``results`` for ``originals``."""
+    their deliveries; fills ``results`` for the originals. An original whose dedup key another
+    replica committed meanwhile moves to the duplicates (PostgreSQL only)."""
     call_rows = [
         _call_row(
             records[i],
@@ -208,9 +226,13 @@ def _store_originals(
             reason=records[i].reason,
             item_count=len(records[i].deliveries),
         )
-        for i in originals
+        for i in sorted_.originals
     ]
-    call_ids = insert_returning_ids(conn, CALLS, call_rows)
+    if conn.dialect.name == "sqlite":  # one writer at a time: the look-up was the truth
+        call_ids = insert_returning_ids(conn, CALLS, call_rows)
+    else:
+        call_ids = _insert_calls_first_wins(conn, records, sorted_, call_rows)
+    originals = sorted_.originals
     learnt = _learn_identities(conn, records, originals, now)
     wanted = {
         d.email
@@ -260,6 +282,67 @@ def _store_originals(
         )
 
 
+def _insert_calls_first_wins(
+    conn: Connection,
+    records: Sequence[IngestRecord],
+    sorted_: _Sorted,
+    call_rows: list[dict[str, Any]],
+) -> list[int]:
+    """Insert the calls; a keyed call whose key is already taken (by a transaction that
+    committed after our look-up) is not inserted but made a duplicate of the stored call.
+
+    Returns the ids of the originals left in ``sorted_.originals``. Keyed rows go in key order,
+    so two replicas inserting overlapping keys wait on each other in the same order and never
+    deadlock.
+    """
+    keyed = sorted(
+        (i for i, row in enumerate(call_rows) if row["dedup_key"] is not None),
+        key=lambda i: call_rows[i]["dedup_key"],
+    )
+    unkeyed = [i for i, row in enumerate(call_rows) if row["dedup_key"] is None]
+    ids: dict[int, int] = {}
+    if unkeyed:
+        new_ids = insert_returning_ids(conn, CALLS, [call_rows[i] for i in unkeyed])
+        ids.update(zip(unkeyed, new_ids, strict=True))
+    lost: list[int] = []
+    if keyed:
+        inserted = {
+            key: call_id
+            for call_id, key in conn.execute(
+                _INSERT_KEYED_CALL, [call_rows[i] for i in keyed]
+            ).all()
+        }
+        for i in keyed:
+            call_id = inserted.get(call_rows[i]["dedup_key"])
+            if call_id is None:
+                lost.append(i)
+            else:
+                ids[i] = call_id
+    if not lost:
+        return [ids[i] for i in range(len(call_rows))]
+    # The winners have committed (ON CONFLICT waited for them): this statement sees them.
+    lost_records = {sorted_.originals[i] for i in lost}
+    keys = [records[r].dedup_key for r in lost_records]
+    winners = {
+        key: (call_id, skipped)
+        for call_id, key, _received, skipped in conn.execute(_DEDUP_LOOKUP, {"keys": keys})
+    }
+    for r in lost_records:
+        key = records[r].dedup_key
+        assert key is not None
+        if key not in winners:  # the winner's key was given up meanwhile: retry the batch
+            raise _LostDedupRace(key)
+        sorted_.dup_of_stored[r] = winners[key]
+    for r, original in list(sorted_.dup_of_batch.items()):
+        if original in lost_records:  # a repeat in this batch of a call that lost
+            del sorted_.dup_of_batch[r]
+            sorted_.dup_of_stored[r] = sorted_.dup_of_stored[original]
+    gone = set(lost)
+    kept = [i for i in range(len(call_rows)) if i not in gone]
+    sorted_.originals[:] = [sorted_.originals[i] for i in kept]
+    return [ids[i] for i in kept]
+
+
 def _learn_identities(
     conn: Connection, records: Sequence[IngestRecord], originals: list[int], now: datetime
 ) -> dict[str, dict[str, Any]]:
@@ -275,7 +358,8 @@ def _learn_identities(
                 "updated_at": now,
             }
     if learnt:
-        rows = list(learnt.values())
+        # In email order: replicas upserting the same emails then lock them in the same order.
+        rows = [learnt[email] for email in sorted(learnt)]
         identity_repo.upsert(conn, rows)
         release_parked(conn, rows, transitions.release_parked(now))
     return learnt
