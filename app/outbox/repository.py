@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.fastsql import insert_returning_ids, sqlite_query, sqlite_time
 from app.identity import repository as identity_repo
-from app.outbox import transitions
+from app.outbox import notify, transitions
 from app.outbox.models import (
     Attempt,
     CallStatus,
@@ -157,6 +157,11 @@ def ingest_batch(
         _store_duplicates(conn, records, sorted_, results)
     final = [r for r in results if r is not None]
     assert len(final) == len(records)
+    if sorted_.originals:  # W13: wake idle workers on other processes at the commit
+        notify.announce(
+            conn,
+            {d.upstream.value for i in sorted_.originals for d in records[i].deliveries},
+        )
     return final
 
 
