@@ -48,6 +48,8 @@ class FakeUpstreams:
     fail_429: float = 0.0
     delay: float = 0.0
     upload_delay: float = 0.0
+    #: the Retry-After of a 429 (None: no header, so the bridge backs off 5 s, 10 s, 20 s …)
+    retry_after: str | None = None
     seed: int = 14
     #: (epoch, email) of every trigger answered 200
     triggers: list[tuple[float, str]] = field(default_factory=list)
@@ -71,6 +73,8 @@ class FakeUpstreams:
                 status, answer = fake.answer(upload, raw)
                 body = json.dumps(answer).encode()
                 self.send_response(status)
+                if status == 429 and fake.retry_after is not None:
+                    self.send_header("Retry-After", fake.retry_after)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
