@@ -42,6 +42,7 @@ MAILMODO_CONCURRENCY = 8
 UPLOAD_CONCURRENCY = 2
 UPLOAD_BATCH = 50
 WORKERS = 3
+SENDERS = 24
 
 
 @dataclass
@@ -131,8 +132,16 @@ async def _send_all(
                 which += 1
                 await asyncio.sleep(0.1)
 
+        # A fixed crew of senders takes the calls in order, each at its time: never more
+        # requests in flight than connections (a queue of waiters in the HTTP pool stalls).
         step = load_seconds / calls
-        await asyncio.gather(*(one(kind, n, n * step) for n in range(calls) for kind in ("t", "e")))
+        todo = iter([(kind, n) for n in range(calls) for kind in ("t", "e")])
+
+        async def sender() -> None:
+            for kind, n in todo:
+                await one(kind, n, n * step)
+
+        await asyncio.gather(*(sender() for _ in range(SENDERS)))
     finally:
         for client in clients:
             await client.aclose()
