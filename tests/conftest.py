@@ -140,7 +140,13 @@ def clock() -> Iterator[ManualClock]:
 def postgres_server() -> Iterator[str]:
     """A throw-away PostgreSQL database for this test session."""
     name = f"ctmm_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    # pool_pre_ping: the chaos test restarts the server mid-session (tests/test_chaos.py).
+    admin = create_engine(
+        PG_URL,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
+    )
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -10,16 +10,15 @@ under its guard: the lease token for a worker's rows, the change's ``from_states
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from app.fastsql import insert_returning_ids, sqlite_query, sqlite_time
+from app.fastsql import insert_returning_ids, sqlite_query
 from app.identity import repository as identity_repo
-from app.outbox import transitions
+from app.outbox import ingest_dedup, notify, transitions
 from app.outbox.models import (
     Attempt,
     CallStatus,
@@ -89,9 +88,6 @@ def _call_row(
 
 # Statements of the ingest hot path are built once, not per batch: building one and computing
 # its cache key costs more than running it.
-_DEDUP_LOOKUP = select(
-    InboundCall.id, InboundCall.dedup_key, InboundCall.received_at, InboundCall.skipped_count
-).where(InboundCall.dedup_key.in_(bindparam("keys", expanding=True)))
 _PARKED = in_states(EDGES[Edge.RELEASE_PARKED].from_states)
 _RELEASE_PARKED = (
     update(DELIVERIES)
@@ -116,17 +112,6 @@ _PARKED_EMAILS = (
 # -- ingest -----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Sorted:
-    """Which records of a batch are stored as themselves and which repeat another call."""
-
-    originals: list[int] = field(default_factory=list)
-    #: record index -> index of the original in this batch
-    dup_of_batch: dict[int, int] = field(default_factory=dict)
-    #: record index -> (stored call id, what it skipped)
-    dup_of_stored: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-
 def ingest_batch(
     conn: Connection,
     records: Sequence[IngestRecord],
@@ -137,78 +122,40 @@ def ingest_batch(
     """Store many inbound calls at once (group commit); duplicates inside the window are
     recorded as such and produce no deliveries.
 
-    On PostgreSQL two replicas can race on the same new dedup key; the loser's transaction
-    fails on the unique constraint and the writer retries it, when this SELECT sees the key.
+    On PostgreSQL two replicas can race on the same new dedup key, both past the look-up: the
+    calls are inserted with ``ON CONFLICT (dedup_key) DO NOTHING``, which waits for the other
+    transaction, so the loser learns it lost in the same statement and records its call as a
+    duplicate of the winner's, with no failed transaction and no retry.
     """
-    fresh = _fresh_dedup_keys(conn, records, now - timedelta(seconds=dedup_window_seconds))
-    sorted_ = _sort_duplicates(records, fresh)
+    fresh = ingest_dedup.fresh_dedup_keys(
+        conn, records, now - timedelta(seconds=dedup_window_seconds)
+    )
+    sorted_ = ingest_dedup.sort_duplicates(records, fresh)
     results: list[IngestResult | None] = [None] * len(records)
     if sorted_.originals:
-        _store_originals(conn, records, sorted_.originals, results, now)
+        _store_originals(conn, records, sorted_, results, now)
     if sorted_.dup_of_stored or sorted_.dup_of_batch:
         _store_duplicates(conn, records, sorted_, results)
     final = [r for r in results if r is not None]
     assert len(final) == len(records)
+    if sorted_.originals:  # W13: wake idle workers on other processes at the commit
+        notify.announce(
+            conn,
+            {d.upstream.value for i in sorted_.originals for d in records[i].deliveries},
+        )
     return final
-
-
-def _fresh_dedup_keys(
-    conn: Connection, records: Sequence[IngestRecord], cutoff: datetime
-) -> dict[str, tuple[int, int]]:
-    """Stored calls (id, skipped) by dedup key, for the keys of ``records`` seen since
-    ``cutoff``; older calls give their key up (they keep their row, not their key)."""
-    keys = {r.dedup_key for r in records if r.dedup_key}
-    fresh: dict[str, tuple[int, int]] = {}
-    if not keys:
-        return fresh
-    stale: list[int] = []
-    rows: list[tuple[Any, ...]]
-    if conn.dialect.name == "sqlite":
-        rows = [
-            (call_id, key, sqlite_time(received_at), skipped)
-            for call_id, key, received_at, skipped in sqlite_query(
-                conn, _DEDUP_LOOKUP, {"keys": list(keys)}
-            )
-        ]
-    else:
-        rows = [tuple(row) for row in conn.execute(_DEDUP_LOOKUP, {"keys": list(keys)})]
-    for call_id, key, received_at, skipped in rows:
-        if key is None:
-            continue
-        if received_at >= cutoff:
-            fresh[key] = (call_id, skipped)
-        else:
-            stale.append(call_id)
-    if stale:
-        conn.execute(update(InboundCall).where(InboundCall.id.in_(stale)).values(dedup_key=None))
-    return fresh
-
-
-def _sort_duplicates(records: Sequence[IngestRecord], fresh: dict[str, tuple[int, int]]) -> _Sorted:
-    sorted_ = _Sorted()
-    first_in_batch: dict[str, int] = {}
-    for i, record in enumerate(records):
-        key = record.dedup_key
-        if key is not None and key in fresh:
-            sorted_.dup_of_stored[i] = fresh[key]
-        elif key is not None and key in first_in_batch:
-            sorted_.dup_of_batch[i] = first_in_batch[key]
-        else:
-            sorted_.originals.append(i)
-            if key is not None:
-                first_in_batch[key] = i
-    return sorted_
 
 
 def _store_originals(
     conn: Connection,
     records: Sequence[IngestRecord],
-    originals: list[int],
+    sorted_: ingest_dedup.Sorted,
     results: list[IngestResult | None],
     now: datetime,
 ) -> None:
     """Insert the calls, learn their identities (releasing parked events), admit and insert
-    their deliveries; fills ``results`` for ``originals``."""
+    their deliveries; fills ``results`` for the originals. An original whose dedup key another
+    replica committed meanwhile moves to the duplicates (PostgreSQL only)."""
     call_rows = [
         _call_row(
             records[i],
@@ -217,9 +164,13 @@ def _store_originals(
             reason=records[i].reason,
             item_count=len(records[i].deliveries),
         )
-        for i in originals
+        for i in sorted_.originals
     ]
-    call_ids = insert_returning_ids(conn, CALLS, call_rows)
+    if conn.dialect.name == "sqlite":  # one writer at a time: the look-up was the truth
+        call_ids = insert_returning_ids(conn, CALLS, call_rows)
+    else:
+        call_ids = ingest_dedup.insert_calls_first_wins(conn, records, sorted_, call_rows)
+    originals = sorted_.originals
     learnt = _learn_identities(conn, records, originals, now)
     wanted = {
         d.email
@@ -284,7 +235,8 @@ def _learn_identities(
                 "updated_at": now,
             }
     if learnt:
-        rows = list(learnt.values())
+        # In email order: replicas upserting the same emails then lock them in the same order.
+        rows = [learnt[email] for email in sorted(learnt)]
         identity_repo.upsert(conn, rows)
         release_parked(conn, rows, transitions.release_parked(now))
     return learnt
@@ -293,7 +245,7 @@ def _learn_identities(
 def _store_duplicates(
     conn: Connection,
     records: Sequence[IngestRecord],
-    sorted_: _Sorted,
+    sorted_: ingest_dedup.Sorted,
     results: list[IngestResult | None],
 ) -> None:
     """One ``duplicate`` call row each (no body, no deliveries), answering with the

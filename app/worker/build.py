@@ -20,6 +20,7 @@ from app.worker.mailmojo import RATE_NAME as MAILMOJO_RATE
 from app.worker.mailmojo import MailmojoDeliverer
 from app.worker.ratelimit import SharedRateLimiter
 from app.worker.runner import WorkerRunner, new_worker_id
+from app.worker.semaphore import build_upload_slots
 from app.worker.upload import CleverTapUploader
 
 
@@ -70,6 +71,11 @@ def build_clevertap_uploader(
         client=client or CLEVERTAP.client(config),
         batch_size=config.batch_size,
         consent=Consent.from_settings(settings),
+        slots=build_upload_slots(
+            engine, config.account_id or "", settings.clevertap_max_concurrency
+        ),
+        # Wait for a slot no longer than the lease leaves for a whole upload after it.
+        slot_wait_seconds=max(0.0, settings.lease_seconds - config.timeout - 5),
         # A new passcode, account or region resumes a pause at once.
         **_consumer_settings(settings, worker_id, config.key),
     )

@@ -27,6 +27,7 @@ from app.system import recovery
 from app.system import repository as system_repo
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.mailmojo import MailmojoDeliverer
+from app.worker.notify import start_listener
 from app.worker.upload import CleverTapUploader
 
 log = structlog.get_logger(__name__)
@@ -87,6 +88,7 @@ class WorkerRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        listener = start_listener(self.engine, self.wake_threadsafe)  # W13: LISTEN/NOTIFY
         log.info(
             "worker started",
             worker_id=self.worker_id,
@@ -132,6 +134,8 @@ class WorkerRunner:
         try:
             await asyncio.gather(*tasks)
         finally:
+            if listener is not None:  # W13
+                await asyncio.to_thread(listener.stop)
             for task in tasks:
                 task.cancel()
             with suppress(asyncio.CancelledError):

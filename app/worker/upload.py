@@ -28,6 +28,7 @@ from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome, UpstreamError
 from app.worker.consumer import OutboxConsumer, RunStats
 from app.worker.outcome_log import log_upload
+from app.worker.semaphore import LocalSlots, UploadSlots
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ class CleverTapUploader(OutboxConsumer):
         key_fingerprint: str | None,
         pause_probe_seconds: float,
         consent: Consent | None = None,  # W12 consent
+        slots: UploadSlots | None = None,
+        slot_wait_seconds: float = 0.0,
     ) -> None:
         super().__init__(
             engine=engine,
@@ -68,6 +71,8 @@ class CleverTapUploader(OutboxConsumer):
         self.client = client
         self.batch_size = batch_size
         self.consent = consent  # W12 consent
+        self.slots: UploadSlots = slots or LocalSlots()  # W13
+        self.slot_wait_seconds = slot_wait_seconds  # W13
 
     def claim(self, limit: int | None = None) -> list[Claimed]:
         if self.consent is None:
@@ -96,6 +101,18 @@ class CleverTapUploader(OutboxConsumer):
     async def upload(self, rows: list[Claimed]) -> list[AttemptChange]:
         if not rows:
             return []
+        # W13 (issue 14): one of the account's upload slots, counted across every process.
+        try:
+            async with self.slots.hold(self.slot_wait_seconds) as held:
+                if not held:  # none came free while the lease allows: give the batch back
+                    await asyncio.shield(asyncio.to_thread(self.release, rows))
+                    return []
+                return await self._upload(rows)
+        except asyncio.CancelledError:  # stopped while waiting for a slot: unsent, give back
+            await asyncio.shield(asyncio.to_thread(self.release, rows))
+            raise
+
+    async def _upload(self, rows: list[Claimed]) -> list[AttemptChange]:
         sendable: list[tuple[Claimed, dict[str, Any]]] = []
         unsendable: list[Claimed] = []
         for row in rows:
