@@ -300,6 +300,9 @@ def test_an_operator_finds_reads_and_retries_a_failed_delivery(
             expect(page.get_by_role("heading", name="ann@example.com")).to_be_visible()
             expect(page.get_by_role("link", name="1 delivered")).to_be_visible()
             expect(page.locator("#view")).to_contain_text("__ann")
+            # ... and what the bridge knows and told of their email consent.
+            expect(page.get_by_role("heading", name="Email consent")).to_be_visible()
+            expect(page.locator("#view")).to_contain_text("Status reads")
 
             # Phone width: every screen fits, nothing scrolls sideways.
             page.set_viewport_size(PHONE)

@@ -708,11 +708,15 @@
       h("div", { class: "actions" }, h("button", { type: "submit" }, "Look up")));
     form.addEventListener("submit", (e) => { e.preventDefault(); window.location.hash = routeHref("person", formValues(form)); });
     if (!email) {
-      render("Person", h("p", { class: "meta" }, "What happened to someone: their CleverTap ID, every delivery in both directions, and refused calls that name them."), form);
+      render("Person", h("p", { class: "meta" }, "What happened to someone: their CleverTap ID, every delivery in both directions, refused calls that name them, and their email consent (what the bridge learnt and told, status reads)."), form);
       return;
     }
-    const p = await api("GET", "person", { email });
+    const [p, c] = await Promise.all([
+      api("GET", "person", { email }),
+      api("GET", "consent/" + encodeURIComponent(email.toLowerCase())),
+    ]);
     const id = p.identity;
+    const known = c.known;
     const counted = Object.entries(p.counts).filter(([, states]) => Object.keys(states).length);
     render(p.email, form,
       h("section", { "aria-labelledby": "identity-title" }, h("h2", { id: "identity-title" }, "Identity"),
@@ -739,7 +743,28 @@
           ["Reason", (r) => h("span", { class: "reason" }, r.reason || "—")],
           ["Body", (r) => h("details", {}, h("summary", {}, "Body"), pre(r.body))],
         ], p.rejected.items, "None.")),
-      h("p", { class: "meta" }, "Consent changes (unsubscribe, resubscribe) will show here once the bridge records them."));
+      h("section", { "aria-labelledby": "consent-title" }, h("h2", { id: "consent-title" }, "Email consent"),
+        known ? h("ul", {},
+          h("li", {}, "Learnt from Mailmodo: " + (known.mailmodo_state || "nothing yet") + (known.mailmodo_reason ? " (" + known.mailmodo_reason + ")" : ""), known.mailmodo_at ? [" on ", when(known.mailmodo_at)] : ""),
+          h("li", {}, "Told Mailmodo: " + (known.told_mailmodo || "nothing"), known.told_mailmodo_at ? [" on ", when(known.told_mailmodo_at)] : ""),
+          h("li", {}, "Told CleverTap: " + (known.told_clevertap || "nothing"), known.told_clevertap_at ? [" on ", when(known.told_clevertap_at)] : ""))
+          : h("p", {}, "No consent change is known for this email."),
+        table("Consent log", [
+          ["When", (e) => when(e.at)],
+          ["Channel", (e) => e.channel],
+          ["State", (e) => e.state],
+          ["Source", (e) => e.source],
+          ["Told", (e) => e.told + (e.echo ? " (echo: not sent again)" : "")],
+          ["Reason", (e) => h("span", { class: "reason" }, e.reason || "")],
+        ], c.log, "Nothing logged."),
+        table("Status reads", [
+          ["ID", (r) => link("delivery/" + r.delivery_id, {}, "#" + r.delivery_id)],
+          ["State", (r) => stateBadge(r.state)],
+          ["Due", (r) => when(r.due_at)],
+          ["Send", (r) => r.target || ""],
+          ["Attempts", (r) => String(r.attempts)],
+          ["Reason", (r) => h("span", { class: "reason" }, r.reason || "")],
+        ], c.reads, "No status read is scheduled.")));
   }
 
   // -- start ---------------------------------------------------------------------------------
