@@ -29,6 +29,26 @@ def _insert(conn: Executor, table: Table) -> sqlite.Insert | postgresql.Insert:
 # -- read slots ------------------------------------------------------------------------------
 
 
+def _book_slot_statement(dialect: str) -> Any:
+    """The slot upsert with bound parameters, built once per dialect (it runs for every slot
+    of every delivered send: building it per call cost more than running it)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    ins = insert(SLOTS).values(
+        email=bindparam("b_email"),
+        slot_seconds=bindparam("b_slot"),
+        due_at=bindparam("b_due"),
+        delivery_id=None,
+    )
+    return ins.on_conflict_do_update(
+        index_elements=[SLOTS.c.email, SLOTS.c.slot_seconds],
+        set_={"due_at": ins.excluded.due_at, "delivery_id": None},
+        where=SLOTS.c.due_at <= bindparam("b_now"),
+    ).returning(SLOTS.c.email)
+
+
+_BOOK_SLOT = {name: _book_slot_statement(name) for name in ("postgresql", "sqlite")}
+
+
 def book_slots(
     conn: Executor, wanted: Sequence[tuple[str, int, datetime]], now: datetime
 ) -> list[tuple[str, int]]:
@@ -38,17 +58,12 @@ def book_slots(
     One upsert per pair whose update only applies when the slot's read is due or past, so
     two workers finishing sends to one contact at once book one read, not two.
     """
+    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    stmt = _BOOK_SLOT["postgresql" if dialect == "postgresql" else "sqlite"]
     booked: list[tuple[str, int]] = []
     for email, slot, due in wanted:
-        ins = _insert(conn, SLOTS).values(
-            email=email, slot_seconds=slot, due_at=due, delivery_id=None
-        )
-        stmt = ins.on_conflict_do_update(
-            index_elements=[SLOTS.c.email, SLOTS.c.slot_seconds],
-            set_={"due_at": ins.excluded.due_at, "delivery_id": None},
-            where=SLOTS.c.due_at <= now,
-        ).returning(SLOTS.c.email)
-        if conn.execute(stmt).first() is not None:
+        params = {"b_email": email, "b_slot": slot, "b_due": due, "b_now": now}
+        if conn.execute(stmt, params).first() is not None:
             booked.append((email, slot))
     return booked
 
