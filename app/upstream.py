@@ -335,11 +335,6 @@ class CheckResult:
     message: str
 
 
-def short_error(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def check_message(response: httpx.Response) -> str:
     """The message of a live check's answer, at most 200 characters."""
     try:

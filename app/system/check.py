@@ -3,31 +3,16 @@ latest migration (the upstreams' checks are in their own folders, see ``app.upst
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sqlalchemy.engine import make_url
-
 from app.config import Settings
-from app.db import create_db_engine, read_only
+from app.db import create_db_engine, read_only, shown_url, sqlite_file_missing
+from app.errors import short_error
 from app.system.migrations import current_revision, head_revision
-from app.upstream import CheckResult, short_error
-
-
-def shown_url(settings: Settings) -> str:
-    return make_url(settings.database_url).render_as_string(hide_password=True)
-
-
-def sqlite_file_missing(settings: Settings) -> bool:
-    """Opening a missing SQLite file would create it; a check or a read must not."""
-    if not settings.is_sqlite:
-        return False
-    path = make_url(settings.database_url).database
-    return path not in (None, "", ":memory:") and not Path(str(path)).exists()
+from app.upstream import CheckResult
 
 
 def check_database(settings: Settings) -> CheckResult:
     """The database answers and its schema is at the latest migration."""
-    shown = shown_url(settings)
+    shown = shown_url(settings.database_url)
     if sqlite_file_missing(settings):
         return CheckResult(
             "database",
