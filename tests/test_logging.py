@@ -127,3 +127,53 @@ def test_log_throttled_writes_the_count(monkeypatch: pytest.MonkeyPatch) -> None
         ("ingest batch not stored", {}),
         ("ingest batch not stored", {"size": 3, "repeated": 999, "interval_seconds": 10}),
     ]
+
+
+def _both_lines(
+    capsys: pytest.CaptureFixture[str], event: str, **fields: object
+) -> tuple[str, str]:
+    """The line ``log.info`` writes and the line ``hot_info`` writes, for the same call."""
+    log = structlog.get_logger("t")
+    capsys.readouterr()
+    log.info(event, **fields)
+    slow = capsys.readouterr().err
+    app_logging.hot_info(log, event, **fields)
+    fast = capsys.readouterr().err
+    return slow, fast
+
+
+def test_hot_info_writes_the_line_structlog_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(make_settings("sqlite://", log_format="json"))
+    tokens = structlog.contextvars.bind_contextvars(request_id="ann.lee@example.com")
+    try:
+        slow, fast = _both_lines(
+            capsys, "inbound call", route="clevertap.campaign", status=200, token=CT_SECRET
+        )
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+    slow_line, fast_line = json.loads(slow), json.loads(fast)
+    # Key for key, in the same order; only the time differs.
+    assert list(slow_line) == list(fast_line)
+    slow_line.pop("timestamp"), fast_line.pop("timestamp")
+    assert slow_line == fast_line
+    assert fast_line["request_id"] == "a***@example.com"  # redacted like every line
+    assert fast_line["token"] == "***"
+    assert CT_SECRET not in fast
+    assert fast.endswith("}\n")
+    assert fast.count("\n") == 1
+
+
+def test_hot_info_follows_the_level_and_other_configurations(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(make_settings("sqlite://", log_format="json", log_level="WARNING"))
+    assert _both_lines(capsys, "inbound call", status=200) == ("", "")
+    # The console format and capture_logs are served by structlog's own chain.
+    configure_logging(make_settings("sqlite://", log_format="console"))
+    _slow, fast = _both_lines(capsys, "inbound call", status=200)
+    assert "inbound call" in fast
+    assert not fast.startswith("{")
+    configure_logging(make_settings("sqlite://", log_format="json"))
+    with structlog.testing.capture_logs() as captured:
+        app_logging.hot_info(structlog.get_logger("t"), "delivered", delivery_id=7)
+    assert captured == [{"event": "delivered", "delivery_id": 7, "log_level": "info"}]

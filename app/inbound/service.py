@@ -22,7 +22,7 @@ from starlette.responses import Response
 from app.clock import utcnow
 from app.config import Settings
 from app.errors import BridgeError, error_response, json_response
-from app.logging import log_throttled
+from app.logging import hot_info, log_throttled
 from app.metrics import observe_inbound
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord, IngestResult
@@ -341,9 +341,10 @@ def _log_accepted(route: str, answer: dict[str, Any]) -> None:
     the route's name (no email, no path id, no body): the redactor has little to scan, and the
     request id comes from the call's context (``BridgeApp``)."""
     if answer.get("test"):
-        log.info("inbound test call; nothing forwarded", route=route, status=200)
+        hot_info(log, "inbound test call; nothing forwarded", route=route, status=200)
         return
-    log.info(
+    hot_info(
+        log,
         "inbound call",
         route=route,
         status=200,

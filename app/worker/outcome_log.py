@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from app.logging import hot_info
 from app.outbox.models import State
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
@@ -47,7 +48,7 @@ def log_attempt(
             "lease lost before the result was written; another worker owns the row", **fields
         )
     elif change.state is State.DELIVERED:
-        log.info("delivered", **fields)
+        hot_info(log, "delivered", **fields)
     elif change.state is State.DEAD:
         log.error("delivery dead: no attempt left", reason=change.reason, **fields)
     elif change.state is State.FAILED:
