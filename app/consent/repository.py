@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.consent.models import ConsentLogEntry, ConsentState, StatusReadSlot
+from app.fastsql import driver_cursor, sqlite_plan
 from app.outbox.models import Delivery, Operation
 
 Executor = Connection | Session
@@ -61,6 +62,19 @@ def book_slots(
     dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
     stmt = _BOOK_SLOT["postgresql" if dialect == "postgresql" else "sqlite"]
     booked: list[tuple[str, int]] = []
+    if isinstance(conn, Connection) and dialect == "sqlite":
+        # Every delivered send books its reads: on the driver's cursor (fastsql), one
+        # prepared upsert per slot instead of one SQLAlchemy execution (~100 µs) each.
+        plan = sqlite_plan(conn.dialect, stmt)
+        cursor = driver_cursor(conn)
+        try:
+            for email, slot, due in wanted:
+                args = plan.args({"b_email": email, "b_slot": slot, "b_due": due, "b_now": now})
+                if cursor.execute(plan.sql, args).fetchone() is not None:
+                    booked.append((email, slot))
+        finally:
+            cursor.close()
+        return booked
     for email, slot, due in wanted:
         params = {"b_email": email, "b_slot": slot, "b_due": due, "b_now": now}
         if conn.execute(stmt, params).first() is not None:
@@ -70,16 +84,25 @@ def book_slots(
 
 def set_slot_deliveries(conn: Executor, rows: Sequence[tuple[str, int, int]]) -> None:
     """Remember which delivery reads each booked slot (for the operator)."""
-    if rows:
-        conn.execute(
-            update(SLOTS)
-            .where(
-                SLOTS.c.email == bindparam("b_email"),
-                SLOTS.c.slot_seconds == bindparam("b_slot"),
-            )
-            .values(delivery_id=bindparam("b_id")),
-            [{"b_email": e, "b_slot": s, "b_id": i} for e, s, i in rows],
-        )
+    if not rows:
+        return
+    params = [{"b_email": e, "b_slot": s, "b_id": i} for e, s, i in rows]
+    if isinstance(conn, Connection) and conn.dialect.name == "sqlite":
+        plan = sqlite_plan(conn.dialect, _SET_SLOT_DELIVERY)
+        cursor = driver_cursor(conn)
+        try:
+            cursor.executemany(plan.sql, [plan.args(p) for p in params])
+        finally:
+            cursor.close()
+        return
+    conn.execute(_SET_SLOT_DELIVERY, params)
+
+
+_SET_SLOT_DELIVERY = (
+    update(SLOTS)
+    .where(SLOTS.c.email == bindparam("b_email"), SLOTS.c.slot_seconds == bindparam("b_slot"))
+    .values(delivery_id=bindparam("b_id"))
+)
 
 
 # -- state per email -------------------------------------------------------------------------
