@@ -7,26 +7,22 @@ Like ``app.outbox.repository``: functions take the caller's connection and never
 
 from __future__ import annotations
 
-import uuid
+import functools
 from collections.abc import Callable, Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
-    TextClause,
     bindparam,
-    select,
     text,
-    true,
     update,
 )
 from sqlalchemy.orm import Session
 
 from app.fastsql import insert_returning_ids
 from app.identity import repository as identity_repo
-from app.outbox import transitions
+from app.outbox import transitions, worker_sql
 from app.outbox.models import SENDS_INDEX, SENDS_PREDICATE, Operation, State, Upstream
 from app.outbox.repository import DELIVERIES, Executor
 from app.outbox.schemas import Claimed, NewDelivery
@@ -37,92 +33,63 @@ def _claim(
     conn: Executor,
     *,
     upstream: Upstream,
-    extra: ColumnElement[bool] | TextClause,
+    condition: str,
     index: str | None = None,
     limit: int,
     now: datetime,
     lease_seconds: float,
     worker_id: str,
 ) -> list[Claimed]:
-    """``repository.claim_due`` with one more condition (the same lease, the same order)."""
-    if limit <= 0:
-        return []
-    table = DELIVERIES
-    due: Any
-    if index is not None and isinstance(extra, TextClause):
-        due = _indexed_due(conn, index, extra, now, limit)
-    else:
-        due = (
-            select(table.c.id)
-            .where(
-                table.c.upstream == upstream.value,
-                table.c.state == State.PENDING.value,
-                table.c.next_attempt_at <= now,
-                extra,
-            )
-            .order_by(table.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-    token = uuid.uuid4().hex
-    until = now + timedelta(seconds=lease_seconds)
-    rows = conn.execute(
-        update(table)
-        .where(table.c.id.in_(due))
-        .values(lease_token=token, leased_by=worker_id, next_attempt_at=until, updated_at=now)
-        .returning(
-            table.c.id,
-            table.c.operation,
-            table.c.target,
-            table.c.email,
-            table.c.clevertap_id,
-            table.c.payload,
-            table.c.attempts,
-            table.c.deferrals,
-            table.c.upstream_ref,
-        )
-    ).all()
-    claimed = [
-        Claimed(
-            id=r.id,
-            operation=r.operation,
-            target=r.target,
-            email=r.email,
-            clevertap_id=r.clevertap_id,
-            payload=r.payload,
-            attempts=r.attempts,
-            deferrals=r.deferrals,
-            lease_token=token,
-            leased_until=until,
-            upstream_ref=r.upstream_ref,
-        )
-        for r in rows
-    ]
-    claimed.sort(key=lambda c: c.id)
-    return claimed
-
-
-def _indexed_due(conn: Executor, index: str, where: TextClause, now: datetime, limit: int) -> Any:
-    """The due ids of a partial index's rows, read through that index: SQLite has no
-    statistics to prefer it by itself (``INDEXED BY``); PostgreSQL proves the predicate."""
+    """``worker_sql.claim_due`` with one more condition (the same lease, the same order), its
+    statement built once per condition and dialect and run the same way."""
     dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
-    hint = f" INDEXED BY {index}" if dialect == "sqlite" else ""
-    lock = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    # Only module constants are spliced in (the index name and its predicate).
-    sql = (
-        f"SELECT id FROM deliveries{hint} WHERE {where.text} AND next_attempt_at <= :due_now "  # noqa: S608
-        f"ORDER BY next_attempt_at LIMIT :due_limit{lock}"
+    return worker_sql.run_claim(
+        conn,
+        _claim_statement(condition, index, dialect),
+        {"c_upstream": upstream.value},
+        limit=limit,
+        now=now,
+        lease_seconds=lease_seconds,
+        worker_id=worker_id,
     )
-    stmt = (
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_statement(condition: str, index: str | None, dialect: str) -> Any:
+    """The claim of the due rows meeting ``condition`` (SQL made only of module constants).
+    With ``index`` (a partial index whose predicate ``condition`` is, literally), the due ids
+    are read through that index: SQLite has no statistics to prefer it by itself (``INDEXED
+    BY``); PostgreSQL proves the predicate."""
+    hint = f" INDEXED BY {index}" if index is not None and dialect == "sqlite" else ""
+    lock = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+    where = (
+        condition
+        if index is not None
+        else f"upstream = :c_upstream AND state = '{State.PENDING.value}' AND {condition}"
+    )
+    sql = (
+        f"SELECT id FROM deliveries{hint} WHERE {where} AND next_attempt_at <= :c_now "  # noqa: S608
+        f"ORDER BY next_attempt_at LIMIT :c_limit{lock}"
+    )
+    due = (
         text(sql)
         .bindparams(
-            bindparam("due_now", now, type_=DELIVERIES.c.next_attempt_at.type),
-            bindparam("due_limit", limit),
+            *([] if index is not None else [bindparam("c_upstream")]),
+            bindparam("c_now", type_=DELIVERIES.c.next_attempt_at.type),
+            bindparam("c_limit"),
         )
         .columns(DELIVERIES.c.id)
     )
-    return stmt.scalar_subquery()
+    return worker_sql.claim_update(due.scalar_subquery())
+
+
+def _operations(ops: Sequence[str], negate: bool) -> str:
+    """``operation [NOT] IN ('a', 'b')`` of known operations only (spliced into SQL)."""
+    known = {op.value for op in Operation}
+    if not set(ops) <= known:
+        raise ValueError(f"unknown operations: {sorted(set(ops) - known)}")
+    listed = ", ".join(f"'{op}'" for op in ops)
+    return f"operation {'NOT IN' if negate else 'IN'} ({listed})"
 
 
 def claim_due_first(
@@ -142,17 +109,18 @@ def claim_due_first(
     first, so they get the earlier rate slots, and a backlog of low-priority rows never takes
     a high-priority row's place."""
     ops = sorted(low_priority)
+    index: str | None = None
     if upstream is Upstream.MAILMODO and ops == [Operation.CONTACT_STATUS.value]:
         # The terms of ix_deliveries_due_sends, literally: a backlog of due reads is not
         # walked through to find the triggers behind it.
-        not_low: ColumnElement[bool] | TextClause = text(SENDS_PREDICATE)
+        not_low, index = SENDS_PREDICATE, SENDS_INDEX
     else:
-        not_low = DELIVERIES.c.operation.not_in(ops) if ops else true()
+        not_low = _operations(ops, negate=True) if ops else "1 = 1"
     high = _claim(
         conn,
         upstream=upstream,
-        extra=not_low,
-        index=SENDS_INDEX if isinstance(not_low, TextClause) else None,
+        condition=not_low,
+        index=index,
         limit=limit,
         now=now,
         lease_seconds=lease_seconds,
@@ -165,7 +133,7 @@ def claim_due_first(
     low = _claim(
         conn,
         upstream=upstream,
-        extra=DELIVERIES.c.operation.in_(ops),
+        condition=_operations(ops, negate=False),
         limit=min(room, allowed),
         now=now,
         lease_seconds=lease_seconds,

@@ -44,27 +44,36 @@ _DUE = (
     .limit(bindparam("c_limit"))
     .with_for_update(skip_locked=True)
 )
-_CLAIM = (
-    update(_D)
-    .where(_D.c.id.in_(_DUE.scalar_subquery()))
-    .values(
-        lease_token=bindparam("c_token"),
-        leased_by=bindparam("c_worker"),
-        next_attempt_at=bindparam("c_until", type_=_TIME),
-        updated_at=bindparam("c_now", type_=_TIME),
+
+
+def claim_update(due: Any) -> Any:
+    """The claim: lease the rows ``due`` (a scalar subquery of ids, with the parameters
+    ``c_now``/``c_limit`` and any of its own) under a new token; their columns come back."""
+    return (
+        update(_D)
+        .where(_D.c.id.in_(due))
+        .values(
+            lease_token=bindparam("c_token"),
+            leased_by=bindparam("c_worker"),
+            next_attempt_at=bindparam("c_until", type_=_TIME),
+            updated_at=bindparam("c_now", type_=_TIME),
+        )
+        .returning(
+            _D.c.id,
+            _D.c.operation,
+            _D.c.target,
+            _D.c.email,
+            _D.c.clevertap_id,
+            _D.c.payload,
+            _D.c.attempts,
+            _D.c.deferrals,
+            _D.c.upstream_ref,
+        )
     )
-    .returning(
-        _D.c.id,
-        _D.c.operation,
-        _D.c.target,
-        _D.c.email,
-        _D.c.clevertap_id,
-        _D.c.payload,
-        _D.c.attempts,
-        _D.c.deferrals,
-        _D.c.upstream_ref,
-    )
-)
+
+
+_CLAIM = claim_update(_DUE.scalar_subquery())
+
 #: A worker's change of one of its rows, guarded by the lease token (SET columns by name).
 _FINISH = update(_D).where(_D.c.id == bindparam("b_id"), _D.c.lease_token == bindparam("b_token"))
 _HELD = (
@@ -89,12 +98,35 @@ def claim_due(
 ) -> list[Claimed]:
     """Lease up to ``limit`` due rows: they leave the due set until the lease runs out, so a
     crashed worker's rows come back by themselves."""
+    return run_claim(
+        conn,
+        _CLAIM,
+        {"c_upstream": upstream.value},
+        limit=limit,
+        now=now,
+        lease_seconds=lease_seconds,
+        worker_id=worker_id,
+    )
+
+
+def run_claim(
+    conn: Executor,
+    statement: Any,
+    params: dict[str, Any],
+    *,
+    limit: int,
+    now: datetime,
+    lease_seconds: float,
+    worker_id: str,
+) -> list[Claimed]:
+    """Run a claim built by ``claim_update`` (``params``: its subquery's own parameters), on
+    SQLite's driver cursor with its SQL compiled once; the claimed rows in id order."""
     if limit <= 0:
         return []
     token = uuid.uuid4().hex
     until = now + timedelta(seconds=lease_seconds)
     params = {
-        "c_upstream": upstream.value,
+        **params,
         "c_now": now,
         "c_limit": limit,
         "c_token": token,
@@ -104,14 +136,14 @@ def claim_due(
     rows: Sequence[Sequence[Any]]
     if _is_sqlite(conn):
         assert isinstance(conn, Connection)
-        plan = sqlite_plan(conn.dialect, _CLAIM)
+        plan = sqlite_plan(conn.dialect, statement)
         cursor = driver_cursor(conn)
         try:
             rows = cursor.execute(plan.sql, plan.args(params)).fetchall()
         finally:
             cursor.close()
     else:
-        rows = conn.execute(_CLAIM, params).all()
+        rows = conn.execute(statement, params).all()
     claimed = [
         Claimed(
             id=r[0],
