@@ -3,8 +3,9 @@
 In the API's process the worker's claims, commits and HTTP calls took turns with the
 webhooks on one GIL, and delivering cost ingest most of its capacity (bench/RESULTS.md).
 Here ``serve`` starts a child that runs the same ``WorkerRunner`` as ``ctmm-bridge worker``,
-at a lower CPU priority (``WORKER_NICE``): when the cores are contended, ingest wins and
-deliveries wait, which costs nothing (they are durable and rate-limited anyway).
+at the lowest CPU priority there is (``lower_priority``: Linux's ``SCHED_IDLE``, else
+``nice``): when the cores are contended, ingest wins and deliveries wait, which costs nothing
+(they are durable and rate-limited anyway).
 
 The two ends of a socketpair are the whole protocol. The child writes ``ready <worker id>``
 once its database is open; the API writes one byte per ingest commit it wants the child to
@@ -34,7 +35,7 @@ from app.config import Settings
 
 log = structlog.get_logger(__name__)
 
-#: How much lower the worker's CPU priority is than the API's (``os.nice``).
+#: How much lower the worker's CPU priority is than the API's where ``SCHED_IDLE`` is missing.
 WORKER_NICE = 10
 #: How long ``serve`` waits for a new child to open the database.
 START_TIMEOUT = 60.0
@@ -51,12 +52,12 @@ def run_worker_process(sock: socket.socket, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread (tests)
             signal.signal(sig, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
+    priority = lower_priority()
     from app.logging import configure_logging
     from app.runtime import tune_gc_for_serving
 
     configure_logging(settings)
+    log.info("worker process running below ingest", cpu_priority=priority, pid=os.getpid())
     tune_gc_for_serving()
     try:
         import uvloop
@@ -64,6 +65,29 @@ def run_worker_process(sock: socket.socket, settings: Settings) -> None:
         asyncio.run(_child(sock, settings))
     else:
         uvloop.run(_child(sock, settings))
+
+
+def lower_priority() -> str:
+    """Give the calling process the CPU only when ingest does not want it; says how.
+
+    ``SCHED_IDLE`` (Linux): any normal task that wakes up preempts it at once, where a niced
+    one keeps its slice and delays the API's and the ingest writer's wake-ups, which is what
+    the answers' latency is made of. It is not starvation: the scheduler still gives it a
+    small share (its weight is a third of ``nice 19``'s), and all of any idle core. Elsewhere,
+    ``nice`` by ``WORKER_NICE``.
+    """
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is not None and hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+            return "sched_idle"
+        except OSError:
+            pass
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:
+        return "unchanged"
+    return f"nice {WORKER_NICE}"
 
 
 class _ChildLink(asyncio.Protocol):

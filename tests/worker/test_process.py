@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.state import BridgeState
+from app.worker import process
 from app.worker.process import WorkerProcess
 from tests.factories import add_heartbeat
 from tests.test_e2e_restart import Bridge, FakeMailmodo, running, wait_for
@@ -28,6 +29,13 @@ def worker_pids(db: Path) -> set[int]:
 
 def nice_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def yields_to(pid: int, other: int) -> bool:
+    """``pid`` gets a contended core only after ``other``: SCHED_IDLE, or a higher nice."""
+    if os.sched_getscheduler(pid) == os.SCHED_IDLE:
+        return os.sched_getscheduler(other) != os.SCHED_IDLE
+    return nice_of(pid) > nice_of(other)
 
 
 @pytest.fixture
@@ -59,7 +67,7 @@ def test_the_worker_process_is_woken_restarted_and_reported(
         wait_for(lambda: client.get(f"{bridge.url}/readyz").status_code == 200, 20, "ready")
         [pid] = worker_pids(db)
         assert pid != bridge.proc.pid
-        assert nice_of(pid) > nice_of(bridge.proc.pid)  # ingest wins a contended core
+        assert yields_to(pid, bridge.proc.pid)  # ingest wins a contended core
 
         # Woken by the commit, not by the (60 s) poll.
         began = time.monotonic()
@@ -113,3 +121,23 @@ async def test_readiness_reports_a_worker_process_that_is_down(
     assert answer.status_code == 503
     worker = answer.json()["checks"]["worker"]
     assert (worker["ok"], worker["process"]) == (False, "down")
+
+
+def test_lower_priority_prefers_sched_idle_and_falls_back_to_nice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr(os, "sched_setscheduler", lambda *a: calls.append(("sched", a[1])))
+    monkeypatch.setattr(os, "nice", lambda n: calls.append(("nice", n)))
+    assert process.lower_priority() == "sched_idle"
+    assert calls == [("sched", os.SCHED_IDLE)]
+
+    def refused(*_: object) -> None:
+        raise PermissionError("not allowed")
+
+    calls.clear()
+    monkeypatch.setattr(os, "sched_setscheduler", refused)
+    assert process.lower_priority() == f"nice {process.WORKER_NICE}"
+    assert calls == [("nice", process.WORKER_NICE)]
+    monkeypatch.setattr(os, "nice", refused)
+    assert process.lower_priority() == "unchanged"
