@@ -38,6 +38,26 @@ log = structlog.get_logger(__name__)
 REFILL_SECONDS = 0.005
 
 
+#: Outcomes that arrived while other calls are still in flight wait at most this long to be
+#: committed with theirs (their slots stay busy meanwhile, as until any commit).
+GATHER_SECONDS = 0.002
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; True when the time ran out."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return True
+    return False
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -260,20 +280,26 @@ class WorkerRunner:
         """
         inflight: set[asyncio.Task[object]] = set()
         wake = self._new_wake()
-        queued = asyncio.Event()
+        # One event for everything the loop waits for: new work committed (registered as a
+        # wake too), an outcome queued, a call's task ending, the stop. Waiting is then one
+        # future, not a task per event and callbacks on every call in flight each time.
+        activity = asyncio.Event()
+        self._wakes.append(activity)
+        relay = asyncio.create_task(_set_when(stop, activity), name="deliver-loop-stop")
         outcomes = deliverer.outcomes
-        outcomes.drive(queued)
+        outcomes.drive(activity)
         # Claim no more than about two seconds of rate at once, so leases stay short.
         burst = max(1, int(rate_per_second * 2))
         refill = max(1, min(concurrency // 2, burst))
         backlog = True  # there may be due rows: claim
         last_claim = 0.0
+        first_answer = 0.0  # when the oldest outcome not yet committed arrived
         try:
             while not stop.is_set():
                 if wake.is_set():
                     wake.clear()
                     backlog = True
-                queued.clear()
+                activity.clear()
                 answered = outcomes.pending  # slots this round's commit frees
                 free = concurrency - len(inflight) + answered
                 busy = len(inflight) - answered
@@ -283,26 +309,35 @@ class WorkerRunner:
                     and backlog
                     and (busy == 0 or free >= refill or now - last_claim >= REFILL_SECONDS)
                 )
-                if answered or claim:
+                if answered and not first_answer:
+                    first_answer = now
+                # Outcomes alone wait a moment for more of the calls in flight to answer, so
+                # a round commits several (one fsync each), not one per call.
+                gathered = answered >= refill or busy == 0 or now - first_answer >= GATHER_SECONDS
+                if claim or (answered and gathered):
                     limit = min(free, burst) if claim else 0
+                    first_answer = 0.0
                     rows = await self._round(deliverer, limit)
                     if claim:
                         last_claim = now
                         backlog = len(rows) == limit
                     for row, slot in rows:
-                        self._spawn(inflight, deliverer.deliver(row, slot, stop))
+                        self._spawn(inflight, deliverer.deliver(row, slot, stop), activity)
                     if claim and backlog and len(inflight) < concurrency:
                         continue
                 waiting_to_refill = backlog and busy > 0 and free > 0
-                timeout = (
-                    max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
-                    if waiting_to_refill
-                    else self.settings.worker_poll_seconds
-                )
-                ran_out = await self._idle(stop, wake, inflight, timeout, queued)
-                if ran_out and not waiting_to_refill:
+                if answered:
+                    timeout = max(0.0, first_answer + GATHER_SECONDS - time.monotonic())
+                elif waiting_to_refill:
+                    timeout = max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
+                else:
+                    timeout = self.settings.worker_poll_seconds
+                ran_out = await _wait(activity, timeout)
+                if ran_out and not waiting_to_refill and not answered:
                     backlog = True  # a poll: retries may have come due meanwhile
         finally:
+            relay.cancel()
+            self._wakes.remove(activity)
             outcomes.drive(None)  # outcomes of calls still finishing commit by themselves
             await self._drain(inflight)
             await outcomes.drain()
@@ -363,11 +398,17 @@ class WorkerRunner:
             await self._drain(inflight)
 
     @staticmethod
-    def _spawn(inflight: set[asyncio.Task[object]], work: Coroutine[Any, Any, object]) -> None:
+    def _spawn(
+        inflight: set[asyncio.Task[object]],
+        work: Coroutine[Any, Any, object],
+        ended: asyncio.Event | None = None,
+    ) -> None:
         task = asyncio.create_task(work)
         inflight.add(task)
         task.add_done_callback(inflight.discard)
         task.add_done_callback(_log_crash)
+        if ended is not None:
+            task.add_done_callback(lambda _: ended.set())
 
     async def _idle(
         self,
