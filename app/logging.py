@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from app.config import LogFormat, Settings
@@ -76,7 +77,7 @@ def redactor(log_pii: bool) -> Any:
 def configure_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=dumps_line)
         if settings.log_format is LogFormat.JSON
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
@@ -132,6 +133,15 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 
+def dumps_line(event: dict[str, Any], **_: Any) -> str:
+    """One JSON log line, compact, by orjson (a few µs less than ``json.dumps`` on every line);
+    what orjson refuses (integers past 64 bits, say) still gets a line, by ``json.dumps``."""
+    try:
+        return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(event, default=repr)
+
+
 @dataclass(frozen=True, slots=True)
 class _HotPath:
     """What ``configure_logging`` set up for JSON lines, to write the hot ones directly."""
@@ -166,7 +176,7 @@ def hot_info(logger: Any, event: str, **fields: Any) -> None:
         fields.setdefault(key, value)
     fields["level"] = "info"
     fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    line = json.dumps(hot.redact(None, "info", fields), default=repr)
+    line = dumps_line(hot.redact(None, "info", fields))
     hot.stream.write(line + "\n")
     hot.stream.flush()
 

@@ -177,3 +177,13 @@ def test_hot_info_follows_the_level_and_other_configurations(
     with structlog.testing.capture_logs() as captured:
         app_logging.hot_info(structlog.get_logger("t"), "delivered", delivery_id=7)
     assert captured == [{"event": "delivered", "delivery_id": 7, "log_level": "info"}]
+
+
+def test_a_line_is_written_whatever_its_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """orjson refuses integers past 64 bits; the line is still written (by json.dumps)."""
+    configure_logging(make_settings("sqlite://", log_format="json"))
+    structlog.get_logger("t").info("odd values", big=2**70, when=object, keys={1: "one"})
+    line = json.loads(capsys.readouterr().err)
+    assert line["big"] == 2**70
+    assert line["keys"] == {"1": "one"}
+    assert line["when"] == repr(object)

@@ -123,7 +123,7 @@ def test_secrets_are_printed_once_and_never_logged(tmp_path: Path) -> None:
     for text in (first_err, second_err):
         assert "ann.first@example.com" not in text
         assert "ann.second@example.com" not in text
-        assert '"event": "inbound call"' in text
+        assert '"event":"inbound call"' in text
         assert "will retry" in text
 
 
