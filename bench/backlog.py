@@ -28,8 +28,6 @@ claim, /metrics and /admin/stats < 100 ms, drain within 10 % of the rate, RSS fl
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backlog_db
+from common import CLK_TCK, stop, tree_ticks, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("PYTHON", sys.executable)
@@ -55,47 +54,6 @@ BRIDGE_PORT = int(os.environ.get("BENCH_BACKLOG_PORT", "18186"))
 FAKE_PORT = int(os.environ.get("BENCH_FAKE_PORT", "18187"))
 ADMIN = "bench-admin-token"
 FAKE_ARGS = ["--port", str(FAKE_PORT), "--no-access-log", "--log-level", "warning"]
-PAGE = os.sysconf("SC_PAGE_SIZE")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"process on port {port} exited; see {log}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    sys.exit(f"nothing listens on port {port} after {timeout} s")
-
-
-def tree(pid: int) -> tuple[int, int]:
-    """RSS bytes and CPU ticks of ``pid`` and all of its descendants."""
-    parents: dict[int, int] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = raw[raw.rindex(")") + 2 :].split()
-            parents[int(entry.name)], stats[int(entry.name)] = int(fields[1]), fields
-    members, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in members:
-                members.add(child)
-                frontier.append(child)
-    rss = ticks = 0
-    for p in members:
-        if p in stats:
-            rss += int(stats[p][21]) * PAGE
-            ticks += int(stats[p][11]) + int(stats[p][12])
-    return rss, ticks
 
 
 def http_latencies(client: httpx.Client, samples: int) -> dict[str, float]:
@@ -117,16 +75,6 @@ def http_latencies(client: httpx.Client, samples: int) -> dict[str, float]:
         result[f"{name}_p50_ms"] = statistics.median(times)
         result[f"{name}_max_ms"] = max(times)
     return result
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def fake_calls() -> int:
@@ -162,7 +110,7 @@ def main() -> int:
         wait_port(BRIDGE_PORT, serve, log)
         client = httpx.Client(base_url=f"http://127.0.0.1:{BRIDGE_PORT}", timeout=60)
         time.sleep(DOWN_SECONDS)
-        rss_down, _ = tree(serve.pid)
+        _, rss_down = tree_ticks(serve.pid)
         down = http_latencies(client, SAMPLES)
         print(f"  Mailmodo down, over HTTP: {down}", flush=True)
         fake_log = OUT / "fake-mailmodo.log"
@@ -175,16 +123,16 @@ def main() -> int:
             )
         wait_port(FAKE_PORT, fake, fake_log)
         started = time.monotonic()
-        _, ticks0 = tree(serve.pid)
+        ticks0, _ = tree_ticks(serve.pid)
         next_http = started + 10
         while (now := time.monotonic()) - started < DRAIN_SECONDS:
-            rss, _ = tree(serve.pid)
+            _, rss = tree_ticks(serve.pid)
             rows.append((now - started, fake_calls(), rss))
             if now >= next_http:
                 during.append(http_latencies(client, 3))
                 next_http += 10
             time.sleep(max(0.0, 1 - (time.monotonic() - now)))
-        _, ticks1 = tree(serve.pid)
+        ticks1, _ = tree_ticks(serve.pid)
         client.close()
     finally:
         stop(serve)

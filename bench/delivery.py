@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from common import CLK_TCK, stop, tree_detail, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("PYTHON", sys.executable)
@@ -40,63 +39,12 @@ OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "out" / f"delivery-{STAM
 BRIDGE_PORT = int(os.environ.get("BENCH_DRAIN_PORT", "18185"))
 FAKE_PORT = int(os.environ.get("BENCH_FAKE_PORT", "18183"))
 SECRET = f"bench-secret-{STAMP}"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 BODY = (
     '{"targetId":1472124953,"key_values":{"PromoCode":"MT50"},'
     '"profiles":[{"Email":"%s@bench.example.com","Identity":"%s","ObjectId":"-g%s",'
     '"ProfileData":{"Last Score":308}}]}'
 )
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"process on port {port} exited; see {log}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    sys.exit(f"nothing listens on port {port} after {timeout} s")
-
-
-def tree_ticks(pid: int) -> tuple[int, int]:
-    """CPU ticks (user+system) and RSS bytes of ``pid`` and all of its descendants."""
-    per, rss = tree_detail(pid)
-    return sum(per.values()), rss
-
-
-def tree_detail(pid: int) -> tuple[dict[int, int], int]:
-    """CPU ticks of ``pid`` and each of its descendants, by pid, and their RSS bytes."""
-    parents: dict[int, int] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-        stats[int(entry.name)] = fields
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    per: dict[int, int] = {}
-    rss = 0
-    page = os.sysconf("SC_PAGE_SIZE")
-    for p in tree:
-        fields = stats.get(p)
-        if fields:
-            per[p] = int(fields[11]) + int(fields[12])
-            rss += int(fields[21]) * page
-    return per, rss
 
 
 def bridge(db: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -113,7 +61,7 @@ def bridge(db: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
     cmd = [PYTHON, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(BRIDGE_PORT)]
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, env=full, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-    wait_port(BRIDGE_PORT, proc, log)
+    wait_port(BRIDGE_PORT, proc, log, timeout=60)
     return proc
 
 
@@ -147,16 +95,6 @@ def fake_stats() -> dict[str, float]:
     return dict(resp.json())
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     db = OUT / "drain.db"
@@ -181,7 +119,7 @@ def main() -> int:
             cwd=ROOT,
         )
     try:
-        wait_port(FAKE_PORT, fake, fake_log)
+        wait_port(FAKE_PORT, fake, fake_log, timeout=60)
         loader = bridge(db, OUT / "drain-load.log", BRIDGE_EMBEDDED_WORKER="false")
         try:
             accepted = asyncio.run(load(CALLS))

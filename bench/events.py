@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from common import stop, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("PYTHON", sys.executable)
@@ -74,27 +74,6 @@ def bridge_env(db: Path, *, embedded: bool) -> dict[str, str]:
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit(f"{url} exited:\n{log.read_text()[-3000:]}")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wrk(name: str) -> WrkResult:
@@ -188,16 +167,16 @@ def main() -> int:
     procs = [fake]
     lines: list[str] = []
     try:
-        wait_http(f"http://127.0.0.1:{FAKE_PORT}/_stats", fake, fake_log)
+        wait_port(FAKE_PORT, fake, fake_log, timeout=30)
 
         # 1. ingest only, leaving a backlog
         db = OUT / "burst.db"
         log = OUT / "ingest.log"
         serve = start([PYTHON, "-m", "app.cli", "serve"], bridge_env(db, embedded=False), log)
         procs.append(serve)
-        wait_http(f"http://127.0.0.1:{BRIDGE_PORT}/healthz", serve, log)
+        wait_port(BRIDGE_PORT, serve, log, timeout=30)
         ingest = wrk("ingest")
-        stop(serve)
+        stop(serve, timeout=60)
         backlog = ingest.ok
         lines.append(
             f"| ingest (durable, no worker) | {ingest.ok_rps:,.0f} callbacks/s | "
@@ -212,7 +191,7 @@ def main() -> int:
         worker = start([PYTHON, "-m", "app.cli", "worker"], bridge_env(db, embedded=False), log)
         procs.append(worker)
         stats = wait_uploaded(backlog)
-        stop(worker)
+        stop(worker, timeout=60)
         sizes = list(stats["sizes"])  # type: ignore[call-overload]
         span = float(stats["last"]) - started  # type: ignore[arg-type]
         burst_rate = backlog / span
@@ -228,11 +207,11 @@ def main() -> int:
         log = OUT / "sustained.log"
         serve = start([PYTHON, "-m", "app.cli", "serve"], bridge_env(db, embedded=True), log)
         procs.append(serve)
-        wait_http(f"http://127.0.0.1:{BRIDGE_PORT}/healthz", serve, log)
+        wait_port(BRIDGE_PORT, serve, log, timeout=30)
         began = time.time()
         sustained = wrk("sustained")
         stats = wait_uploaded(sustained.ok)
-        stop(serve)
+        stop(serve, timeout=60)
         sizes = list(stats["sizes"])  # type: ignore[call-overload]
         span = float(stats["last"]) - began  # type: ignore[arg-type]
         lines.append(

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from common import cpu_seconds
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -57,43 +58,10 @@ PICKUPS = int(os.environ.get("BENCH_PICKUPS", "40"))
 WORK = Path(tempfile.mkdtemp(prefix="ctmm-scale-"))
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` and their children (the writer process), by /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        for task in [pid, *_children(pid)]:
-            try:
-                fields = Path(f"/proc/{task}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def postgres_cpu() -> float:
     """CPU seconds of every PostgreSQL server process on this machine."""
     out = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in out.split():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    return cpu_seconds((int(pid) for pid in out.split()), descendants=False)
 
 
 def fresh_database() -> str:

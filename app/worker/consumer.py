@@ -1,12 +1,15 @@
 """What every outbox consumer shares: claiming due rows of its upstream under a lease,
-respecting the upstream's pause, and giving rows back unsent."""
+respecting the upstream's pause, and giving rows back unsent; and, for the consumers that make
+one call per row (``RowDeliverer``), everything around that call but the call itself."""
 
 from __future__ import annotations
 
+import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import Connection
@@ -20,8 +23,10 @@ from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome
+from app.worker.batch import OutcomeBatcher
+from app.worker.outcome_log import log_attempt
 from app.worker.pause import PauseGate
-from app.worker.ratelimit import SharedRateLimiter
+from app.worker.ratelimit import SharedRateLimiter, wait_until
 
 log = structlog.get_logger(__name__)
 
@@ -209,20 +214,8 @@ class OutboxConsumer:
     def log_outcome(
         self, row: Claimed, outcome: Outcome, change: AttemptChange, *, lease_kept: bool
     ) -> None:
-        """One log line per recorded attempt (subclasses say it in their upstream's words)."""
-        fields = {
-            "delivery_id": row.id,
-            "upstream": self.upstream.value,
-            "status_code": outcome.status_code,
-            "outcome": outcome.kind.value,
-            "state": change.state.value,
-        }
-        if not lease_kept:
-            log.warning(
-                "lease lost before the result was written; another worker owns the row", **fields
-            )
-        else:
-            log.debug("attempt recorded", reason=outcome.reason, **fields)
+        """The operator's line of one recorded attempt (``app.worker.outcome_log``)."""
+        log_attempt(self.upstream.value, row, outcome, change, lease_kept=lease_kept)
 
     def release(self, rows: list[Claimed]) -> None:
         """Give rows back unsent (shutdown, lease about to run out): no attempt used."""
@@ -230,3 +223,127 @@ class OutboxConsumer:
         with self.engine.begin() as conn:
             for row in rows:
                 repository.update_leased(conn, row, change)
+
+
+class GiveBack(Exception):
+    """Release the row unsent: calling now could race another worker or a shutdown."""
+
+
+class TimedClient(Protocol):
+    #: Seconds one call may take at most: the lease must outlast it.
+    timeout: float
+
+
+ClientT = TypeVar("ClientT", bound=TimedClient)
+
+
+class RowDeliverer(OutboxConsumer, Generic[ClientT], ABC):
+    """A consumer that makes one attempt per row at a shared rate (Mailmodo, Mailmojo).
+
+    The lease check, the give-back, the hold-off after a 429, the unexpected error and the
+    batched recording are here once; an upstream writes only ``attempt``: its calls for one
+    row and what the answer means. One instance per worker process.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        client: ClientT,
+        policy: RetryPolicy,
+        limiter: SharedRateLimiter,
+        worker_id: str,
+        lease_seconds: float,
+        key_fingerprint: str | None,
+        pause_probe_seconds: float,
+    ) -> None:
+        super().__init__(
+            engine=engine,
+            policy=policy,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            key_fingerprint=key_fingerprint,
+            pause_probe_seconds=pause_probe_seconds,
+        )
+        self.client = client
+        self.limiter = limiter
+        #: Outcomes of finished attempts, committed in batches (see ``app.worker.batch``).
+        self.outcomes: OutcomeBatcher[AttemptChange] = OutcomeBatcher(self.record_many)
+
+    @abstractmethod
+    async def attempt(self, row: Claimed, stop: asyncio.Event | None = None) -> Outcome:
+        """The upstream's calls for one row and the outcome they come to; ``GiveBack`` to
+        release the row unsent (a further call the lease or a stop no longer allows)."""
+
+    async def run_once(self, limit: int, stop: asyncio.Event | None = None) -> RunStats:
+        """Claim up to ``limit`` due rows and deliver them concurrently."""
+        claimed, slots = await asyncio.to_thread(self.claim_paced, limit, self.limiter)
+        stats = RunStats(claimed=len(claimed))
+        if not claimed:
+            return stats
+        results = await asyncio.gather(
+            *(self.deliver(row, slot, stop) for row, slot in zip(claimed, slots, strict=True))
+        )
+        for result in results:
+            if result is None:
+                stats.released += 1
+            else:
+                stats.count(result.state.value)
+        return stats
+
+    async def deliver(
+        self, row: Claimed, slot: float, stop: asyncio.Event | None = None
+    ) -> AttemptChange | None:
+        """Deliver one claimed row at its rate slot; None if it was given back unsent."""
+        try:
+            if not await wait_until(slot, stop):
+                await asyncio.to_thread(self.release, [row])
+                return None
+            if not self._time_left(row):
+                # Another worker may own it by the time our answer is written: do not send.
+                log.warning(
+                    "lease ran out while waiting for a rate slot; not sent", delivery_id=row.id
+                )
+                await asyncio.to_thread(self.release, [row])
+                return None
+            outcome = await self.attempt(row, stop)
+            if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:
+                # A 429 with Retry-After holds every worker's calls to this upstream off.
+                await self.limiter.hold_off(outcome.retry_after)
+        except GiveBack as back:
+            log.warning("given back unsent", delivery_id=row.id, why=str(back))
+            await asyncio.to_thread(self.release, [row])
+            return None
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self.release, [row]))
+            raise
+        except Exception as exc:
+            # Never let a row die with its task: it would come back after every lease and be
+            # sent again without a trace. Record it as a retry, so attempts count up to dead.
+            log.exception(
+                "delivery failed unexpectedly", delivery_id=row.id, upstream=self.upstream.value
+            )
+            outcome = Outcome(
+                AttemptOutcome.RETRY, None, f"unexpected error: {type(exc).__name__}: {exc}", 0.0
+            )
+        return await self.outcomes.record(row, outcome)
+
+    def record(self, row: Claimed, outcome: Outcome) -> AttemptChange:
+        """Write one attempt and its transition in one transaction, under the lease."""
+        return self.record_many([(row, outcome)])[0]
+
+    async def next_call_slot(self, row: Claimed, stop: asyncio.Event | None, what: str) -> None:
+        """Wait for a rate slot for a further call of the same attempt (``what``: the write
+        after a read); ``GiveBack`` if stopping first or the lease would not outlast it."""
+        slot = (await self.limiter.reserve(1))[0]
+        if not await wait_until(slot, stop):
+            raise GiveBack(f"stopping before {what}")
+        if not self._time_left(row):
+            raise GiveBack(f"lease too short for {what}")
+
+    def _time_left(self, row: Claimed) -> bool:
+        """Whether the lease outlasts a whole call (its timeout) with a margin."""
+        if row.leased_until is None:
+            return True
+        margin = timedelta(seconds=self.client.timeout + 5)
+        return utcnow() + margin < row.leased_until

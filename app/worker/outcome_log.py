@@ -1,6 +1,7 @@
 """The operator's log lines about delivery attempts, worded by what happened.
 
-One line per attempt of a Mailmodo delivery; one line per CleverTap upload request (a batch of
+One line per attempt of a Mailmodo or Mailmojo delivery (``RowDeliverer``, through
+``OutboxConsumer.log_outcome``); one line per CleverTap upload request (a batch of
 up to 1000 records) plus one per record that failed for good or died. Levels: delivered and
 deferrals (rate limit, paused credentials: no attempt used) at info, failures at warning,
 dead at error. A pause itself is logged once, when it begins and ends (``pause.PauseGate``),
@@ -31,7 +32,7 @@ def _when(change: AttemptChange) -> str:
 def log_attempt(
     upstream: str, row: Claimed, outcome: Outcome, change: AttemptChange, *, lease_kept: bool
 ) -> None:
-    """The line of one Mailmodo attempt (or of one record of an upload that did not go)."""
+    """The line of one attempt of a row (or of one record of an upload that did not go)."""
     fields: dict[str, Any] = {
         "upstream": upstream,
         "delivery_id": row.id,

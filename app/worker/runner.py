@@ -25,6 +25,7 @@ from app.outbox import repository, transitions
 from app.outbox.repository import Claimed
 from app.system import recovery
 from app.system import repository as system_repo
+from app.worker.consumer import RowDeliverer
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.mailmojo import MailmojoDeliverer
 from app.worker.notify import start_listener
@@ -263,7 +264,7 @@ class WorkerRunner:
 
     async def _deliver_loop(
         self,
-        deliverer: MailmodoDeliverer | MailmojoDeliverer,
+        deliverer: RowDeliverer[Any],
         concurrency: int,
         stop: asyncio.Event,
         rate_per_second: float,
@@ -342,9 +343,7 @@ class WorkerRunner:
             await self._drain(inflight)
             await outcomes.drain()
 
-    async def _round(
-        self, deliverer: MailmodoDeliverer | MailmojoDeliverer, limit: int
-    ) -> list[tuple[Claimed, float]]:
+    async def _round(self, deliverer: RowDeliverer[Any], limit: int) -> list[tuple[Claimed, float]]:
         """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction."""
         batch = deliverer.outcomes.take()
         try:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from app.clock import ManualClock
 from app.outbox.models import State
@@ -336,3 +337,66 @@ async def test_stopping_before_the_write_gives_the_row_back(
     assert stats.released == 1
     assert mailmojo.store.writes == []
     assert the_row(state).state == State.PENDING
+
+
+# --- what the operator reads -------------------------------------------------------------------
+
+
+def worker_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if "delivery_id" in e]
+
+
+async def test_each_attempt_has_the_shared_operator_line(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    mailmojo: FakeMailmojo,
+    deliverer: MailmojoDeliverer,
+) -> None:
+    """The same line as a Mailmodo attempt (``app.worker.outcome_log``), upstream mailmojo."""
+    await one_sync(client, mailmojo)
+    mailmojo.read.mock(return_value=answer(503))
+    with capture_logs() as logs:
+        await deliverer.run_once(10)
+    [retry] = worker_lines(logs)
+    assert retry["log_level"] == "warning"
+    assert retry["event"] == "delivery attempt failed; will retry"
+    assert (retry["upstream"], retry["attempt"], retry["status_code"]) == ("mailmojo", 1, 503)
+    assert "next_attempt_at" in retry
+
+    make_due(state.engine)
+    mailmojo.read.mock(side_effect=mailmojo.store.read)
+    with capture_logs() as logs:
+        await deliverer.run_once(10)
+    [done] = worker_lines(logs)
+    assert (done["log_level"], done["event"], done["state"]) == ("info", "delivered", "delivered")
+    assert (done["upstream"], done["attempt"]) == ("mailmojo", 2)
+    assert "email" not in done
+
+
+async def test_an_unexpected_error_is_recorded_as_a_retry(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    mailmojo: FakeMailmojo,
+    deliverer: MailmojoDeliverer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in the attempt never loses the row: one retry attempt, logged with the upstream."""
+    await one_sync(client, mailmojo)
+
+    async def broken(email: str) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(deliverer.client, "get_contact", broken)
+    with capture_logs() as logs:
+        stats = await deliverer.run_once(10)
+    assert stats.outcomes == {"pending": 1}
+    row = the_row(state)
+    assert (row.state, row.attempts, row.reason) == (
+        State.PENDING,
+        1,
+        "unexpected error: RuntimeError: boom",
+    )
+    [attempt] = attempts_of(state.engine, row.id)
+    assert attempt.outcome == "retry"
+    [error] = [e for e in worker_lines(logs) if e["log_level"] == "error"]
+    assert (error["event"], error["upstream"]) == ("delivery failed unexpectedly", "mailmojo")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-import app.worker.delivery as delivery_module
+import app.worker.consumer as consumer_module
 from app.clock import ManualClock
 from app.outbox.models import State
 from app.state import BridgeState
@@ -82,7 +82,7 @@ async def test_contact_write_is_not_sent_once_the_lease_could_have_moved(
             await second.run_once(5)  # worker B takes the expired lease and delivers
         return await real_wait(when, stop)
 
-    monkeypatch.setattr(delivery_module, "wait_until", slow_second_slot)
+    monkeypatch.setattr(consumer_module, "wait_until", slow_second_slot)
     stats = await first.run_once(5)
     assert stats.released == 1
     assert write.call_count == 1  # only worker B wrote

@@ -9,9 +9,11 @@ import orjson
 import respx
 from sqlalchemy import select
 
+from app.clock import ManualClock
 from app.outbox.models import Delivery
 from app.state import BridgeState
 from app.worker.build import build_mailmodo_deliverer
+from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH
 
 ROUTE = "/clevertap/lists/Newsletter/contacts"
@@ -171,3 +173,26 @@ async def test_an_unclear_contact_read_never_overwrites(
     assert write.call_count == 0
     [(row_state, _reason)] = states(state)
     assert row_state == "failed"
+
+
+async def test_a_throttled_contact_read_holds_every_worker_off(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    mailmodo: respx.MockRouter,
+    deliverer: MailmodoDeliverer,
+    clock: ManualClock,
+) -> None:
+    """A 429 with Retry-After to the read pushes the shared Mailmodo clock like any other 429
+    (the hold-off is ``RowDeliverer.deliver``'s, whichever call of the attempt was throttled)."""
+    await client.post(ROUTE, json={"profiles": ann_profile()}, headers=CT_AUTH)
+    mailmodo.get("/api/v1/getContactDetails").mock(
+        return_value=httpx.Response(
+            429, json={"message": "slow down"}, headers={"Retry-After": "30"}
+        )
+    )
+    write = mailmodo.post("/api/v1/addToList")
+    await deliverer.run_once(10)
+    assert not write.called
+    assert [s for s, _ in states(state)] == ["pending"]
+    [slot] = await deliverer.limiter.reserve(1)
+    assert slot >= clock.epoch() + 29
