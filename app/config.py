@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(default=10, gt=0)
     body_timeout_seconds: float = Field(default=30, gt=0)
     pause_probe_seconds: float = Field(default=60, gt=0)
+    # The outbox counts of /metrics, /admin/stats and the console (app.outbox.counts): recounted
+    # off the request path when older than this; 0 counts on every read.
+    counts_max_age_seconds: float = Field(default=10, ge=0, le=86_400)
     rejected_body_bytes: int = Field(default=16_384, ge=256)
     sqlite_synchronous: str = "FULL"
     ingest_writer: IngestWriterMode = IngestWriterMode.PROCESS

@@ -26,6 +26,7 @@ from app.health.router import router as health_router
 from app.health.service import readiness
 from app.inbound.router import WebhookDispatch
 from app.inbound.routes import clevertap_router, mailmodo_router
+from app.outbox.counts import CountsSnapshot, count_outbox
 from app.outbox.writer import IngestWriter, Writer
 from app.outbox.writer_process import ProcessWriter
 from app.security import load_credentials
@@ -35,6 +36,9 @@ from app.worker.build import build_runner
 from app.worker.process import WorkerProcess
 
 log = structlog.get_logger(__name__)
+
+#: At shutdown, how long a count in flight may go on using the engine before it is disposed.
+COUNT_CLOSE_SECONDS = 5.0
 
 
 class DatabaseNotReady(BridgeError):
@@ -131,6 +135,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             )
         writer = await start_writer(settings, engine, runner.wake_threadsafe if runner else None)
         state: BridgeState | None = None
+        counts = CountsSnapshot(
+            functools.partial(count_outbox, engine), settings.counts_max_age_seconds
+        )
         try:
             state = BridgeState(
                 settings=settings,
@@ -139,7 +146,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 credentials=credentials,
                 writer=writer,
                 runner=runner,
-                metrics=app_registry(engine),
+                metrics=app_registry(engine, counts),
+                counts=counts,
             )
             state.metrics.register(ReadinessCollector(functools.partial(readiness, state)))
             if runner is not None:
@@ -148,6 +156,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                 # Called by app.server on SIGTERM: the worker's grace runs alongside the drain.
                 app.state.begin_stop = state.stop.set
             app.state.bridge = state
+            counts.start()  # in the background: the first reads wait for it, none after
             log.info(
                 "bridge started",
                 version=__version__,
@@ -164,6 +173,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             await writer.aclose()
             if runner is not None:
                 await runner.aclose()
+            await asyncio.to_thread(counts.close, COUNT_CLOSE_SECONDS)
             engine.dispose()
             log.info("bridge stopped")
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.outbox.counts import CountsSnapshot
 from app.outbox.writer import Writer
 from app.security import Credentials
 
@@ -39,6 +40,8 @@ class BridgeState:
     credentials: Credentials
     writer: Writer
     metrics: CollectorRegistry
+    #: The outbox counts every reader shares, refreshed off the request path.
+    counts: CountsSnapshot
     runner: Runner | None = None
     runner_task: asyncio.Task[None] | None = None
     stop: asyncio.Event | None = None

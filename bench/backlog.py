@@ -8,13 +8,16 @@
    one inbound call each, cloned in SQL from a call stored by the ingest code, plus 100,000
    delivered and a few thousand failed, dead, cancelled and parked rows. A fresh SQLite file in
    the output directory unless BENCH_DATABASE_URL names another (PostgreSQL: emptied first).
-2. **Queries, in-process**: the worker's claim (1 and 100 rows, rolled back), the ``/metrics``
-   outbox collector, admin stats and a page of pending deliveries; wall and CPU ms.
+2. **Queries, in-process**: the worker's claim (1 and 100 rows, rolled back), one count of the
+   outbox (what a refresh of the counts snapshot costs, off the request path), the ``/metrics``
+   outbox collector and admin stats (both reading the snapshot) and a page of pending
+   deliveries; wall and CPU ms.
 3. **Mailmodo down**: ``ctmm-bridge serve`` at its defaults (embedded worker on) with
    ``BRIDGE_MAILMODO_RATE_PER_SECOND`` = BENCH_BACKLOG_RATE (500), pointed at a port where nothing
    listens (every call fails to connect and is retried later). After BENCH_DOWN_SECONDS (20):
    ``GET /metrics``, ``GET /admin/stats`` and ``GET /admin/deliveries?states=pending&limit=50``
-   over HTTP, BENCH_SAMPLES (10) each, one at a time.
+   over HTTP, BENCH_SAMPLES (10) each, one at a time, with the CPU time of serve's API process
+   per request.
 4. **Mailmodo back**: the zero-latency fake (``bench/fake_mailmodo.py``) starts on that port; for
    BENCH_DRAIN_SECONDS (120) the script samples the calls it received and the RSS of serve's
    whole process tree every second (and the HTTP latencies every 10 s). Drain rate = calls per
@@ -38,7 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backlog_db
-from common import CLK_TCK, stop, tree_ticks, wait_port
+from common import CLK_TCK, cpu_seconds, stop, tree_ticks, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("PYTHON", sys.executable)
@@ -56,8 +59,10 @@ ADMIN = "bench-admin-token"
 FAKE_ARGS = ["--port", str(FAKE_PORT), "--no-access-log", "--log-level", "warning"]
 
 
-def http_latencies(client: httpx.Client, samples: int) -> dict[str, float]:
-    """Worst and median milliseconds of each read, one request at a time."""
+def http_latencies(client: httpx.Client, samples: int, pid: int) -> dict[str, float]:
+    """Worst and median milliseconds of each read, one request at a time, and the CPU time of
+    serve's API process (``pid``, not its writer and worker children) per request: it holds
+    on a busy machine where the wall times do not (10 ms ticks: take enough samples)."""
     auth = {"Authorization": f"Bearer {ADMIN}"}
     paths = {
         "metrics": ("/metrics", {}),
@@ -67,6 +72,7 @@ def http_latencies(client: httpx.Client, samples: int) -> dict[str, float]:
     result: dict[str, float] = {}
     for name, (path, headers) in paths.items():
         times = []
+        cpu = cpu_seconds([pid], descendants=False)
         for _ in range(samples):
             t = time.perf_counter()
             resp = client.get(path, headers=headers)
@@ -74,6 +80,7 @@ def http_latencies(client: httpx.Client, samples: int) -> dict[str, float]:
             resp.raise_for_status()
         result[f"{name}_p50_ms"] = statistics.median(times)
         result[f"{name}_max_ms"] = max(times)
+        result[f"{name}_cpu_ms"] = (cpu_seconds([pid], descendants=False) - cpu) * 1000 / samples
     return result
 
 
@@ -111,7 +118,7 @@ def main() -> int:
         client = httpx.Client(base_url=f"http://127.0.0.1:{BRIDGE_PORT}", timeout=60)
         time.sleep(DOWN_SECONDS)
         _, rss_down = tree_ticks(serve.pid)
-        down = http_latencies(client, SAMPLES)
+        down = http_latencies(client, SAMPLES, serve.pid)
         print(f"  Mailmodo down, over HTTP: {down}", flush=True)
         fake_log = OUT / "fake-mailmodo.log"
         with fake_log.open("wb") as fh:
@@ -129,7 +136,7 @@ def main() -> int:
             _, rss = tree_ticks(serve.pid)
             rows.append((now - started, fake_calls(), rss))
             if now >= next_http:
-                during.append(http_latencies(client, 3))
+                during.append(http_latencies(client, 3, serve.pid))
                 next_http += 10
             time.sleep(max(0.0, 1 - (time.monotonic() - now)))
         ticks1, _ = tree_ticks(serve.pid)
@@ -161,10 +168,14 @@ def main() -> int:
         f"BACKLOG_RESULT db={URL.split(':')[0]} pending={built['pending']} rate={RATE:g} "
         f"claim1_ms={queries['claim_1']['p50_ms']:.1f} "
         f"claim100_ms={queries['claim_100']['p50_ms']:.1f} "
-        f"collector_ms={queries['metrics_collect']['p50_ms']:.0f} "
-        f"collector_cpu_ms={queries['metrics_collect']['cpu_ms']:.0f} "
-        f"stats_cpu_ms={queries['admin_stats']['cpu_ms']:.0f} "
+        f"count_ms={queries['outbox_count']['p50_ms']:.0f} "
+        f"count_cpu_ms={queries['outbox_count']['cpu_ms']:.0f} "
+        f"collector_ms={queries['metrics_collect']['p50_ms']:.1f} "
+        f"collector_cpu_ms={queries['metrics_collect']['cpu_ms']:.1f} "
+        f"stats_cpu_ms={queries['admin_stats']['cpu_ms']:.1f} "
         f"metrics_p50_ms={down['metrics_p50_ms']:.0f} stats_p50_ms={down['stats_p50_ms']:.0f} "
+        f"metrics_max_ms={down['metrics_max_ms']:.0f} stats_max_ms={down['stats_max_ms']:.0f} "
+        f"metrics_cpu_ms={down['metrics_cpu_ms']:.1f} stats_cpu_ms_http={down['stats_cpu_ms']:.1f} "
         f"list_p50_ms={down['list_p50_ms']:.0f} "
         f"worst_metrics_ms={worst['metrics_max_ms']:.0f} "
         f"worst_stats_ms={worst['stats_max_ms']:.0f} "

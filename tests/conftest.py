@@ -107,6 +107,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "ingest_writer": "thread",
         # No status reads after each send unless a test is about them (tests/consent/).
         "reconcile_schedule_hours": [],
+        # /metrics, /admin/stats and the overview count on every read (a documented setting),
+        # so a test sees the rows it just made; tests/outbox/test_counts.py runs the app with
+        # the snapshot (the default, 10 s), tests/health/test_metrics.py its failures.
+        "counts_max_age_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -30,6 +30,7 @@ from app.admin.schemas import (
 from app.admin.service import (
     LISTED_BODY_CHARS,
     MAX_LIMIT,
+    counted,
     delivery_filter,
     encode_cursor,
     invalid,
@@ -37,6 +38,7 @@ from app.admin.service import (
 from app.clock import utcnow
 from app.db import read_only
 from app.outbox import count_repository
+from app.outbox.counts import CountsSnapshot
 from app.outbox.models import Direction, State, Upstream
 
 MINUTES = 60
@@ -46,13 +48,15 @@ REJECTED_SEARCHED = 5000
 PERSON_DELIVERIES = 20
 
 
-def overview(engine: Engine) -> Overview:
+def overview(engine: Engine, snapshot: CountsSnapshot | None = None) -> Overview:
+    """The lanes' counts from ``snapshot`` (``app.admin.service.counted``); the rest read now:
+    look-ups, and series bounded by an hour of deliveries, not by the backlog."""
+    outbox = counted(engine, snapshot)
     now = utcnow()
     # The first minute bucket starts on a whole minute, 59 minutes before the current one.
     current = now.replace(second=0, microsecond=0)
     since = current - timedelta(minutes=MINUTES - 1)
     with read_only(engine).connect() as conn:
-        counted = count_repository.counts_by_upstream_and_state(conn)
         oldest = count_repository.oldest_pending_by_upstream(conn)
         minutes = repo.finished_per_minute(conn, since, (State.DELIVERED.value, *FAILED_STATES))
         paused = {r.upstream: r for r in repo.paused_upstreams(conn)}
@@ -66,7 +70,7 @@ def overview(engine: Engine) -> Overview:
             series = delivered if state == State.DELIVERED.value else failed
             series[upstream][index] += n
     states: dict[str, dict[str, int]] = {u.value: dict.fromkeys(State, 0) for u in Upstream}
-    for (upstream, state), n in counted.items():
+    for (upstream, state), n in outbox.by_upstream_state.items():
         states[upstream.value][state.value] = n
     lanes = []
     for upstream in Upstream:
@@ -94,6 +98,8 @@ def overview(engine: Engine) -> Overview:
         )
     return Overview(
         generated_at=now,
+        counted_at=outbox.counted_at,
+        counts_age_seconds=round(outbox.age_seconds(now), 3),
         lanes=lanes,
         per_minute=PerMinute(since=since, minutes=MINUTES, delivered=delivered, failed=failed),
         rejected_calls=rejected,

@@ -28,7 +28,6 @@ from sqlalchemy import (
 )
 
 from app.identity.repository import IDENTITIES
-from app.outbox import count_repository
 from app.outbox.models import CallStatus, State
 from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES, in_states
 from app.outbox.transitions import Cancellation, OperatorReplay, Purge
@@ -372,39 +371,6 @@ def purge_standalone_calls_batch(conn: Connection, *, cutoff: datetime, limit: i
 
 
 # -- stats --------------------------------------------------------------------------------------
-
-
-def counts_by_direction_and_state(conn: Connection) -> list[tuple[str, str, int]]:
-    """Counted per upstream on the due index (a direction is its upstream's), never by
-    reading the table: see ``app.outbox.count_repository``."""
-    return [
-        (count_repository.DIRECTION_OF[upstream].value, state.value, n)
-        for (upstream, state), n in count_repository.counts_by_upstream_and_state(conn).items()
-    ]
-
-
-def oldest_pending_created_at(conn: Connection) -> datetime | None:
-    return min(count_repository.oldest_pending_by_upstream(conn).values(), default=None)
-
-
-def delivered_since(conn: Connection, since: datetime) -> int:
-    """Uses the (state, updated_at) index: a delivered row is last updated when delivered."""
-    stmt = (
-        select(func.count())
-        .select_from(DELIVERIES)
-        .where(DELIVERIES.c.state == State.DELIVERED.value, DELIVERIES.c.updated_at >= since)
-    )
-    return int(conn.execute(stmt).scalar_one())
-
-
-def parked_counts(conn: Connection) -> tuple[int, int]:
-    """(parked rows, distinct emails they wait for)."""
-    row = conn.execute(
-        select(func.count(), func.count(func.distinct(DELIVERIES.c.email))).where(
-            DELIVERIES.c.state == State.PARKED.value
-        )
-    ).one()
-    return int(row[0]), int(row[1])
 
 
 def paused_upstreams(conn: Connection) -> Sequence[Row[Any]]:

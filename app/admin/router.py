@@ -248,7 +248,8 @@ def list_rejected(
     responses=_errors(),
 )
 def stats(request: Request) -> Stats:
-    return service.stats(bridge(request).engine)
+    state = bridge(request)
+    return service.stats(state.engine, state.counts)
 
 
 @router.post(
@@ -269,7 +270,8 @@ def resume_upstream(request: Request, upstream: Upstream) -> ResumeResult:
     responses=_errors(),
 )
 def overview(request: Request) -> Overview:
-    return insights.overview(bridge(request).engine)
+    state = bridge(request)
+    return insights.overview(state.engine, state.counts)
 
 
 @router.get(

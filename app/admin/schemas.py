@@ -216,8 +216,18 @@ class WorkerBeat(BaseModel):
     age_seconds: float
 
 
+COUNTED_AT = (
+    "When the counts were taken (`counts`, `totals`, `deliveries_per_minute` and `parked` here; "
+    "`lanes[].received` and `lanes[].states` in the overview): the bridge recounts off the "
+    "request path once they are older than BRIDGE_COUNTS_MAX_AGE_SECONDS, and answers with "
+    "the counts it has meanwhile. Everything else is read at `generated_at`."
+)
+
+
 class Stats(BaseModel):
     generated_at: datetime
+    counted_at: datetime = Field(description=COUNTED_AT)
+    counts_age_seconds: float = Field(description="How old the counts were at `generated_at`")
     counts: dict[str, dict[str, int]] = Field(description="direction → state → deliveries")
     totals: dict[str, int] = Field(description="state → deliveries, every direction")
     oldest_pending_age_seconds: float | None
@@ -261,6 +271,8 @@ class PerMinute(BaseModel):
 
 class Overview(BaseModel):
     generated_at: datetime
+    counted_at: datetime = Field(description=COUNTED_AT)
+    counts_age_seconds: float = Field(description="How old the counts were at `generated_at`")
     lanes: list[Lane]
     per_minute: PerMinute
     rejected_calls: int = Field(description="Refused inbound calls held")

@@ -41,6 +41,8 @@ from app.admin.schemas import (
 from app.clock import utcnow
 from app.db import read_only
 from app.errors import BridgeError
+from app.outbox import count_repository
+from app.outbox.counts import CountsSnapshot, CountsUnavailable, OutboxCounts, count_outbox
 from app.outbox.models import Direction, State, Upstream
 
 MAX_LIMIT = 500
@@ -226,21 +228,32 @@ def list_rejected(
     return RejectedPage(items=items, next_cursor=encode_cursor(items[-1].id) if more else None)
 
 
-def stats(engine: Engine) -> Stats:
+def counted(engine: Engine, snapshot: CountsSnapshot | None) -> OutboxCounts:
+    """The outbox counts: the running app's snapshot (at once, possibly seconds old), or
+    counted now when there is none (the CLI: one read, one process)."""
+    if snapshot is None:
+        return count_outbox(engine)
+    try:
+        return snapshot.get()
+    except CountsUnavailable as exc:
+        raise AdminError(
+            503, "the outbox could not be counted yet", str(exc), {"Retry-After": "5"}
+        ) from exc
+
+
+def stats(engine: Engine, snapshot: CountsSnapshot | None = None) -> Stats:
+    """Counts from ``snapshot`` (see ``counted``); the rest read now, by index look-ups."""
+    outbox = counted(engine, snapshot)
     now = utcnow()
     with read_only(engine).connect() as conn:
-        counted = repo.counts_by_direction_and_state(conn)
-        oldest = repo.oldest_pending_created_at(conn)
-        last5 = repo.delivered_since(conn, now - timedelta(minutes=5))
-        last60 = repo.delivered_since(conn, now - timedelta(minutes=60))
-        parked, parked_emails = repo.parked_counts(conn)
+        oldest = min(count_repository.oldest_pending_by_upstream(conn).values(), default=None)
         paused = {r.upstream: r for r in repo.paused_upstreams(conn)}
         beats = repo.heartbeats(conn)
     counts: dict[str, dict[str, int]] = {d.value: dict.fromkeys(State, 0) for d in Direction}
     totals: dict[str, int] = dict.fromkeys(State, 0)
-    for direction, state, n in counted:
-        counts.setdefault(direction, {})[state] = n
-        totals[state] = totals.get(state, 0) + n
+    for (upstream, state), n in outbox.by_upstream_state.items():
+        counts[count_repository.DIRECTION_OF[upstream].value][state] = n
+        totals[state] += n
     upstreams: dict[str, UpstreamStatus] = {}
     for upstream in Upstream:
         row = paused.get(upstream.value)
@@ -253,15 +266,18 @@ def stats(engine: Engine) -> Stats:
         )
     return Stats(
         generated_at=now,
+        counted_at=outbox.counted_at,
+        counts_age_seconds=round(outbox.age_seconds(now), 3),
         counts={k: {str(s): n for s, n in v.items()} for k, v in counts.items()},
         totals={str(s): n for s, n in totals.items()},
         oldest_pending_age_seconds=(
             round(max(0.0, (now - oldest).total_seconds()), 3) if oldest else None
         ),
         deliveries_per_minute=Rates(
-            last_5_minutes=round(last5 / 5, 3), last_60_minutes=round(last60 / 60, 3)
+            last_5_minutes=round(outbox.delivered_last_5_minutes / 5, 3),
+            last_60_minutes=round(outbox.delivered_last_60_minutes / 60, 3),
         ),
-        parked=ParkedStats(count=parked, distinct_emails=parked_emails),
+        parked=ParkedStats(count=outbox.parked, distinct_emails=outbox.parked_emails),
         upstreams=upstreams,
         workers=[
             WorkerBeat(

@@ -1,6 +1,8 @@
 """The outbox gauges of ``/metrics``: depth, lag, parked identities and pauses.
 
-Read from the database at scrape time, so every replica reports the same, global values.
+Read from the database, so every replica reports the same, global values: lag, pauses and the
+heartbeat at scrape time (index look-ups); depth and parked identities, which cost a count of
+rows, from the process's counts snapshot (``app.outbox.counts``), with its age beside them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from sqlalchemy.engine import Engine
 from app.clock import utcnow
 from app.db import read_only
 from app.outbox import count_repository
-from app.outbox.models import Delivery, State, Upstream
+from app.outbox.counts import CountsSnapshot, CountsUnavailable, OutboxCounts
+from app.outbox.models import Upstream
 from app.system.models import UpstreamState, WorkerHeartbeat
 
 #: Every upstream gets its series, at 0 when it has nothing.
@@ -27,10 +30,12 @@ UPSTREAM_NAMES = tuple(u.value for u in Upstream)
 
 
 class OutboxCollector(Collector):
-    """Outbox depth, lag, parked identities and pauses, read from the database per scrape."""
+    """Outbox depth, lag, parked identities and pauses: counts from the snapshot, the rest
+    read from the database per scrape."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, counts: CountsSnapshot) -> None:
         self.engine = read_only(engine)
+        self.counts = counts
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(
@@ -52,22 +57,34 @@ class OutboxCollector(Collector):
             "1 while deliveries to an upstream are paused (credentials rejected).",
             labels=["upstream"],
         )
+        counts_age = GaugeMetricFamily(
+            "ctmm_bridge_outbox_counts_age_seconds",
+            "Seconds since ctmm_bridge_outbox_items and ctmm_bridge_parked_identities were "
+            "counted (+Inf before the first count); recounted when older than "
+            "BRIDGE_COUNTS_MAX_AGE_SECONDS.",
+        )
+        count_duration = GaugeMetricFamily(
+            "ctmm_bridge_outbox_count_duration_seconds",
+            "How long the last count of the outbox took (it grows with the rows held).",
+        )
+        counted: OutboxCounts | None
+        try:
+            counted = self.counts.get()
+        except CountsUnavailable:  # none yet and counting fails: the rest is still served
+            counted = None
         now = utcnow()
         with self.engine.connect() as conn:
-            counts = count_repository.counts_by_upstream_and_state(conn)
             oldest_rows = count_repository.oldest_pending_by_upstream(conn)
-            parked_emails = conn.execute(
-                select(func.count(func.distinct(Delivery.email))).where(
-                    Delivery.state == State.PARKED.value
-                )
-            ).scalar_one()
             pauses = conn.execute(select(UpstreamState.upstream, UpstreamState.paused)).all()
             last_beat = conn.execute(select(func.max(WorkerHeartbeat.beat_at))).scalar()
-        for (upstream, state_name), count in counts.items():
-            depth.add_metric([upstream.value, state_name.value], count)
+        if counted is not None:
+            for (upstream, state_name), count in counted.by_upstream_state.items():
+                depth.add_metric([upstream.value, state_name.value], count)
+            parked.add_metric([], counted.parked_emails)
+            count_duration.add_metric([], counted.seconds)
+        counts_age.add_metric([], math.inf if counted is None else counted.age_seconds(now))
         for upstream in Upstream:
             oldest.add_metric([upstream.value], _age(now, oldest_rows.get(upstream)))
-        parked.add_metric([], parked_emails)
         paused_map = {u: bool(p) for u, p in pauses}
         for name in UPSTREAM_NAMES:
             paused.add_metric([name], 1 if paused_map.get(name) else 0)
@@ -76,7 +93,7 @@ class OutboxCollector(Collector):
             "Seconds since the most recent worker heartbeat (+Inf when no worker is running).",
         )
         heartbeat.add_metric([], math.inf if last_beat is None else _age(now, last_beat))
-        yield from (depth, oldest, parked, paused, heartbeat)
+        yield from (depth, oldest, parked, paused, heartbeat, counts_age, count_duration)
 
 
 class ReadinessCollector(Collector):
@@ -108,7 +125,7 @@ def _age(now: datetime, created: datetime | None) -> float:
     return max(0.0, (now - created).total_seconds())
 
 
-def app_registry(engine: Engine) -> CollectorRegistry:
+def app_registry(engine: Engine, counts: CountsSnapshot) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(OutboxCollector(engine))
+    registry.register(OutboxCollector(engine, counts))
     return registry

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
-from app.admin import service
+from app.admin import insights, service
 from app.admin.schemas import Filters
 from app.admin.service import AdminError
+from app.outbox.counts import CountsSnapshot, OutboxCounts
 
 # --- what operators type -----------------------------------------------------------------------
 
@@ -59,3 +60,29 @@ def test_limit_bounds(engine: Engine) -> None:
 def test_admin_error_text() -> None:
     assert str(AdminError(409, "cannot cancel", "it is done")) == "cannot cancel: it is done"
     assert str(AdminError(404, "not found")) == "not found"
+
+
+# --- counts that cannot be taken ----------------------------------------------------------------
+
+
+def _broken() -> OutboxCounts:
+    raise RuntimeError("database is down")
+
+
+def test_stats_and_overview_answer_503_while_the_outbox_was_never_counted(engine: Engine) -> None:
+    """Only with no counts at all; once there are some, a failing recount keeps them
+    (tests/outbox/test_counts.py)."""
+    snapshot = CountsSnapshot(_broken, 10)
+    for read in (service.stats, insights.overview):
+        with pytest.raises(AdminError) as err:
+            read(engine, snapshot)
+        assert err.value.status == 503
+        assert err.value.headers == {"Retry-After": "5"}
+        assert str(err.value) == "the outbox could not be counted yet: database is down"
+
+
+def test_without_a_snapshot_stats_count_now(engine: Engine) -> None:
+    """The CLI's ``stats``: one read, counted when asked."""
+    stats = service.stats(engine)
+    assert stats.counted_at <= stats.generated_at
+    assert stats.counts_age_seconds < 5
