@@ -21,10 +21,12 @@ the counts are seconds old, so every answer says when they were taken (``counted
   ``BRIDGE_COUNTS_MAX_AGE_SECONDS`` the read also starts a recount in a thread (at most one in
   flight per process) and still answers with the old counts: the next read gets the new ones.
   So counts are at most max age + one count old while reads are frequent, else as old as the
-  time since the previous read (a Prometheus scrape interval);
+  time since the previous read (a Prometheus scrape interval). A count that takes longer than
+  max age/4 is followed by a pause 4 times as long as it took, so counting a huge outbox
+  never keeps the database busy more than a fifth of the time;
 * only before the first count exists does a read wait, for that count (start-up);
 * a count that fails keeps the previous snapshot, is logged (throttled) and is tried again by a
-  read once max age has passed since; only with no snapshot at all does a read fail
+  read after the same pause; only with no snapshot at all does a read fail
   (``CountsUnavailable``: ``/admin/stats`` answers 503, ``/metrics`` leaves the counts out);
 * max age 0: no snapshot, every read counts (exact and linear in rows, as the CLI's ``stats``
   does): for small outboxes that want exact numbers, and the test suite.
@@ -54,6 +56,10 @@ from app.outbox import count_repository
 from app.outbox.models import State, Upstream
 
 log = structlog.get_logger(__name__)
+
+#: After a count, the next waits at least this many times as long as it took (and at least max
+#: age): where counting takes longer than max age, it still takes at most a fifth of the time.
+IDLE_PER_COUNT = 4
 
 #: What a failed count logs (at most once per 30 s each: ``app.logging.log_throttled``).
 KEPT = "outbox count failed; answering with the previous counts"
@@ -114,8 +120,9 @@ class CountsSnapshot:
         self._lock = threading.Lock()
         self._current: OutboxCounts | None = None
         self._refresh: Future[OutboxCounts] | None = None
-        #: When the last count started (successful or not): failures back off by max age.
-        self._tried_at: datetime | None = None
+        #: When the last count ended (successful or not), and how long until the next may start.
+        self._ended_at: datetime | None = None
+        self._pause = max_age_seconds
         self._closed = False
         #: The last count's error, until a count succeeds.
         self.error: str | None = None
@@ -140,7 +147,7 @@ class CountsSnapshot:
             return
         with self._lock:
             if self._current is None and self._refresh is None and not self._closed:
-                self._begin(utcnow())
+                self._begin()
 
     def get(self) -> OutboxCounts:
         """The counts, at once once a snapshot exists; starts a recount when it is stale."""
@@ -153,7 +160,7 @@ class CountsSnapshot:
         with self._lock:
             current, refresh = self._current, self._refresh
             if refresh is None and not self._closed and self._due(current, now):
-                refresh = self._begin(now)
+                refresh = self._begin()
         if current is not None:
             return current
         if refresh is None:
@@ -174,30 +181,35 @@ class CountsSnapshot:
                 refresh.exception(timeout)
 
     def _due(self, current: OutboxCounts | None, now: datetime) -> bool:
-        """Without counts, always; else when they and the last try are older than max age
-        (a clock stepped back counts as old, rather than freezing the counts)."""
-        if current is None:
+        """Without counts, always; else once the pause after the last count (successful or
+        not) is over: max age, or 4 times that count's duration if longer. A clock stepped
+        back ends it too, rather than freezing the counts."""
+        if current is None or self._ended_at is None:
             return True
-        return all(
-            not 0 <= (now - then).total_seconds() <= self.max_age_seconds
-            for then in (current.counted_at, self._tried_at or current.counted_at)
-        )
+        return not 0 <= (now - self._ended_at).total_seconds() <= self._pause
 
-    def _begin(self, now: datetime) -> Future[OutboxCounts]:
+    def _begin(self) -> Future[OutboxCounts]:
         """Start a count in a thread of its own (called with the lock held)."""
         refresh: Future[OutboxCounts] = Future()
-        self._refresh, self._tried_at = refresh, now
+        self._refresh = refresh
         threading.Thread(
             target=self._run, args=(refresh,), name="outbox-counts", daemon=True
         ).start()
         return refresh
 
+    def _ended(self, started: datetime) -> None:
+        """Note when the count that began at ``started`` ended (called with the lock held)."""
+        self._refresh, self._ended_at = None, utcnow()
+        took = max(0.0, (self._ended_at - started).total_seconds())
+        self._pause = max(self.max_age_seconds, IDLE_PER_COUNT * took)
+
     def _run(self, refresh: Future[OutboxCounts]) -> None:
+        started = utcnow()
         try:
             counts = self._count()
         except BaseException as exc:
             with self._lock:
-                self._refresh = None
+                self._ended(started)
                 self.error = short_error(exc)
                 previous = self._current
             refresh.set_exception(exc)  # a reader waiting for the first count gets it
@@ -215,5 +227,6 @@ class CountsSnapshot:
                 )
             return
         with self._lock:
-            self._current, self._refresh, self.error = counts, None, None
+            self._ended(started)
+            self._current, self.error = counts, None
         refresh.set_result(counts)

@@ -41,8 +41,8 @@ MAX_AGE = 10.0
 
 
 class FakeCount:
-    """A count that says how often it ran (as its pending count), can be held at a gate
-    and made to fail."""
+    """A count that says how often it ran (as its pending count), can be held at a gate,
+    made to fail, and made to take ``takes`` seconds of ``clock``."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -51,11 +51,15 @@ class FakeCount:
         self.entered = threading.Event()
         self.fail: Exception | None = None
         self.threads: list[str] = []
+        self.clock: ManualClock | None = None
+        self.takes = 0.0
 
     def __call__(self) -> OutboxCounts:
         self.calls += 1
         self.threads.append(threading.current_thread().name)
         counted_at = utcnow()
+        if self.clock is not None:
+            self.clock.advance(self.takes)
         self.entered.set()
         assert self.gate.wait(10), "the test never opened the gate"
         if self.fail is not None:
@@ -207,6 +211,22 @@ def test_max_age_zero_counts_on_every_read_in_the_readers_thread(fake: FakeCount
     fake.fail = RuntimeError("no such table: deliveries")
     with pytest.raises(CountsUnavailable, match="no such table"):
         snapshot.get()
+
+
+def test_a_count_slower_than_max_age_is_followed_by_a_pause_four_times_as_long(
+    frozen: ManualClock, fake: FakeCount, snapshot: CountsSnapshot
+) -> None:
+    """So counting a huge outbox keeps the database busy a fifth of the time at most."""
+    fake.clock, fake.takes = frozen, 3 * MAX_AGE
+    snapshot.start()
+    first = snapshot.get()
+    frozen.advance(4 * 3 * MAX_AGE - 1)  # the counts are long stale, but the pause is not over
+    assert snapshot.get() is first
+    assert not snapshot.refreshing
+    frozen.advance(2)
+    assert snapshot.get() is first
+    settle(snapshot)
+    assert fake.calls == 2
 
 
 def test_a_clock_stepped_back_makes_the_counts_stale(

@@ -356,7 +356,8 @@
   async function overviewScreen() {
     const data = await api("GET", "overview");
     render("Overview",
-      h("p", { class: "meta" }, "As of ", when(data.generated_at), ". Refreshes every 15 seconds. ",
+      h("p", { class: "meta" }, "As of ", when(data.generated_at), " (counts ",
+        age(data.counts_age_seconds), " old). Refreshes every 15 seconds. ",
         button("Refresh now", () => route(true), "secondary")),
       h("div", { class: "lanes" }, data.lanes.map((lane) => laneCard(lane, data.per_minute))),
       h("section", { "aria-labelledby": "more-title" },
