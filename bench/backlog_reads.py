@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backlog import ADMIN, CLK_TCK, process_ticks, stop, wait_port
+from backlog import ADMIN
+from common import cpu_seconds, stop, wait_port
 
 ROOT = Path(os.environ.get("BENCH_ROOT", Path(__file__).resolve().parents[1]))
 READS = int(os.environ.get("BENCH_READS", "150"))
@@ -57,13 +58,13 @@ def main() -> int:
         with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60, headers=headers) as c:
             for path in ("/metrics", "/admin/stats"):
                 times = []
-                ticks = process_ticks(serve.pid)
+                cpu = cpu_seconds([serve.pid], descendants=False)
                 for _ in range(READS):
                     started = time.perf_counter()
                     c.get(path).raise_for_status()
                     times.append((time.perf_counter() - started) * 1000)
                     time.sleep(GAP)
-                cpu = (process_ticks(serve.pid) - ticks) / CLK_TCK * 1000 / READS
+                cpu = (cpu_seconds([serve.pid], descendants=False) - cpu) * 1000 / READS
                 warm = times[1:]
                 print(
                     f"{path}: {READS} reads, p50 {statistics.median(warm):.1f} ms, "
