@@ -39,11 +39,6 @@ log = structlog.get_logger(__name__)
 REFILL_SECONDS = 0.005
 
 
-#: Outcomes that arrived while other calls are still in flight wait at most this long to be
-#: committed with theirs (their slots stay busy meanwhile, as until any commit).
-GATHER_SECONDS = 0.002
-
-
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
@@ -294,7 +289,6 @@ class WorkerRunner:
         refill = max(1, min(concurrency // 2, burst))
         backlog = True  # there may be due rows: claim
         last_claim = 0.0
-        first_answer = 0.0  # when the oldest outcome not yet committed arrived
         try:
             while not stop.is_set():
                 if wake.is_set():
@@ -310,14 +304,8 @@ class WorkerRunner:
                     and backlog
                     and (busy == 0 or free >= refill or now - last_claim >= REFILL_SECONDS)
                 )
-                if answered and not first_answer:
-                    first_answer = now
-                # Outcomes alone wait a moment for more of the calls in flight to answer, so
-                # a round commits several (one fsync each), not one per call.
-                gathered = answered >= refill or busy == 0 or now - first_answer >= GATHER_SECONDS
-                if claim or (answered and gathered):
+                if answered or claim:
                     limit = min(free, burst) if claim else 0
-                    first_answer = 0.0
                     rows = await self._round(deliverer, limit)
                     if claim:
                         last_claim = now
@@ -327,14 +315,13 @@ class WorkerRunner:
                     if claim and backlog and len(inflight) < concurrency:
                         continue
                 waiting_to_refill = backlog and busy > 0 and free > 0
-                if answered:
-                    timeout = max(0.0, first_answer + GATHER_SECONDS - time.monotonic())
-                elif waiting_to_refill:
-                    timeout = max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
-                else:
-                    timeout = self.settings.worker_poll_seconds
+                timeout = (
+                    max(0.0, last_claim + REFILL_SECONDS - time.monotonic())
+                    if waiting_to_refill
+                    else self.settings.worker_poll_seconds
+                )
                 ran_out = await _wait(activity, timeout)
-                if ran_out and not waiting_to_refill and not answered:
+                if ran_out and not waiting_to_refill:
                     backlog = True  # a poll: retries may have come due meanwhile
         finally:
             relay.cancel()
