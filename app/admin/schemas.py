@@ -215,6 +215,18 @@ class WorkerBeat(BaseModel):
     last_beat_at: datetime
     age_seconds: float
 
+    @classmethod
+    def of(cls, beat: Any, now: datetime) -> WorkerBeat:
+        """From a ``worker_heartbeats`` row (``repository.heartbeats``), aged at ``now``."""
+        return cls(
+            worker_id=beat.worker_id,
+            hostname=beat.hostname,
+            pid=beat.pid,
+            started_at=beat.started_at,
+            last_beat_at=beat.beat_at,
+            age_seconds=round(max(0.0, (now - beat.beat_at).total_seconds()), 3),
+        )
+
 
 COUNTED_AT = (
     "When the counts were taken (`counts`, `totals`, `deliveries_per_minute` and `parked` here; "

@@ -279,17 +279,7 @@ def stats(engine: Engine, snapshot: CountsSnapshot | None = None) -> Stats:
         ),
         parked=ParkedStats(count=outbox.parked, distinct_emails=outbox.parked_emails),
         upstreams=upstreams,
-        workers=[
-            WorkerBeat(
-                worker_id=b.worker_id,
-                hostname=b.hostname,
-                pid=b.pid,
-                started_at=b.started_at,
-                last_beat_at=b.beat_at,
-                age_seconds=round(max(0.0, (now - b.beat_at).total_seconds()), 3),
-            )
-            for b in beats
-        ],
+        workers=[WorkerBeat.of(b, now) for b in beats],
     )
 
 

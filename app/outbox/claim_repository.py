@@ -24,7 +24,7 @@ from app.fastsql import insert_returning_ids
 from app.identity import repository as identity_repo
 from app.outbox import transitions, worker_sql
 from app.outbox.models import SENDS_INDEX, SENDS_PREDICATE, Operation, State, Upstream
-from app.outbox.repository import DELIVERIES, Executor
+from app.outbox.repository import DELIVERIES, Executor, delivery_row, resolves_by_email
 from app.outbox.schemas import Claimed, NewDelivery
 from app.outbox.transitions import Skip
 
@@ -166,33 +166,7 @@ def add_deliveries(conn: Connection, news: Sequence[NewDelivery], now: datetime)
     ``BRIDGE_UNRESOLVED_IDENTITY``."""
     if not news:
         return []
-    wanted = {
-        d.email
-        for d in news
-        if d.identity_policy is not None and d.clevertap_id is None and d.email
-    }
+    wanted = {d.email for d in news if resolves_by_email(d) and d.email}
     known = identity_repo.resolve(conn, wanted, {})
-    rows: list[dict[str, Any]] = []
-    for d in news:
-        a = transitions.admit(d, known, now)
-        rows.append(
-            {
-                "inbound_call_id": None,
-                "direction": d.direction.value,
-                "upstream": d.upstream.value,
-                "operation": d.operation.value,
-                "target": d.target,
-                "email": d.email,
-                "clevertap_id": a.clevertap_id,
-                "payload": d.payload,
-                "state": a.state,
-                "attempts": 0,
-                "deferrals": 0,
-                "next_attempt_at": a.next_attempt_at,
-                "reason": a.reason,
-                "created_at": now,
-                "updated_at": now,
-                "finished_at": a.finished_at,
-            }
-        )
+    rows = [delivery_row(d, transitions.admit(d, known, now), None, now) for d in news]
     return insert_returning_ids(conn, DELIVERIES, rows)

@@ -27,9 +27,10 @@ from app.outbox.models import (
     State,
     Upstream,
 )
-from app.outbox.schemas import Claimed, IngestRecord, IngestResult
+from app.outbox.schemas import Claimed, IngestRecord, IngestResult, NewDelivery
 from app.outbox.transitions import (
     EDGES,
+    Admission,
     AttemptChange,
     DeferralResume,
     Edge,
@@ -63,6 +64,36 @@ def in_states(states: frozenset[State]) -> ColumnElement[bool]:
         (only,) = states
         return DELIVERIES.c.state == only.value
     return DELIVERIES.c.state.in_(sorted(s.value for s in states))
+
+
+def resolves_by_email(d: NewDelivery) -> bool:
+    """An event without a CleverTap ID, which ``transitions.admit`` resolves by its email."""
+    return d.identity_policy is not None and d.clevertap_id is None and bool(d.email)
+
+
+def delivery_row(
+    d: NewDelivery, a: Admission, inbound_call_id: int | None, now: datetime
+) -> dict[str, Any]:
+    """The ``deliveries`` row of a new delivery, in the state ``transitions.admit`` gave it
+    (the ingest's rows and the ones a worker creates alike)."""
+    return {
+        "inbound_call_id": inbound_call_id,
+        "direction": d.direction.value,
+        "upstream": d.upstream.value,
+        "operation": d.operation.value,
+        "target": d.target,
+        "email": d.email,
+        "clevertap_id": a.clevertap_id,
+        "payload": d.payload,
+        "state": a.state,
+        "attempts": 0,
+        "deferrals": 0,
+        "next_attempt_at": a.next_attempt_at,
+        "reason": a.reason,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": a.finished_at,
+    }
 
 
 def _call_row(
@@ -176,7 +207,7 @@ def _store_originals(
         d.email
         for i in originals
         for d in records[i].deliveries
-        if d.identity_policy is not None and d.clevertap_id is None and d.email
+        if resolves_by_email(d) and d.email
     }
     known = identity_repo.resolve(conn, wanted, learnt)
     delivery_rows: list[dict[str, Any]] = []
@@ -185,27 +216,7 @@ def _store_originals(
     for i, call_id in zip(originals, call_ids, strict=True):
         for d in records[i].deliveries:
             owners.append(i)
-            a = admit(d, known, now)
-            delivery_rows.append(
-                {
-                    "inbound_call_id": call_id,
-                    "direction": d.direction.value,
-                    "upstream": d.upstream.value,
-                    "operation": d.operation.value,
-                    "target": d.target,
-                    "email": d.email,
-                    "clevertap_id": a.clevertap_id,
-                    "payload": d.payload,
-                    "state": a.state,
-                    "attempts": 0,
-                    "deferrals": 0,
-                    "next_attempt_at": a.next_attempt_at,
-                    "reason": a.reason,
-                    "created_at": now,
-                    "updated_at": now,
-                    "finished_at": a.finished_at,
-                }
-            )
+            delivery_rows.append(delivery_row(d, admit(d, known, now), call_id, now))
     ids_by_record: dict[int, list[int]] = {i: [] for i in originals}
     if delivery_rows:
         delivery_ids = insert_returning_ids(conn, DELIVERIES, delivery_rows)

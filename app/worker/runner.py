@@ -401,14 +401,11 @@ class WorkerRunner:
         stop: asyncio.Event,
         wake: asyncio.Event,
         inflight: set[asyncio.Task[object]],
-        within: float | None = None,
-        *more: asyncio.Event,
     ) -> bool:
-        """Until new work is committed, a call finishes, we stop, any of ``more`` is set, or
-        ``within`` seconds (the poll interval by default); True when the time ran out with
-        nothing happening."""
+        """Until new work is committed, a call finishes, we stop, or the poll interval passes;
+        True when the time ran out with nothing happening."""
         waiters: set[asyncio.Future[object]] = {
-            asyncio.ensure_future(event.wait()) for event in (wake, stop, *more)
+            asyncio.ensure_future(event.wait()) for event in (wake, stop)
         }
         if inflight:
             waiters.add(
@@ -419,7 +416,7 @@ class WorkerRunner:
         try:
             done, _ = await asyncio.wait(
                 waiters,
-                timeout=self.settings.worker_poll_seconds if within is None else within,
+                timeout=self.settings.worker_poll_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
