@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 CT_SECRET = "ct-test-secret"
 MM_SECRET = "mm-test-secret"
@@ -175,6 +178,9 @@ class Proc:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> Proc:
+        """Start the process; with ``wait``, return once it serves (``serve``: /healthz
+        answers) or works (``worker``: its first heartbeat is in the database), so that faults
+        injected next hit a running process, not one still importing or opening the database."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed commands
                 [sys.executable, "-m", "app.cli", self.command],
@@ -184,7 +190,27 @@ class Proc:
             )
         if wait and self.command == "serve":
             wait_for(self._healthy, 30, f"{self.command} to answer", on_fail=self.tail)
+        elif wait:
+            engine = create_engine(self.env["BRIDGE_DATABASE_URL"], poolclass=NullPool)
+            try:
+                wait_for(lambda: self._beating(engine), 30, "worker to beat", on_fail=self.tail)
+            finally:
+                engine.dispose()
         return self
+
+    def _beating(self, engine: Engine) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.command} exited:\n{self.tail()}")
+        try:
+            with engine.connect() as conn:
+                beats = conn.execute(
+                    text("SELECT count(*) FROM worker_heartbeats WHERE pid = :pid"),
+                    {"pid": self.proc.pid},
+                ).scalar_one()
+        except OperationalError:
+            return False
+        return bool(beats)
 
     def _healthy(self) -> bool:
         assert self.proc is not None
