@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -109,6 +110,16 @@ def sqlite_file_missing(settings: Settings) -> bool:
         return False
     path = make_url(settings.database_url).database
     return path not in (None, "", ":memory:") and not Path(str(path)).exists()
+
+
+def _driver_begin(conn: Any, statement: str) -> None:
+    """``statement`` straight on the driver: SQLAlchemy's statement machinery (events,
+    execution context, cursor) costs more than the BEGIN itself, on every transaction.
+    Errors come out as SQLAlchemy's, as they would from ``exec_driver_sql``."""
+    try:
+        conn.connection.driver_connection.execute(statement)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 class _FileLock:
@@ -240,8 +251,10 @@ def create_db_engine(settings: Settings) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front, so writers queue on busy_timeout
             # instead of failing with "database is locked" on lock upgrade.
+            # Straight on the driver: SQLAlchemy's statement machinery (events, execution
+            # context, cursor) costs more than the BEGIN itself, on every transaction.
             if conn.get_execution_options().get("sqlite_deferred", False):
-                conn.exec_driver_sql("BEGIN")
+                _driver_begin(conn, "BEGIN")
                 return
             if not write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
                 raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError("database busy"))
@@ -249,7 +262,7 @@ def create_db_engine(settings: Settings) -> Engine:
             try:
                 if file_lock is not None:
                     file_lock.acquire(timeout=WRITE_LOCK_TIMEOUT)
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                _driver_begin(conn, "BEGIN IMMEDIATE")
             except BaseException:
                 _release(conn.info)
                 raise

@@ -120,3 +120,19 @@ def test_any_sqlite_driver_url_gets_the_lock_file_and_dispose_closes_it(tmp_path
     with engine.begin() as conn:  # usable after dispose: the lock file is opened again
         conn.exec_driver_sql("INSERT INTO t VALUES (1)")
     engine.dispose()
+
+
+def test_a_failed_begin_comes_out_as_sqlalchemys_error(tmp_path: Path) -> None:
+    """BEGIN runs on the driver; a driver error there is still SQLAlchemy's OperationalError,
+    which the writers and the worker classify (retry, unavailable)."""
+    engine = create_db_engine(make_settings(database_url=f"sqlite:///{tmp_path / 'b.db'}"))
+    try:
+        with engine.connect() as conn:
+            conn.connection.driver_connection.execute("BEGIN")  # a transaction left open
+            with pytest.raises(OperationalError, match="within a transaction"):
+                conn.begin()
+            conn.connection.driver_connection.execute("ROLLBACK")
+        with engine.begin() as conn:  # the write lock was given back
+            conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+    finally:
+        engine.dispose()
