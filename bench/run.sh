@@ -284,8 +284,10 @@ DRAIN_CPU=$(drain cpu_us_per_delivery)
 MET=$(awk -v r="$RATIO" -v p="$BRIDGE_P99" -v d="$DURABLE" \
     -v bad="$(($(field bridge non2xx) + $(field bridge errors) + $(field bridge not_accepted)))" \
     'BEGIN { print ((r >= 0.8 && p < 50 && d == "yes" && bad == 0) ? "MET" : "NOT MET") }')
-ENGINE_MET=$(awk -v r="${DRAIN_RATE:-0}" -v c="${DRAIN_CPU:-999999}" \
-    'BEGIN { print ((r >= 1000 && c <= 400) ? "MET" : "NOT MET") }')
+# Issue 9 asks for the rate (>= 1,000/s) and for the CPU per delivery to be stated, with a goal
+# of <= 400 us: each is judged on its own.
+RATE_MET=$(awk -v r="${DRAIN_RATE:-0}" 'BEGIN { print ((r >= 1000) ? "MET" : "NOT MET") }')
+CPU_MET=$(awk -v c="${DRAIN_CPU:-999999}" 'BEGIN { print ((c <= 400) ? "met" : "not met") }')
 
 # Other processes on the machine skew both numbers; say so rather than report them as clean.
 NOISY=$(for n in bare bridge bridge-idle; do
@@ -316,7 +318,7 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
     echo "- group commit during the measured runs: defaults $(cat "$OUT/bridge-commits.txt"); worker off $(cat "$OUT/bridge-idle-commits.txt")"
     echo "- ratio (serve defaults, delivery flowing) / bare: **$RATIO** (target ≥ 0.8); p99 $BRIDGE_P99 ms (target < 50 ms); worker off: $IDLE_RATIO"
     echo "- durability after SIGKILL: defaults: $(tr '\n' ' ' <"$OUT/bridge-verify.txt"); worker off: $(tr '\n' ' ' <"$OUT/bridge-idle-verify.txt")"
-    echo "- delivery engine (\`bench/delivery.py\`, backlog drained at serve defaults, rate 100000/s, zero-latency fake): **$DRAIN_RATE deliveries/s, $DRAIN_CPU µs CPU per delivery** (targets ≥ 1,000/s, ≤ 400 µs): $ENGINE_MET — \`$(cat "$OUT/drain.result")\`"
+    echo "- delivery engine (\`bench/delivery.py\`, backlog drained at serve defaults, rate 100000/s, zero-latency fake): **$DRAIN_RATE deliveries/s** (target ≥ 1,000/s: $RATE_MET), **$DRAIN_CPU µs CPU per delivery** (goal ≤ 400 µs: $CPU_MET) — \`$(cat "$OUT/drain.result")\`"
     echo "- ingest target: **$MET**"
     [ -z "$NOISY" ] || echo "- **noisy run**: $NOISY"
 } >"$OUT/summary.md"
@@ -327,7 +329,7 @@ report bridge "bridge, serve defaults"
 echo "  (delivered to Mailmodo during the run: $DELIVERED_RPS/s)"
 report bridge-idle "bridge, worker off"
 echo "  ratio $RATIO at serve defaults with delivery flowing (worker off: $IDLE_RATIO), target >= 0.8, p99 $BRIDGE_P99 ms (target < 50): $MET"
-echo "  delivery engine: $DRAIN_RATE deliveries/s, $DRAIN_CPU us CPU per delivery (>= 1000/s, <= 400 us): $ENGINE_MET"
+echo "  delivery engine: $DRAIN_RATE deliveries/s (>= 1000/s: $RATE_MET), $DRAIN_CPU us CPU per delivery (goal <= 400 us: $CPU_MET)"
 [ -z "$NOISY" ] || echo "  WARNING: $NOISY the numbers are not clean; run again on a quiet machine"
 echo
 echo "summary for bench/RESULTS.md: $OUT/summary.md"
