@@ -251,8 +251,6 @@ def create_db_engine(settings: Settings) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front, so writers queue on busy_timeout
             # instead of failing with "database is locked" on lock upgrade.
-            # Straight on the driver: SQLAlchemy's statement machinery (events, execution
-            # context, cursor) costs more than the BEGIN itself, on every transaction.
             if conn.get_execution_options().get("sqlite_deferred", False):
                 _driver_begin(conn, "BEGIN")
                 return

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 from sqlalchemy.engine import Engine
 
 from app.clevertap.client import CleverTapClient
@@ -15,6 +13,7 @@ from app.mailmojo.client import MailmojoClient
 from app.outbox.policy import RetryPolicy
 from app.security import fingerprint
 from app.upstreams import CLEVERTAP, MAILMODO, MAILMOJO
+from app.worker.consumer import ConsumerSettings
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.mailmojo import RATE_NAME as MAILMOJO_RATE
 from app.worker.mailmojo import MailmojoDeliverer
@@ -39,15 +38,7 @@ def build_runner(
     )
 
 
-class _ConsumerSettings(TypedDict):
-    policy: RetryPolicy
-    worker_id: str
-    lease_seconds: float
-    key_fingerprint: str | None
-    pause_probe_seconds: float
-
-
-def _consumer_settings(settings: Settings, worker_id: str, key: str) -> _ConsumerSettings:
+def _consumer_settings(settings: Settings, worker_id: str, key: str) -> ConsumerSettings:
     return {
         "policy": RetryPolicy(
             settings.retry_schedule_seconds, pause_probe_seconds=settings.pause_probe_seconds

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
 
 import structlog
 from sqlalchemy import Connection
@@ -39,6 +39,17 @@ class RunStats:
 
     def count(self, state: str) -> None:
         self.outcomes[state] = self.outcomes.get(state, 0) + 1
+
+
+class ConsumerSettings(TypedDict):
+    """What every consumer takes besides its engine (``OutboxConsumer``'s other arguments):
+    subclasses pass it on as ``**common`` instead of listing it again."""
+
+    policy: RetryPolicy
+    worker_id: str
+    lease_seconds: float
+    key_fingerprint: str | None
+    pause_probe_seconds: float
 
 
 class OutboxConsumer:
@@ -250,21 +261,10 @@ class RowDeliverer(OutboxConsumer, Generic[ClientT], ABC):
         *,
         engine: Engine,
         client: ClientT,
-        policy: RetryPolicy,
         limiter: SharedRateLimiter,
-        worker_id: str,
-        lease_seconds: float,
-        key_fingerprint: str | None,
-        pause_probe_seconds: float,
+        **common: Unpack[ConsumerSettings],
     ) -> None:
-        super().__init__(
-            engine=engine,
-            policy=policy,
-            worker_id=worker_id,
-            lease_seconds=lease_seconds,
-            key_fingerprint=key_fingerprint,
-            pause_probe_seconds=pause_probe_seconds,
-        )
+        super().__init__(engine=engine, **common)
         self.client = client
         self.limiter = limiter
         #: Outcomes of finished attempts, committed in batches (see ``app.worker.batch``).

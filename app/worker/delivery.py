@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Unpack
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
@@ -20,11 +21,10 @@ from app.mailmodo.client import MailmodoClient
 from app.mailmodo.outcomes import classify_contact_read, classify_failure, classify_mailmodo
 from app.mailmodo.status import CONSENT_CALLS, consent_call  # W12 consent
 from app.outbox.models import Operation, Upstream
-from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import Outcome, UpstreamError, UpstreamResponse
-from app.worker.consumer import RowDeliverer
+from app.worker.consumer import ConsumerSettings, RowDeliverer
 from app.worker.ratelimit import SharedRateLimiter
 
 
@@ -38,24 +38,11 @@ class MailmodoDeliverer(RowDeliverer[MailmodoClient]):
         *,
         engine: Engine,
         client: MailmodoClient,
-        policy: RetryPolicy,
         limiter: SharedRateLimiter,
-        worker_id: str,
-        lease_seconds: float,
-        key_fingerprint: str | None,
-        pause_probe_seconds: float,
         consent: Consent | None = None,  # W12 consent
+        **common: Unpack[ConsumerSettings],
     ) -> None:
-        super().__init__(
-            engine=engine,
-            client=client,
-            policy=policy,
-            limiter=limiter,
-            worker_id=worker_id,
-            lease_seconds=lease_seconds,
-            key_fingerprint=key_fingerprint,
-            pause_probe_seconds=pause_probe_seconds,
-        )
+        super().__init__(engine=engine, client=client, limiter=limiter, **common)
         self.consent = consent  # W12 consent
 
     def claim_rows(self, conn: Connection, limit: int, now: datetime) -> list[Claimed]:

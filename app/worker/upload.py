@@ -8,7 +8,7 @@ repeats, while its neighbours are delivered.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Unpack
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -22,11 +22,10 @@ from app.consent.service import TO_CLEVERTAP, Consent  # W12 consent
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository, transitions
 from app.outbox.models import Upstream
-from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
 from app.upstream import AttemptOutcome, Outcome, UpstreamError
-from app.worker.consumer import OutboxConsumer, RunStats
+from app.worker.consumer import ConsumerSettings, OutboxConsumer, RunStats
 from app.worker.outcome_log import log_upload
 from app.worker.semaphore import LocalSlots, UploadSlots
 
@@ -50,24 +49,13 @@ class CleverTapUploader(OutboxConsumer):
         *,
         engine: Engine,
         client: CleverTapClient,
-        policy: RetryPolicy,
-        worker_id: str,
-        lease_seconds: float,
         batch_size: int,
-        key_fingerprint: str | None,
-        pause_probe_seconds: float,
         consent: Consent | None = None,  # W12 consent
         slots: UploadSlots | None = None,
         slot_wait_seconds: float = 0.0,
+        **common: Unpack[ConsumerSettings],
     ) -> None:
-        super().__init__(
-            engine=engine,
-            policy=policy,
-            worker_id=worker_id,
-            lease_seconds=lease_seconds,
-            key_fingerprint=key_fingerprint,
-            pause_probe_seconds=pause_probe_seconds,
-        )
+        super().__init__(engine=engine, **common)
         self.client = client
         self.batch_size = batch_size
         self.consent = consent  # W12 consent
