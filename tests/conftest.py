@@ -208,6 +208,16 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    """A migrated database on each backend (``database_url``: SQLite and PostgreSQL)."""
+    settings = make_settings(database_url)
+    engine = create_db_engine(settings)
+    upgrade(settings, engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def app(settings: Settings) -> FastAPI:
     return create_app(settings)
 

@@ -3,34 +3,20 @@ resolving prefers what this batch learnt over what is stored."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from app.db import create_db_engine
 from app.identity import repository
 from app.identity.models import Identity
-from app.system.migrations import upgrade
-from tests.conftest import make_settings
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def observation(email: str, clevertap_id: str, source: str, at: datetime) -> dict[str, Any]:
     return {"email": email, "clevertap_id": clevertap_id, "source": source, "updated_at": at}
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 def stored(engine: Engine) -> dict[str, str]:

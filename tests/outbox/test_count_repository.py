@@ -4,7 +4,6 @@ speed itself is measured in ``bench/backlog.py``, not here)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,26 +15,15 @@ from sqlalchemy.sql import Executable
 
 from app.admin import repository as admin_repo
 from app.admin.repository import DeliveryFilter
-from app.db import create_db_engine
 from app.inbound.from_clevertap import ROUTES, build_record, parse_or_reject
 from app.inbound.from_mailmodo import UPLOAD_UPSTREAM
 from app.outbox import count_repository
 from app.outbox.count_repository import COUNT_ONE, DIRECTION_OF, OLDEST_PENDING
 from app.outbox.models import Delivery, Direction, Operation, State, Upstream
-from app.system.migrations import upgrade
-from tests.conftest import make_settings, profiles_body
+from tests.conftest import profiles_body
 from tests.factories import add_deliveries, add_delivery
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 def _fill(engine: Engine) -> None:

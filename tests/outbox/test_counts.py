@@ -272,15 +272,6 @@ def test_closed_before_any_count_is_unavailable(fake: FakeCount) -> None:
 # -- what is counted ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
-
-
 def test_count_outbox_counts_every_state_parked_emails_and_recent_deliveries(
     db: Engine, frozen: ManualClock
 ) -> None:

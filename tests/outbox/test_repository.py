@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
@@ -31,15 +29,6 @@ from tests.conftest import CT_AUTH, make_settings, profiles_body
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 LEASE = 300.0
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 def add_delivery(engine: Engine, **values: Any) -> int:

@@ -19,16 +19,13 @@ from sqlalchemy.engine import Engine
 from app.admin import repository as admin_repo
 from app.admin.repository import DeliveryFilter
 from app.clock import ManualClock
-from app.db import create_db_engine
 from app.identity.models import Identity
 from app.outbox import leases, repository, transitions
 from app.outbox.models import Delivery, Direction, Operation, State, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.schemas import Claimed, NewDelivery
 from app.outbox.transitions import EDGES, TERMINAL_STATES, Edge
-from app.system.migrations import upgrade
 from app.upstream import AttemptOutcome, Outcome
-from tests.conftest import make_settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SEED = 424242
@@ -279,15 +276,6 @@ def test_reclaim_lease_gives_the_row_back_due_now() -> None:
 # --- every edge from every state, applied by the repositories ------------------------------------
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 _SERIAL = itertools.count()

@@ -4,7 +4,6 @@ driver's cursor) and PostgreSQL (SQLAlchemy)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,29 +11,17 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.db import create_db_engine
 from app.fastsql import sqlite_plan
 from app.outbox import repository, transitions, worker_sql
 from app.outbox.models import Attempt, Delivery, Operation, State, Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.system import repository as system_repo
-from app.system.migrations import upgrade
 from app.upstream import AttemptOutcome, Outcome
-from tests.conftest import make_settings
 from tests.factories import add_delivery
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 POLICY = RetryPolicy([1.0, 2.0])
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 def claim(db: Engine, limit: int, now: datetime = T0, worker: str = "w1") -> list[Claimed]:

@@ -15,7 +15,6 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 import app.outbox.writer as writer_module
 from app.clock import ManualClock, utcnow
-from app.db import create_db_engine
 from app.identity.models import Identity
 from app.outbox import repository
 from app.outbox.models import (
@@ -29,8 +28,6 @@ from app.outbox.models import (
 )
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
 from app.outbox.writer import IngestWriter, WriterUnavailable
-from app.system.migrations import upgrade
-from tests.conftest import make_settings
 
 RealIngest = Callable[..., list[IngestResult]]
 REAL_INGEST: RealIngest = repository.ingest_batch
@@ -75,16 +72,6 @@ def record(
 def count(engine: Engine, model: type[Any]) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    """A migrated database, SQLite and PostgreSQL."""
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 class Commits:

@@ -33,9 +33,7 @@ from app.outbox.writer_process import (
     to_wire,
 )
 from tests.conftest import make_settings
-from tests.outbox.test_writer import Commits, count, db, record
-
-__all__ = ["db"]  # the migrated-database fixture, SQLite and PostgreSQL
+from tests.outbox.test_writer import Commits, count, record
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

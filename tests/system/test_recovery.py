@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,17 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from app.clock import ManualClock
-from app.db import create_db_engine
 from app.outbox import repository, transitions
 from app.outbox.models import State, Upstream
 from app.outbox.policy import RetryPolicy
 from app.system import recovery
 from app.system import repository as system_repo
-from app.system.migrations import upgrade
 from app.system.models import WorkerHeartbeat
 from app.system.recovery import Me, Reclaimed
 from app.upstream import AttemptOutcome, Outcome
-from tests.conftest import make_settings
 from tests.factories import add_deliveries, add_heartbeat, get_delivery
 
 HEARTBEAT = 5.0
@@ -35,15 +31,6 @@ LEASE = timedelta(seconds=300)
 HERE = recovery.pid_namespace()
 ELSEWHERE = "another-boot-id/pid:[4026531836]"
 ME = Me("sweeper", pid=os.getpid(), pid_namespace=HERE)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 def leased(engine: Engine, worker_id: str, *emails: str, claimed_at: datetime) -> list[int]:

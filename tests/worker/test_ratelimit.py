@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,14 +15,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from app.clock import ManualClock
-from app.db import create_db_engine
 from app.outbox.models import State
 from app.state import BridgeState
 from app.system import repository as system_repo
-from app.system.migrations import upgrade
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.ratelimit import SharedRateLimiter, wait_until
-from tests.conftest import make_settings
 from tests.factories import (
     add_deliveries,
     attempts_of,
@@ -36,16 +32,6 @@ from tests.worker.conftest import (
     mm_status,
     reset_rate_slots,
 )
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    """A migrated database on each backend."""
-    settings = make_settings(database_url)
-    engine = create_db_engine(settings)
-    upgrade(settings, engine)
-    yield engine
-    engine.dispose()
 
 
 def slots_apart(slots: list[float], interval: float) -> bool:
