@@ -31,6 +31,10 @@ from app.main import create_app
 from app.state import BridgeState
 from app.system.migrations import upgrade
 
+# The upstream clients' pool (app/httppool.py) stands where httpcore's pool stands: respx
+# fakes it the same way, at the HTTP boundary.
+respx.mocks.HTTPCoreMocker.add_targets("app.httppool.FastPool")
+
 CT_SECRET = "ct-test-secret"
 MM_SECRET = "mm-test-secret"
 ADMIN_TOKEN = "admin-test-token"
