@@ -22,18 +22,20 @@ Clients never retry; the worker classifies (``<upstream>/outcomes.py``) and sche
 
 from __future__ import annotations
 
+import codecs
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+import httpcore
 import httpx
 import orjson
 
 from app import __version__
 from app.clock import utcnow
-from app.httppool import FastTransport
+from app.httppool import FastPool, FastTransport
 
 MAX_KEPT_BODY = 2048
 REASON_LIMIT = 1000
@@ -156,16 +158,29 @@ def _answer(response: httpx.Response, content: bytes, duration: float) -> Upstre
     )
 
 
+#: ``httpx.TransportError`` and what httpx's transport would map to it (connection, protocol,
+#: proxy): respx's fakes raise the former, the pool the latter.
+_TRANSPORT_ERRORS = (
+    httpx.TransportError,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    httpcore.UnsupportedProtocol,
+)
+
+
 class DirectPoster:
-    """POSTs of one pooled client, built and sent without httpx's per-request extras.
+    """POSTs of one pooled client, built and sent without httpx's per-request layers.
 
     ``build_request`` merges the base URL and the client's headers for every call, and
-    ``client.send`` runs the auth flow, redirect and cookie handling: ~200 µs of CPU per
-    request, a fifth of a delivery (bench/README.md). A delivery needs none of it: the key is
-    a header, redirects are not followed and cookies are not kept. So the headers are merged
-    once, the URL of each path is parsed once, and the request goes straight to the client's
-    transport (the same pool, timeouts and error mapping). A client that routes requests by
-    URL (proxies named in the environment) keeps ``client.send``.
+    ``client.send`` runs the auth flow, redirect and cookie handling; then httpx's transport
+    maps its request and response objects onto httpcore's and back: together ~115 µs of CPU
+    per request, two thirds of a delivery's HTTP (bench/README.md). A delivery needs none of
+    it: the key is a header, redirects are not followed and cookies are not kept. So the
+    headers are merged once, the URL of each path is parsed once, and an httpcore request goes
+    straight to the client's pool (``app.httppool``; respx fakes it there in the tests), with
+    the same timeouts and error mapping. A client on another transport (a proxy named in the
+    environment, a test's own) keeps ``client.send``.
     """
 
     #: Parsed URLs kept per path (campaign ids repeat; a bound, should they not).
@@ -175,52 +190,88 @@ class DirectPoster:
         self._client = client
         # httpx has no public accessor for these; the tests check the direct path is taken.
         mounted = bool(getattr(client, "_mounts", None))
-        self.transport: httpx.AsyncBaseTransport | None = (
-            None if mounted else getattr(client, "_transport", None)
-        )
-        self._headers = [*client.headers.raw, (b"Content-Type", b"application/json")]
+        transport = None if mounted else getattr(client, "_transport", None)
+        pool = getattr(transport, "_pool", None) if isinstance(transport, FastTransport) else None
+        self.pool: FastPool | None = pool if isinstance(pool, FastPool) else None
+        base = client.base_url
+        self._base = base
+        host = base.raw_host + (b"" if base.port is None else b":%d" % base.port)
+        self._headers = [
+            (b"Host", host),
+            *client.headers.raw,
+            (b"Content-Type", b"application/json"),
+        ]
         self._extensions = {"timeout": client.timeout.as_dict()}
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, httpcore.URL] = {}
 
-    def _url(self, path: str) -> httpx.URL:
+    def _url(self, path: str) -> httpcore.URL:
         url = self._urls.get(path)
         if url is None:
             if len(self._urls) >= self.MAX_URLS:
                 self._urls.clear()
-            url = self._urls[path] = self._client.base_url.copy_with(
-                raw_path=self._client.base_url.raw_path.rstrip(b"/") + path.encode("ascii")
+            full = self._base.copy_with(
+                raw_path=self._base.raw_path.rstrip(b"/") + path.encode("ascii")
+            )
+            url = self._urls[path] = httpcore.URL(
+                scheme=full.raw_scheme, host=full.raw_host, port=full.port, target=full.raw_path
             )
         return url
 
     async def post_json(self, path: str, content: bytes) -> UpstreamResponse:
         """POST ``content`` (JSON) to ``path`` under the base URL; the whole answer read."""
-        transport = self.transport
-        if transport is None:
+        pool = self.pool
+        if pool is None:
             request = self._client.build_request(
                 "POST", path, content=content, headers={"Content-Type": "application/json"}
             )
             return await send(self._client, request)
-        request = httpx.Request(
-            "POST",
+        core_request = httpcore.Request(
+            b"POST",
             self._url(path),
-            headers=self._headers,
+            headers=[*self._headers, (b"Content-Length", b"%d" % len(content))],
             content=content,
             extensions=self._extensions,
         )
         started = time.perf_counter()
         try:
-            response = await transport.handle_async_request(request)
+            response = await pool.handle_async_request(core_request)
             try:
-                content = await response.aread()
+                body = await response.aread()
             finally:
                 await response.aclose()
-        except httpx.TimeoutException as exc:
+        except (httpcore.TimeoutException, httpx.TimeoutException) as exc:
             raise UpstreamTimeout(f"timeout: {type(exc).__name__}", _ms(started)) from exc
-        except httpx.TransportError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
-        return _answer(response, content, _ms(started))
+        headers = httpx.Headers(response.headers)
+        text = body.decode(_charset(headers.get("content-type")), errors="replace")
+        try:
+            answer: Any = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            answer = None
+        return UpstreamResponse(
+            status_code=response.status,
+            text=text,
+            json=answer,
+            duration_ms=_ms(started),
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+
+
+def _charset(content_type: str | None) -> str:
+    """The answer's declared charset if Python knows it, else UTF-8 (httpx's default)."""
+    if content_type:
+        for part in content_type.split(";")[1:]:
+            name, _, value = part.strip().partition("=")
+            if name.lower() == "charset" and value:
+                value = value.strip("\"' ")
+                try:
+                    return codecs.lookup(value).name
+                except LookupError:
+                    break
+    return "utf-8"
 
 
 def _ms(started: float) -> float:

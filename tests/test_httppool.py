@@ -20,13 +20,14 @@ import trustme
 
 from app.httppool import MAX_BODY, FastPool, FastTransport
 from app.upstream import (
-    UpstreamResponse as UpstreamAnswer,
-)
-from app.upstream import (
+    DirectPoster,
     UpstreamTimeout,
     UpstreamUnreachable,
     pooled_client,
     send,
+)
+from app.upstream import (
+    UpstreamResponse as UpstreamAnswer,
 )
 
 #: A throw-away certificate authority and a certificate for 127.0.0.1, made in memory.
@@ -403,3 +404,56 @@ async def test_other_methods_go_through_httpcore(server: Server) -> None:
         answer = await client.head("/")
     assert answer.status_code == 501  # http.server has no do_HEAD: the answer came back whole
     assert transport._pool.connections == 0
+
+
+async def test_a_delivery_post_goes_straight_to_the_pool() -> None:
+    latin = b'{"m":"caf\xe9"}'
+    reply = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=latin-1\r\n"
+        b"Retry-After: 3\r\nContent-Length: %d\r\n\r\n%s" % (len(latin), latin)
+    )
+    raw = RawServer([OK, reply])
+    try:
+        async with pooled_client(
+            base_url=raw.url + "/api", headers={"mmApiKey": "k1"}, timeout=5, max_connections=2
+        ) as client:
+            poster = DirectPoster(client)
+            assert poster.pool is client._transport._pool  # type: ignore[attr-defined]
+            first = await poster.post_json("/v1/x", b'{"a":1}')
+            second = await poster.post_json("/v1/x", b"{}")
+    finally:
+        raw.close()
+    assert (first.status_code, first.text, first.json) == (200, "ok", None)
+    assert (second.status_code, second.retry_after) == (503, 3.0)
+    # The text by the declared charset; JSON only from UTF-8 bytes, as with ``send``.
+    assert (second.text, second.json) == ('{"m":"café"}', None)
+    assert raw.connections == 1  # kept alive between the two
+    head, _, body = raw.received[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /api/v1/x HTTP/1.1"
+    assert {b"mmApiKey: k1", b"Content-Type: application/json", b"Content-Length: 7"} <= set(lines)
+    assert b"Host: " + raw.url[7:].encode() in lines
+    assert body == b'{"a":1}'
+
+
+async def test_a_delivery_post_maps_failures_like_send(server: Server) -> None:
+    server.delay = 1.0
+    async with client_for(server.url, timeout=0.2) as client:
+        with pytest.raises(UpstreamTimeout):
+            await DirectPoster(client).post_json("/", b"{}")
+    raw = RawServer([b"garbage\r\n\r\n"])
+    try:
+        async with client_for(raw.url) as client:
+            with pytest.raises(UpstreamUnreachable):
+                await DirectPoster(client).post_json("/", b"{}")
+    finally:
+        raw.close()
+    async with client_for(raw.url) as client:  # closed now: refused
+        with pytest.raises(UpstreamUnreachable):
+            await DirectPoster(client).post_json("/", b"{}")
+
+
+def test_a_proxied_client_posts_through_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    client = pooled_client(base_url="https://x.test", headers={}, timeout=1, max_connections=2)
+    assert DirectPoster(client).pool is None

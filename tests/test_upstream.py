@@ -1,5 +1,5 @@
-"""app/upstream.py's DirectPoster: a delivery's POST goes straight to the client's transport with
-the same URL, headers and body ``client.send`` would have sent, and falls back to ``client.send``
+"""app/upstream.py's DirectPoster: a delivery's POST goes straight to the client's pool with the
+same URL, headers and body ``client.send`` would have sent, and falls back to ``client.send``
 where the client routes by URL (proxies)."""
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def refuse_send(*_args: Any, **_kwargs: Any) -> Any:
     raise AssertionError("client.send must not be used")
 
 
-async def test_the_post_goes_straight_to_the_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_post_goes_straight_to_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     http = client()
     poster = DirectPoster(http)
-    assert poster.transport is not None
+    assert poster.pool is not None
     monkeypatch.setattr(http, "send", refuse_send)
     with respx.mock() as mock:
         route = mock.post("https://mm.test/base/api/v1/x%2Fy").respond(200, json={"ok": 1})
@@ -57,7 +57,7 @@ async def test_a_client_behind_a_proxy_keeps_client_send(monkeypatch: pytest.Mon
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     http = client()
     poster = DirectPoster(http)
-    assert poster.transport is None
+    assert poster.pool is None
     sent: list[httpx.Request] = []
 
     async def fake_send(request: httpx.Request, **_kwargs: Any) -> httpx.Response:
@@ -74,5 +74,7 @@ async def test_a_client_behind_a_proxy_keeps_client_send(monkeypatch: pytest.Mon
 def test_parsed_urls_are_bounded() -> None:
     poster = DirectPoster(client())
     for i in range(DirectPoster.MAX_URLS + 5):
-        assert str(poster._url(f"/t/{i}")) == f"https://mm.test/base/t/{i}"
+        url = poster._url(f"/t/{i}")
+        assert (url.scheme, url.host, url.port) == (b"https", b"mm.test", None)
+        assert url.target == f"/base/t/{i}".encode()
     assert len(poster._urls) <= DirectPoster.MAX_URLS
