@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import json
 import logging
 import re
@@ -11,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
@@ -96,19 +99,20 @@ def configure_logging(settings: Settings) -> None:
     )
     processors = [*shared, structlog.processors.format_exc_info, redact, renderer]
     global _hot
+    stream = cast(TextIO, _OrderedStream(sys.stderr))
     _hot = (
-        _HotPath(processors, renderer, sys.stderr, level, redact)
+        _HotPath(processors, renderer, stream, level, redact)
         if settings.log_format is LogFormat.JSON
         else None
     )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         # Not cached: reconfiguring (tests, the CLI) must reach loggers already in use.
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
@@ -176,9 +180,74 @@ def hot_info(logger: Any, event: str, **fields: Any) -> None:
         fields.setdefault(key, value)
     fields["level"] = "info"
     fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    line = dumps_line(hot.redact(None, "info", fields))
-    hot.stream.write(line + "\n")
-    hot.stream.flush()
+    line = dumps_line(hot.redact(None, "info", fields)) + "\n"
+    # Lines written in one turn of an event loop go out in one write at its end (the loop is
+    # busy with the calls meanwhile, and stderr writes each line through at once); a thread
+    # without a loop writes at once. A line can come out behind a line of another thread or
+    # a rarer line of the same turn, never more than a turn late.
+    loop = asyncio._get_running_loop()
+    global _flush_loop
+    if loop is None or loop is not _flush_loop:
+        if loop is None or (_flush_loop is not None and not _flush_loop.is_closed()):
+            # No loop, or another loop's turn is pending: at once, behind what is held.
+            hot.stream.write(_take_pending() + line)
+            hot.stream.flush()
+            return
+        _flush_hot(hot.stream)  # what a loop that closed before its turn ended left behind
+        _flush_loop = loop
+        loop.call_soon(_flush_hot, hot.stream)
+    with _pending_lock:
+        _pending.append(line)
+
+
+#: The event loop that writes the held hot lines at the end of its turn, and those lines.
+_flush_loop: asyncio.AbstractEventLoop | None = None
+_pending: list[str] = []
+_pending_lock = threading.Lock()
+
+
+def _take_pending() -> str:
+    with _pending_lock:
+        if not _pending:
+            return ""
+        held = "".join(_pending)
+        _pending.clear()
+        return held
+
+
+def _flush_hot(stream: TextIO) -> None:
+    global _flush_loop
+    _flush_loop = None
+    held = _take_pending()
+    if held:
+        with contextlib.suppress(Exception):  # a closed stream at exit: nothing to do
+            stream.write(held)
+            stream.flush()
+
+
+class _OrderedStream:
+    """The log stream, writing the hot lines an event loop holds before any other line, so
+    every line keeps its place (structlog's and the standard library's lines come here)."""
+
+    def __init__(self, raw: TextIO) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        held = _take_pending()
+        return self.raw.write(held + text if held else text)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    hot = _hot
+    if hot is not None:
+        _flush_hot(hot.stream)
 
 
 class Throttle:

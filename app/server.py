@@ -114,6 +114,50 @@ _on_headers_complete = HttpToolsProtocol.on_headers_complete
 _on_response_complete = HttpToolsProtocol.on_response_complete
 
 
+class _OneSendTransport:
+    """The connection's transport, sending a response's head together with its body.
+
+    uvicorn writes the status line and headers when the app starts its answer and the body
+    when it sends it: two ``send`` calls, and two wake-ups of the client, per answer. Here the
+    head is held until the next write (the body, a moment later in the same step of the app
+    in practice) and both go out in one; a head with no write after it goes out at the end of
+    the loop's turn, and ``close`` sends anything held first. Everything else is the
+    transport's own.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:5] == b"HTTP/":
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class WatchedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the times the watchdog needs and the cap."""
 
@@ -143,7 +187,7 @@ class WatchedProtocol(HttpToolsProtocol):
                 transport.write(REFUSED_ANSWER)
             transport.close()
             return
-        super().connection_made(transport)
+        super().connection_made(_OneSendTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def _make_room(self) -> bool:
         """Close one connection that is not in the middle of a request, if there is one."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -187,3 +190,55 @@ def test_a_line_is_written_whatever_its_values(capsys: pytest.CaptureFixture[str
     assert line["big"] == 2**70
     assert line["keys"] == {"1": "one"}
     assert line["when"] == repr(object)
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each is a system call on stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+async def test_hot_lines_of_one_loop_turn_go_out_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure_logging(make_settings("sqlite://", log_format="json"))
+    stream = CountingStream()
+    assert app_logging._hot is not None
+    monkeypatch.setattr(app_logging, "_hot", dataclasses.replace(app_logging._hot, stream=stream))
+    log = structlog.get_logger("t")
+    for i in range(3):
+        app_logging.hot_info(log, "inbound call", n=i)
+    assert stream.getvalue() == ""  # not yet: the turn is not over
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["n"] for line in lines] == [0, 1, 2]
+    assert stream.writes == 1
+    # Outside a loop (a worker's thread), a line goes out at once.
+    await asyncio.to_thread(app_logging.hot_info, log, "delivered", n=3)
+    assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 3
+
+
+def test_hot_lines_left_by_a_loop_that_closed_are_written_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure_logging(make_settings("sqlite://", log_format="json"))
+    stream = CountingStream()
+    assert app_logging._hot is not None
+    monkeypatch.setattr(app_logging, "_hot", dataclasses.replace(app_logging._hot, stream=stream))
+    log = structlog.get_logger("t")
+    loop = asyncio.new_event_loop()
+
+    async def log_then_stop() -> None:
+        app_logging.hot_info(log, "inbound call", n=1)
+
+    loop.run_until_complete(log_then_stop())
+    loop.close()  # before its turn's end ran the write, perhaps
+    asyncio.run(log_then_stop())
+    app_logging._flush_at_exit()
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 1]
