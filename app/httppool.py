@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import socket
 import ssl
@@ -189,7 +190,8 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            with contextlib.suppress(RuntimeError):  # its event loop is closed
+                self.transport.close()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -295,9 +297,11 @@ class FastPool:
         if not idle:
             return None
         now = time.monotonic()
+        loop = asyncio.get_running_loop()
         while idle:
             conn = idle.pop()
-            if conn.closed or now - conn.idle_since > self._expiry:
+            # A connection of another event loop (a closed one: a CLI command's) is unusable.
+            if conn.closed or now - conn.idle_since > self._expiry or conn.loop is not loop:
                 conn.close()
                 self._total -= 1
                 continue

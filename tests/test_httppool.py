@@ -457,3 +457,16 @@ def test_a_proxied_client_posts_through_httpx(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     client = pooled_client(base_url="https://x.test", headers={}, timeout=1, max_connections=2)
     assert DirectPoster(client).pool is None
+
+
+def test_a_pool_outlives_the_event_loop_it_was_used_on(server: Server) -> None:
+    """A client kept across ``asyncio.run`` calls (the CLI) opens new connections."""
+    client = client_for(server.url)
+
+    async def one() -> int:
+        answer = await send(client, client.build_request("POST", "/", content=b"{}"))
+        return answer.status_code
+
+    assert asyncio.run(one()) == 200
+    assert asyncio.run(one()) == 200
+    assert len(set(server.ports)) == 2
