@@ -112,7 +112,8 @@ class _Connection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.headers_done:  # a chunked answer's trailers are dropped, as httpcore does
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -235,6 +236,7 @@ class FastPool:
         self._total = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._fallback: httpcore.AsyncConnectionPool | None = None
+        self._closed = False
 
     @property
     def connections(self) -> int:
@@ -250,7 +252,8 @@ class FastPool:
             raise httpcore.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        data = _head(request.method, url.target, request.headers, origin) + await _body(request)
+        head, keep = _head(request.method, url.target, request.headers, origin)
+        data = head + await _body(request)
         conn = await self._acquire(origin, timeouts.get("pool"))
         reusable = False
         try:
@@ -258,7 +261,7 @@ class FastPool:
                 sni = request.extensions.get("sni_hostname")
                 conn = await self._connect(origin, timeouts.get("connect"), sni)
             response = await conn.exchange(data, timeouts.get("read"))
-            reusable = conn.keep_alive and not conn.closed
+            reusable = keep and conn.keep_alive and not conn.closed
             return response
         finally:
             self._release(origin, conn, reusable)
@@ -317,7 +320,7 @@ class FastPool:
         return False
 
     def _release(self, origin: Origin, conn: _Connection | None, reusable: bool) -> None:
-        if conn is not None and reusable:
+        if conn is not None and reusable and not self._closed:
             idle = self._idle.setdefault(origin, [])
             now = time.monotonic()
             while idle and (idle[0].closed or now - idle[0].idle_since > self._expiry):
@@ -375,7 +378,8 @@ class FastPool:
         return self._fallback
 
     async def aclose(self) -> None:
-        """Close the idle connections (those in use close when their request ends)."""
+        """Close the idle connections; those in use close when their request ends."""
+        self._closed = True
         for idle in self._idle.values():
             while idle:
                 idle.pop().close()
@@ -402,23 +406,30 @@ def _pool_expire(waiter: asyncio.Future[None]) -> None:
 
 def _head(
     method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]], origin: Origin
-) -> bytes:
-    """The request line and headers, refusing what would split or smuggle a request."""
+) -> tuple[bytes, bool]:
+    """The request line and headers, refusing what would split or smuggle a request; and
+    whether the connection may be kept (not when the request itself says ``close``)."""
     if _FORBIDDEN.search(target) or b" " in target:
         raise httpcore.LocalProtocolError("illegal request target")
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     has_host = False
+    keep = True
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _FORBIDDEN.search(value):
             raise httpcore.LocalProtocolError(f"illegal header {name[:40]!r}")
-        has_host = has_host or name.lower() == b"host"
+        lower = name.lower()
+        has_host = has_host or lower == b"host"
+        if lower == b"connection" and b"close" in value.lower():
+            keep = False
         parts += (name, b": ", value, b"\r\n")
     if not has_host:
         scheme, host, port = origin
+        if b":" in host:  # an IPv6 address
+            host = b"[" + host + b"]"
         default = _DEFAULT_PORTS[scheme] == port
         parts.append(b"Host: " + host + (b"" if default else b":%d" % port) + b"\r\n")
     parts.append(b"\r\n")
-    return b"".join(parts)
+    return b"".join(parts), keep
 
 
 async def _body(request: httpcore.Request) -> bytes:

@@ -108,7 +108,9 @@ def configure_logging(settings: Settings) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (PrintLogger writes the newline apart: another thread's line
+        # could land between the two).
+        logger_factory=structlog.WriteLoggerFactory(stream),
         # Not cached: reconfiguring (tests, the CLI) must reach loggers already in use.
         cache_logger_on_first_use=False,
     )
@@ -190,8 +192,7 @@ def hot_info(logger: Any, event: str, **fields: Any) -> None:
     if loop is None or loop is not _flush_loop:
         if loop is None or (_flush_loop is not None and not _flush_loop.is_closed()):
             # No loop, or another loop's turn is pending: at once, behind what is held.
-            hot.stream.write(_take_pending() + line)
-            hot.stream.flush()
+            _write_through(hot.stream, line)
             return
         _flush_hot(hot.stream)  # what a loop that closed before its turn ended left behind
         _flush_loop = loop
@@ -203,26 +204,27 @@ def hot_info(logger: Any, event: str, **fields: Any) -> None:
 #: The event loop that writes the held hot lines at the end of its turn, and those lines.
 _flush_loop: asyncio.AbstractEventLoop | None = None
 _pending: list[str] = []
+#: Held while lines are taken from ``_pending`` and written, so no line overtakes another.
 _pending_lock = threading.Lock()
 
 
-def _take_pending() -> str:
+def _write_through(stream: Any, text: str) -> None:
+    """Write what is held, then ``text``, to the stream under ``stream`` (if it is ours)."""
+    raw = stream.raw if isinstance(stream, _OrderedStream) else stream
     with _pending_lock:
-        if not _pending:
-            return ""
-        held = "".join(_pending)
-        _pending.clear()
-        return held
+        if _pending:
+            text = "".join(_pending) + text
+            _pending.clear()
+        if text:
+            raw.write(text)
+            raw.flush()
 
 
 def _flush_hot(stream: TextIO) -> None:
     global _flush_loop
     _flush_loop = None
-    held = _take_pending()
-    if held:
-        with contextlib.suppress(Exception):  # a closed stream at exit: nothing to do
-            stream.write(held)
-            stream.flush()
+    with contextlib.suppress(Exception):  # a closed stream at exit: nothing to do
+        _write_through(stream, "")
 
 
 class _OrderedStream:
@@ -233,11 +235,11 @@ class _OrderedStream:
         self.raw = raw
 
     def write(self, text: str) -> int:
-        held = _take_pending()
-        return self.raw.write(held + text if held else text)
+        _write_through(self, text)
+        return len(text)
 
     def flush(self) -> None:
-        self.raw.flush()
+        pass  # every write is flushed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)

@@ -195,10 +195,13 @@ class DirectPoster:
         self.pool: FastPool | None = pool if isinstance(pool, FastPool) else None
         base = client.base_url
         self._base = base
-        host = base.raw_host + (b"" if base.port is None else b":%d" % base.port)
+        # The answer is read as it comes: ask for it uncompressed (httpx's default asks for
+        # gzip, which ``client.send`` would have decoded).
+        headers = [(k, v) for k, v in client.headers.raw if k.lower() != b"accept-encoding"]
         self._headers = [
-            (b"Host", host),
-            *client.headers.raw,
+            (b"Host", base.netloc),
+            *headers,
+            (b"Accept-Encoding", b"identity"),
             (b"Content-Type", b"application/json"),
         ]
         self._extensions = {"timeout": client.timeout.as_dict()}
@@ -246,6 +249,15 @@ class DirectPoster:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
         headers = httpx.Headers(response.headers)
+        if headers.get("content-encoding", "identity").lower() != "identity":
+            # Compressed all the same: httpx's decoders, as ``client.send`` would.
+            compressed = httpx.Response(
+                response.status, headers=headers, stream=httpx.ByteStream(body)
+            )
+            try:
+                body = compressed.read()
+            except httpx.DecodingError as exc:
+                raise UpstreamError(f"DecodingError: {exc}", _ms(started)) from exc
         text = body.decode(_charset(headers.get("content-type")), errors="replace")
         try:
             answer: Any = orjson.loads(body) if body else None

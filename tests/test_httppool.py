@@ -6,6 +6,7 @@ servers that misbehave, and httpx's own transport when a proxy is configured."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import ssl
 import threading
@@ -470,3 +471,64 @@ def test_a_pool_outlives_the_event_loop_it_was_used_on(server: Server) -> None:
     assert asyncio.run(one()) == 200
     assert asyncio.run(one()) == 200
     assert len(set(server.ports)) == 2
+
+
+async def test_a_delivery_post_asks_for_an_uncompressed_answer_and_decodes_one_anyway() -> None:
+    packed = gzip.compress(b'{"success": false, "message": "bad campaign"}')
+    reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed),
+        packed,
+    )
+    raw = RawServer([reply])
+    try:
+        async with client_for(raw.url) as client:
+            answer = await DirectPoster(client).post_json("/", b"{}")
+    finally:
+        raw.close()
+    assert b"Accept-Encoding: identity" in raw.received[0]
+    assert answer.json == {"success": False, "message": "bad campaign"}
+
+
+async def test_a_request_that_says_close_does_not_keep_its_connection(server: Server) -> None:
+    transport = FastTransport(limits=httpx.Limits(max_connections=2))
+    async with httpx.AsyncClient(base_url=server.url, transport=transport) as client:
+        for _ in range(2):
+            answer = await client.post("/", content=b"{}", headers={"Connection": "close"})
+            assert answer.status_code == 200
+        assert transport._pool.connections == 0
+    assert len(set(server.ports)) == 2
+
+
+async def test_closing_the_pool_closes_a_connection_in_use_when_its_request_ends(
+    server: Server,
+) -> None:
+    server.delay = 0.3
+    transport = FastTransport(limits=httpx.Limits(max_connections=2))
+    client = httpx.AsyncClient(base_url=server.url, transport=transport)
+    call = asyncio.create_task(client.post("/", content=b"{}"))
+    await asyncio.sleep(0.1)
+    await transport._pool.aclose()
+    assert (await call).status_code == 200
+    assert transport._pool.connections == 0
+
+
+def test_the_host_header_of_an_ipv6_base_url_has_its_brackets() -> None:
+    client = pooled_client(
+        base_url="http://[::1]:8080/api", headers={}, timeout=1, max_connections=1
+    )
+    assert (b"Host", b"[::1]:8080") in DirectPoster(client)._headers
+
+
+async def test_the_trailers_of_a_chunked_answer_are_not_headers() -> None:
+    reply = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    raw = RawServer([reply])
+    try:
+        transport = FastTransport(limits=httpx.Limits(max_connections=1))
+        async with httpx.AsyncClient(base_url=raw.url, transport=transport) as client:
+            answer = await client.post("/", content=b"{}")
+    finally:
+        raw.close()
+    assert answer.json() == {}
+    assert "x-trailer" not in answer.headers

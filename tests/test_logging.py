@@ -7,6 +7,8 @@ import dataclasses
 import io
 import json
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +244,52 @@ def test_hot_lines_left_by_a_loop_that_closed_are_written_next(
     asyncio.run(log_then_stop())
     app_logging._flush_at_exit()
     assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 1]
+
+
+def test_lines_keep_their_order_while_other_threads_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop's held lines, its ordinary lines and another thread's lines: every line whole,
+    on a line of its own, and the loop's in the order it wrote them."""
+
+    class Sink(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = threading.Lock()
+
+        def write(self, s: str) -> int:
+            with self.lock:
+                return super().write(s)
+
+    sink = Sink()
+    monkeypatch.setattr(sys, "stderr", sink)
+    configure_logging(make_settings("sqlite://", log_format="json"))
+    log = structlog.get_logger("t")
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    stop = threading.Event()
+
+    def other_thread() -> None:
+        while not stop.is_set():
+            app_logging.hot_info(log, "thread")
+            log.info("thread plain")
+
+    async def loop_side() -> None:
+        for i in range(5000):
+            app_logging.hot_info(log, "loop", n=2 * i)
+            log.info("loop", n=2 * i + 1)
+            if i % 3 == 0:
+                await asyncio.sleep(0)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        asyncio.run(loop_side())
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old)
+        app_logging._flush_at_exit()
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]  # each line whole
+    seq = [line["n"] for line in lines if line["event"] == "loop"]
+    assert seq == list(range(10000))
