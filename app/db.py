@@ -65,23 +65,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def sqlite_utc_text(value: datetime | None) -> str | None:
     """What ``UTCDateTime`` then SQLAlchemy's SQLite ``DATETIME`` make of ``value``, in one
-    step: the ingest hot path converts several timestamps per call, most of them the same
-    ``now`` (tests check both conversions agree)."""
-    global _last_converted
+    step: the ingest hot path and a worker's round convert many timestamps, most of them a
+    few values (``now``, and the due times of the reads a round books), so the last ones
+    converted are kept (tests check both conversions agree). Equal instants in different
+    zones are one key, and have one text."""
     if value is None:
         return None
-    last_value, last_text = _last_converted
-    if value is last_value:
-        return last_text
+    text = _converted.get(value)
+    if text is not None:
+        return text
     if value.tzinfo is None:
         raise ValueError("naive datetimes are not stored; use app.clock.utcnow()")
     utc = value if value.tzinfo is UTC else value.astimezone(UTC)
     text = utc.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
-    _last_converted = (value, text)
+    if len(_converted) >= 64:
+        _converted.clear()
+    _converted[value] = text
     return text
 
 
-_last_converted: tuple[datetime | None, str] = (None, "")
+_converted: dict[datetime, str] = {}
 
 
 class Base(DeclarativeBase):

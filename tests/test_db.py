@@ -50,6 +50,17 @@ def test_whole_seconds_keep_their_microseconds_field() -> None:
     assert sqlite_utc_text(value) == "2026-11-23 09:00:00.000000" == typed(value)
 
 
+def test_kept_conversions_serve_the_same_instant_in_any_zone() -> None:
+    utc = datetime(2026, 11, 30, 12, 0, 0, 5, tzinfo=UTC)
+    oslo = utc.astimezone(timezone(timedelta(hours=1)))
+    assert sqlite_utc_text(utc) == sqlite_utc_text(oslo) == "2026-11-30 12:00:00.000005"
+    for i in range(200):  # past the cache's bound, which then starts over
+        later = utc + timedelta(seconds=i)
+        assert sqlite_utc_text(later) == typed(later)
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_utc_text(utc.replace(tzinfo=None))  # not the aware value kept for that time
+
+
 def test_none_and_naive() -> None:
     assert sqlite_utc_text(None) is None
     with pytest.raises(ValueError, match="naive"):

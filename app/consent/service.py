@@ -286,6 +286,7 @@ class Consent:
         if not booked:
             return
         news = []
+        sent_at = now.isoformat()
         for email, slot in booked:
             send = source[email]
             payload = {
@@ -295,7 +296,7 @@ class Consent:
                     "delivery_id": send.id,
                     "operation": send.operation,
                     "target": send.target,
-                    "sent_at": now.isoformat(),
+                    "sent_at": sent_at,
                 },
             }
             news.append(
