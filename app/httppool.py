@@ -26,7 +26,7 @@ import ssl
 import time
 from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpcore
 import httptools
@@ -252,8 +252,8 @@ class FastPool:
             raise httpcore.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        head, keep = _head(request.method, url.target, request.headers, origin)
-        data = head + await _body(request)
+        head = _head(request.method, url.target, request.headers, origin)
+        data = head.data + await _body(request, head.chunked)
         conn = await self._acquire(origin, timeouts.get("pool"))
         reusable = False
         try:
@@ -261,7 +261,7 @@ class FastPool:
                 sni = request.extensions.get("sni_hostname")
                 conn = await self._connect(origin, timeouts.get("connect"), sni)
             response = await conn.exchange(data, timeouts.get("read"))
-            reusable = keep and conn.keep_alive and not conn.closed
+            reusable = head.keep and conn.keep_alive and not conn.closed
             return response
         finally:
             self._release(origin, conn, reusable)
@@ -404,15 +404,22 @@ def _pool_expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(httpcore.PoolTimeout("no connection became free in time"))
 
 
+class _Head(NamedTuple):
+    data: bytes
+    #: The connection may be kept (the request itself does not say ``close``).
+    keep: bool
+    #: The body goes in chunks (``Transfer-Encoding: chunked``).
+    chunked: bool
+
+
 def _head(
     method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]], origin: Origin
-) -> tuple[bytes, bool]:
-    """The request line and headers, refusing what would split or smuggle a request; and
-    whether the connection may be kept (not when the request itself says ``close``)."""
+) -> _Head:
+    """The request line and headers, refusing what would split or smuggle a request."""
     if _FORBIDDEN.search(target) or b" " in target:
         raise httpcore.LocalProtocolError("illegal request target")
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    has_host = False
+    has_host = chunked = False
     keep = True
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _FORBIDDEN.search(value):
@@ -421,6 +428,8 @@ def _head(
         has_host = has_host or lower == b"host"
         if lower == b"connection" and b"close" in value.lower():
             keep = False
+        elif lower == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
         parts += (name, b": ", value, b"\r\n")
     if not has_host:
         scheme, host, port = origin
@@ -429,17 +438,13 @@ def _head(
         default = _DEFAULT_PORTS[scheme] == port
         parts.append(b"Host: " + host + (b"" if default else b":%d" % port) + b"\r\n")
     parts.append(b"\r\n")
-    return b"".join(parts), keep
+    return _Head(b"".join(parts), keep, chunked)
 
 
-async def _body(request: httpcore.Request) -> bytes:
+async def _body(request: httpcore.Request, chunked: bool) -> bytes:
     """The whole body, framed in chunks when the headers say so."""
     stream = request.stream
     chunks = [chunk async for chunk in stream] if isinstance(stream, AsyncIterable) else []
-    chunked = any(
-        name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
-        for name, value in request.headers
-    )
     if not chunked:
         return b"".join(chunks)
     framed = [b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c]

@@ -23,7 +23,10 @@ Clients never retry; the worker classifies (``<upstream>/outcomes.py``) and sche
 from __future__ import annotations
 
 import codecs
+import contextlib
+import email.message
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -131,31 +134,45 @@ def _environment_proxies() -> dict[str, str | None]:
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> UpstreamResponse:
     """Send one request and read the whole answer, mapping transport failures to our errors."""
     started = time.perf_counter()
-    try:
+    with _upstream_errors(started):
         response = await client.send(request)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"timeout: {type(exc).__name__}", _ms(started)) from exc
-    except httpx.TransportError as exc:
-        raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
-    except httpx.HTTPError as exc:
-        # e.g. an undecodable body: the call may have been taken, but we cannot tell.
-        raise UpstreamError(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
-    return _answer(response, response.content, _ms(started))
+    return _upstream_response(
+        response.status_code,
+        response.text,
+        response.content,
+        response.headers.get("retry-after"),
+        _ms(started),
+    )
 
 
-def _answer(response: httpx.Response, content: bytes, duration: float) -> UpstreamResponse:
-    text = response.text
+def _upstream_response(
+    status_code: int, text: str, content: bytes, retry_after: str | None, duration: float
+) -> UpstreamResponse:
     try:
         body: Any = orjson.loads(content) if content else None
     except orjson.JSONDecodeError:
         body = None
     return UpstreamResponse(
-        status_code=response.status_code,
+        status_code=status_code,
         text=text,
         json=body,
         duration_ms=duration,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=parse_retry_after(retry_after),
     )
+
+
+@contextlib.contextmanager
+def _upstream_errors(started: float) -> Iterator[None]:
+    """httpx's and httpcore's failures as ours: no answer in time, no connection, or (e.g. an
+    undecodable body) an answer we cannot read: the call may have been taken, we cannot tell."""
+    try:
+        yield
+    except (httpcore.TimeoutException, httpx.TimeoutException) as exc:
+        raise UpstreamTimeout(f"timeout: {type(exc).__name__}", _ms(started)) from exc
+    except _TRANSPORT_ERRORS as exc:
+        raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
 
 
 #: ``httpx.TransportError`` and what httpx's transport would map to it (connection, protocol,
@@ -236,53 +253,35 @@ class DirectPoster:
             extensions=self._extensions,
         )
         started = time.perf_counter()
-        try:
+        with _upstream_errors(started):
             response = await pool.handle_async_request(core_request)
             try:
                 body = await response.aread()
             finally:
                 await response.aclose()
-        except (httpcore.TimeoutException, httpx.TimeoutException) as exc:
-            raise UpstreamTimeout(f"timeout: {type(exc).__name__}", _ms(started)) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"{type(exc).__name__}: {exc}", _ms(started)) from exc
-        headers = httpx.Headers(response.headers)
-        if headers.get("content-encoding", "identity").lower() != "identity":
-            # Compressed all the same: httpx's decoders, as ``client.send`` would.
-            compressed = httpx.Response(
-                response.status, headers=headers, stream=httpx.ByteStream(body)
-            )
-            try:
+            headers = httpx.Headers(response.headers)
+            if headers.get("content-encoding", "identity").lower() != "identity":
+                # Compressed all the same: httpx's decoders, as ``client.send`` would.
+                compressed = httpx.Response(
+                    response.status, headers=headers, stream=httpx.ByteStream(body)
+                )
                 body = compressed.read()
-            except httpx.DecodingError as exc:
-                raise UpstreamError(f"DecodingError: {exc}", _ms(started)) from exc
         text = body.decode(_charset(headers.get("content-type")), errors="replace")
-        try:
-            answer: Any = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            answer = None
-        return UpstreamResponse(
-            status_code=response.status,
-            text=text,
-            json=answer,
-            duration_ms=_ms(started),
-            retry_after=parse_retry_after(headers.get("retry-after")),
+        return _upstream_response(
+            response.status, text, body, headers.get("retry-after"), _ms(started)
         )
 
 
 def _charset(content_type: str | None) -> str:
-    """The answer's declared charset if Python knows it, else UTF-8 (httpx's default)."""
+    """The answer's declared charset if Python knows it, else UTF-8: ``Response.text``'s
+    rule, by the same parser httpx uses."""
     if content_type:
-        for part in content_type.split(";")[1:]:
-            name, _, value = part.strip().partition("=")
-            if name.lower() == "charset" and value:
-                value = value.strip("\"' ")
-                try:
-                    return codecs.lookup(value).name
-                except LookupError:
-                    break
+        message = email.message.Message()
+        message["content-type"] = content_type
+        declared = message.get_content_charset()
+        if declared:
+            with contextlib.suppress(LookupError):
+                return codecs.lookup(declared).name
     return "utf-8"
 
 

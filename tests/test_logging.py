@@ -206,13 +206,17 @@ class CountingStream(io.StringIO):
         return super().write(s)
 
 
-async def test_hot_lines_of_one_loop_turn_go_out_in_one_write(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def stream(monkeypatch: pytest.MonkeyPatch) -> CountingStream:
+    """JSON logging whose hot lines go to a ``CountingStream``."""
     configure_logging(make_settings("sqlite://", log_format="json"))
-    stream = CountingStream()
+    counting = CountingStream()
     assert app_logging._hot is not None
-    monkeypatch.setattr(app_logging, "_hot", dataclasses.replace(app_logging._hot, stream=stream))
+    monkeypatch.setattr(app_logging, "_hot", dataclasses.replace(app_logging._hot, stream=counting))
+    return counting
+
+
+async def test_hot_lines_of_one_loop_turn_go_out_in_one_write(stream: CountingStream) -> None:
     log = structlog.get_logger("t")
     for i in range(3):
         app_logging.hot_info(log, "inbound call", n=i)
@@ -226,13 +230,7 @@ async def test_hot_lines_of_one_loop_turn_go_out_in_one_write(
     assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 3
 
 
-def test_hot_lines_left_by_a_loop_that_closed_are_written_next(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    configure_logging(make_settings("sqlite://", log_format="json"))
-    stream = CountingStream()
-    assert app_logging._hot is not None
-    monkeypatch.setattr(app_logging, "_hot", dataclasses.replace(app_logging._hot, stream=stream))
+def test_hot_lines_left_by_a_loop_that_closed_are_written_next(stream: CountingStream) -> None:
     log = structlog.get_logger("t")
     loop = asyncio.new_event_loop()
 
