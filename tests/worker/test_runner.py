@@ -9,9 +9,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import orjson
+import pytest
 import respx
 from asgi_lifespan import LifespanManager
 from sqlalchemy.orm import Session
@@ -22,6 +24,7 @@ from app.main import create_app
 from app.outbox.models import State
 from app.state import BridgeState
 from app.system.models import WorkerHeartbeat
+from app.worker import runner as runner_module
 from app.worker.delivery import MailmodoDeliverer
 from app.worker.runner import WorkerRunner
 from tests.conftest import CT_AUTH, make_settings, profiles_body
@@ -174,6 +177,52 @@ async def test_concurrency_cap_bounds_calls_in_flight(
 
     assert route.call_count == 9
     assert most == cap
+
+
+async def test_outcomes_that_no_claim_carries_share_one_commit_within_the_linger(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing more is due after the first claim: the three answers, a few ms apart, are
+    committed together once the first has waited the linger, not in a round each."""
+    linger = 0.2
+    monkeypatch.setattr(runner_module, "OUTCOME_LINGER_SECONDS", linger)
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(3)))
+    answered: list[float] = []
+
+    async def staggered(request: httpx.Request) -> httpx.Response:
+        email = orjson.loads(request.content)["email"]
+        await asyncio.sleep(0.01 + 0.006 * int(email[1]))
+        answered.append(time.monotonic())
+        return mm_ok()
+
+    any_call(mailmodo).mock(side_effect=staggered)
+    # The rate does not space these calls, and no poll comes to claim (and carry them).
+    fast = {"mailmodo_rate_per_second": 1000.0, "worker_poll_seconds": 30.0}
+    deliverer = make_deliverer(**fast)
+    recorded: list[tuple[int, float]] = []
+    record_and_claim = deliverer.record_and_claim
+
+    def spy(*args: Any) -> Any:
+        result = record_and_claim(*args)
+        if args[0]:
+            recorded.append((len(args[0]), time.monotonic()))
+        return result
+
+    deliverer.record_and_claim = spy  # type: ignore[method-assign,assignment]
+    async with running(state, deliverer, settings=settings_for(**fast)):
+        await wait_for(all_in(state, State.DELIVERED))
+
+    assert [n for n, _ in recorded] == [3]  # one transaction for the three outcomes
+    committed_at = recorded[0][1]
+    assert committed_at - answered[0] >= linger * 0.9  # it waited for company ...
+    assert committed_at - answered[0] < linger + 1.0  # ... but not much longer
+    for delivery_id in ids:
+        assert len(attempts_of(state.engine, delivery_id)) == 1
 
 
 async def test_rate_limit_spaces_calls_and_waiting_uses_no_attempt(
