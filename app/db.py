@@ -7,12 +7,10 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -307,13 +305,3 @@ def create_session_factory(engine: Engine) -> sessionmaker[Session]:
 def read_only(engine: Engine) -> Engine:
     """The same engine for read-only work: on SQLite it does not take the write lock."""
     return engine.execution_options(sqlite_deferred=True)
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; the route that opens it commits it."""
-    factory: sessionmaker[Session] = request.app.state.bridge.session_factory
-    with factory() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import psycopg
 import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
@@ -292,7 +292,11 @@ def _commit(
 def _unavailable(exc: BaseException) -> bool:
     """The database cannot write (disk full, I/O error, gone, locked past the timeout), as
     SQLAlchemy reports it or, from the raw-cursor statements of ``app.fastsql``, the driver."""
-    return isinstance(exc, OperationalError | sqlite3.OperationalError | psycopg.OperationalError)
+    if isinstance(exc, OperationalError | sqlite3.OperationalError):
+        return True
+    # Only a process on PostgreSQL has loaded the driver (and can see its errors).
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def _timed_out(exc: OperationalError) -> bool:

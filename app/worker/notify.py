@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import psycopg
 import structlog
 from sqlalchemy.engine import Engine
 
@@ -45,6 +44,10 @@ class OutboxListener:
             self._thread = None
 
     def _run(self) -> None:
+        # Imported here: only a worker on PostgreSQL listens, and the driver's import costs
+        # every worker process start-up CPU.
+        import psycopg
+
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
