@@ -207,6 +207,11 @@ class RawServer:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value)
+                    if name.strip().lower() == b"transfer-encoding":
+                        # A chunked body (no trailers here) ends with its empty last chunk.
+                        while b"0\r\n\r\n" not in rest:
+                            rest += conn.recv(65536)
+                        length = rest.index(b"0\r\n\r\n") + 5
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 self.received.append(head + b"\r\n\r\n" + rest[:length])
@@ -273,6 +278,28 @@ async def test_the_request_goes_out_as_httpx_built_it() -> None:
     assert lines[0] == b"POST /a/b?c=d HTTP/1.1"
     assert {b"mmApiKey: k1", b"Content-Length: 7", b"Host: " + raw.url[7:].encode()} <= set(lines)
     assert body == b'{"x":1}'
+
+
+async def test_a_streamed_body_goes_out_in_chunks() -> None:
+    """Content of unknown length (an async iterator) is framed as chunks, empty pieces
+    skipped, and ended with the last chunk; the bridge's own bodies always have a length."""
+
+    async def pieces() -> Any:
+        for piece in (b'{"a":', b"", b'"bc"}'):
+            yield piece
+
+    raw = RawServer([OK])
+    try:
+        async with client_for(raw.url) as client:
+            answer = await send(client, client.build_request("POST", "/s", content=pieces()))
+    finally:
+        raw.close()
+    assert answer.status_code == 200
+    (request,) = raw.received
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head.split(b"\r\n")
+    assert b"Content-Length" not in head
+    assert body == b'5\r\n{"a":\r\n5\r\n"bc"}\r\n0\r\n\r\n'
 
 
 async def test_status_headers_and_retry_after_come_through() -> None:
