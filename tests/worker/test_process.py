@@ -145,14 +145,21 @@ def test_lower_priority_prefers_sched_idle_and_falls_back_to_nice(
 
 def test_the_child_processes_load_neither_the_web_framework_nor_the_postgresql_driver() -> None:
     """Every start of the worker and the ingest writer (and every restart after a crash) pays
-    for what they import: on SQLite neither needs FastAPI or psycopg (~0.15 s of CPU)."""
+    for what they import: on SQLite neither needs FastAPI, psycopg or the CLI. A spawned child
+    also re-runs the parent's main file: under the ``ctmm-bridge`` console script, that
+    script (as ``__mp_main__``), so its import must stay light too."""
     import subprocess
     import sys
 
+    script = Path(sys.executable).with_name("ctmm-bridge")
+    assert script.exists(), "the console script is installed with the project"
     code = (
-        "import sys; import app.worker.process, app.worker.build, app.outbox.writer_process, "
+        "import runpy, sys; "
+        f"runpy.run_path({str(script)!r}, run_name='__mp_main__'); "
+        "import app.worker.process, app.worker.build, app.outbox.writer_process, "
         "app.db, app.logging, app.runtime; "
-        "print(sorted(m for m in ('fastapi', 'starlette', 'psycopg') if m in sys.modules))"
+        "print(sorted(m for m in ('fastapi', 'starlette', 'psycopg', 'typer', 'app.cli') "
+        "if m in sys.modules))"
     )
     out = subprocess.run(  # noqa: S603 - our own interpreter, our own code
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
