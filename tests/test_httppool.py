@@ -209,9 +209,13 @@ class RawServer:
                         length = int(value)
                     if name.strip().lower() == b"transfer-encoding":
                         # A chunked body (no trailers here) ends with its empty last chunk.
-                        while b"0\r\n\r\n" not in rest:
-                            rest += conn.recv(65536)
-                        length = rest.index(b"0\r\n\r\n") + 5
+                        end = b"\r\n0\r\n\r\n"
+                        while end not in b"\r\n" + rest:
+                            chunk = conn.recv(65536)
+                            if not chunk:
+                                return
+                            rest += chunk
+                        length = (b"\r\n" + rest).index(end) + len(end) - 2
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 self.received.append(head + b"\r\n\r\n" + rest[:length])
