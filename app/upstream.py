@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import email.message
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -272,9 +273,11 @@ class DirectPoster:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def _charset(content_type: str | None) -> str:
     """The answer's declared charset if Python knows it, else UTF-8: ``Response.text``'s
-    rule, by the same parser httpx uses."""
+    rule, by the same parser httpx uses. Kept per header value: an upstream answers every
+    delivery with the same one, and parsing it was ~0.7 % of a drain's samples."""
     if content_type:
         message = email.message.Message()
         message["content-type"] = content_type
