@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy import Boolean, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, BigIntPK, UTCDateTime
@@ -54,7 +54,13 @@ class ConsentLogEntry(Base):
 
 class StatusReadSlot(Base):
     """The next status read of an email in one slot of the schedule: a send while that read
-    is still ahead adds no other read (one read per contact per slot, however many sends)."""
+    is still ahead adds no other read (one read per contact per slot, however many sends).
+
+    The slot is the schedule: its read becomes an outbox delivery only when it falls due
+    (``Consent.claim_mailmodo``), so a delivered send writes one small row per slot instead
+    of a delivery row with all its indexes (bench/RESULTS.md, session 8), and the outbox
+    holds no reads due days from now.
+    """
 
     __tablename__ = "status_read_slots"
 
@@ -62,5 +68,22 @@ class StatusReadSlot(Base):
     #: The slot's offset after a send, in seconds (``BRIDGE_RECONCILE_SCHEDULE_HOURS``).
     slot_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    #: The read delivery (no foreign key: retention deletes delivered reads).
+    #: The read delivery once the slot fell due (no foreign key: retention deletes delivered
+    #: reads); None while the read is still only scheduled.
     delivery_id: Mapped[int | None] = mapped_column(Integer)
+    #: The send that booked the slot: the read's delivery is made from it.
+    send_delivery_id: Mapped[int | None] = mapped_column(Integer)
+    send_operation: Mapped[str | None] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(256))
+    clevertap_id: Mapped[str | None] = mapped_column(String(256))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # The slots whose read is due and not yet an outbox delivery, in due order.
+        Index(
+            "ix_status_read_slots_scheduled",
+            "due_at",
+            sqlite_where=text("delivery_id IS NULL"),
+            postgresql_where=text("delivery_id IS NULL"),
+        ),
+    )

@@ -20,6 +20,8 @@ Executor = Connection | Session
 STATES = cast(Table, ConsentState.__table__)
 LOG = cast(Table, ConsentLogEntry.__table__)
 SLOTS = cast(Table, StatusReadSlot.__table__)
+#: The state shown for a read that is booked in its slot and not yet due (no delivery yet).
+SCHEDULED = "scheduled"
 
 
 def _insert(conn: Executor, table: Table) -> sqlite.Insert | postgresql.Insert:
@@ -30,71 +32,121 @@ def _insert(conn: Executor, table: Table) -> sqlite.Insert | postgresql.Insert:
 # -- read slots ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SlotBooking:
+    """A read wanted for ``email`` in one slot after a delivered send (what its delivery will
+    be made of when it falls due)."""
+
+    email: str
+    slot_seconds: int
+    due_at: datetime
+    send_delivery_id: int
+    send_operation: str
+    target: str | None
+    clevertap_id: str | None
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueSlot:
+    """A booked slot whose read is due and not yet an outbox delivery."""
+
+    email: str
+    slot_seconds: int
+    due_at: datetime
+    send_delivery_id: int | None
+    send_operation: str | None
+    target: str | None
+    clevertap_id: str | None
+    sent_at: datetime | None
+
+
+_BOOKED = (
+    "due_at",
+    "send_delivery_id",
+    "send_operation",
+    "target",
+    "clevertap_id",
+    "sent_at",
+)
+
+
 def _book_slot_statement(dialect: str) -> Any:
     """The slot upsert with bound parameters, built once per dialect (it runs for every slot
-    of every delivered send: building it per call cost more than running it)."""
+    of every delivered send: building it per call cost more than running it).
+
+    It books the slot again only when the slot's read is due or past *and* already an
+    outbox delivery: a read still ahead, or due but still only scheduled, stays as it is."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     ins = insert(SLOTS).values(
         email=bindparam("b_email"),
         slot_seconds=bindparam("b_slot"),
-        due_at=bindparam("b_due"),
         delivery_id=None,
+        **{name: bindparam(f"b_{name}") for name in _BOOKED},
     )
     return ins.on_conflict_do_update(
         index_elements=[SLOTS.c.email, SLOTS.c.slot_seconds],
-        set_={"due_at": ins.excluded.due_at, "delivery_id": None},
-        where=SLOTS.c.due_at <= bindparam("b_now"),
-    ).returning(SLOTS.c.email)
+        set_={"delivery_id": None, **{name: ins.excluded[name] for name in _BOOKED}},
+        where=(SLOTS.c.due_at <= bindparam("b_now")) & SLOTS.c.delivery_id.is_not(None),
+    )
 
 
 _BOOK_SLOT = {name: _book_slot_statement(name) for name in ("postgresql", "sqlite")}
 
 
-def book_slots(
-    conn: Executor, wanted: Sequence[tuple[str, int, datetime]], now: datetime
-) -> list[tuple[str, int]]:
-    """Book a read per (email, slot, due time) unless that email's read in that slot is still
-    ahead; returns the (email, slot) pairs booked, which need a read delivery.
-
-    One upsert per pair whose update only applies when the slot's read is due or past, so
-    two workers finishing sends to one contact at once book one read, not two.
-    """
+def book_slots(conn: Executor, wanted: Sequence[SlotBooking], now: datetime) -> None:
+    """Book a read per slot unless that email's read in that slot is still ahead (or due and
+    not yet taken up). One upsert per slot, all in one ``executemany``; the upsert's own
+    condition decides, so two workers finishing sends to one contact at once book one read."""
+    if not wanted:
+        return
     dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
     stmt = _BOOK_SLOT["postgresql" if dialect == "postgresql" else "sqlite"]
-    booked: list[tuple[str, int]] = []
+    params = [
+        {
+            "b_email": w.email,
+            "b_slot": w.slot_seconds,
+            "b_now": now,
+            **{f"b_{name}": getattr(w, name) for name in _BOOKED},
+        }
+        for w in wanted
+    ]
     if isinstance(conn, Connection) and dialect == "sqlite":
         # Every delivered send books its reads: on the driver's cursor (fastsql), one
-        # prepared upsert per slot instead of one SQLAlchemy execution (~100 µs) each.
+        # prepared statement for all of them instead of one SQLAlchemy execution each.
         plan = sqlite_plan(conn.dialect, stmt)
-        cursor = driver_cursor(conn)
-        try:
-            for email, slot, due in wanted:
-                args = plan.args({"b_email": email, "b_slot": slot, "b_due": due, "b_now": now})
-                if cursor.execute(plan.sql, args).fetchone() is not None:
-                    booked.append((email, slot))
-        finally:
-            cursor.close()
-        return booked
-    for email, slot, due in wanted:
-        params = {"b_email": email, "b_slot": slot, "b_due": due, "b_now": now}
-        if conn.execute(stmt, params).first() is not None:
-            booked.append((email, slot))
-    return booked
-
-
-def set_slot_deliveries(conn: Executor, rows: Sequence[tuple[str, int, int]]) -> None:
-    """Remember which delivery reads each booked slot (for the operator)."""
-    if not rows:
-        return
-    params = [{"b_email": e, "b_slot": s, "b_id": i} for e, s, i in rows]
-    if isinstance(conn, Connection) and conn.dialect.name == "sqlite":
-        plan = sqlite_plan(conn.dialect, _SET_SLOT_DELIVERY)
         cursor = driver_cursor(conn)
         try:
             cursor.executemany(plan.sql, [plan.args(p) for p in params])
         finally:
             cursor.close()
         return
+    conn.execute(stmt, params)
+
+
+def due_slots(conn: Executor, now: datetime, limit: int) -> list[DueSlot]:
+    """Up to ``limit`` booked slots whose read is due and not yet a delivery, oldest due
+    first (on PostgreSQL locked, skipping slots another worker is taking up)."""
+    if limit <= 0:
+        return []
+    c = SLOTS.c
+    query = (
+        select(c.email, c.slot_seconds, *(c[name] for name in _BOOKED))
+        .where(c.delivery_id.is_(None), c.due_at <= now)
+        .order_by(c.due_at)
+        .limit(limit)
+    )
+    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    if dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [DueSlot(*row) for row in conn.execute(query)]
+
+
+def set_slot_deliveries(conn: Executor, rows: Sequence[tuple[str, int, int]]) -> None:
+    """Remember which delivery reads each slot that fell due (for the operator)."""
+    if not rows:
+        return
+    params = [{"b_email": e, "b_slot": s, "b_id": i} for e, s, i in rows]
     conn.execute(_SET_SLOT_DELIVERY, params)
 
 
@@ -202,7 +254,8 @@ def log_of(conn: Executor, email: str, limit: int = 200) -> list[dict[str, Any]]
 
 
 def reads_of(conn: Executor, email: str, limit: int = 100) -> list[dict[str, Any]]:
-    """A person's status reads (scheduled, done or failed), latest due first."""
+    """A person's status reads, latest due first: those only scheduled (``id`` None, state
+    ``scheduled``: a slot not yet due) and those made deliveries (pending, done or failed)."""
     d = cast(Table, Delivery.__table__).c
     rows = conn.execute(
         select(d.id, d.state, d.target, d.clevertap_id, d.next_attempt_at, d.attempts, d.reason)
@@ -210,4 +263,23 @@ def reads_of(conn: Executor, email: str, limit: int = 100) -> list[dict[str, Any
         .order_by(d.next_attempt_at.desc(), d.id.desc())
         .limit(limit)
     ).mappings()
-    return [dict(row) for row in rows]
+    made = [dict(row) for row in rows]
+    c = SLOTS.c
+    scheduled = [
+        {
+            "id": None,
+            "state": SCHEDULED,
+            "target": target,
+            "clevertap_id": clevertap_id,
+            "next_attempt_at": due_at,
+            "attempts": 0,
+            "reason": None,
+        }
+        for target, clevertap_id, due_at in conn.execute(
+            select(c.target, c.clevertap_id, c.due_at).where(
+                c.email == email, c.delivery_id.is_(None)
+            )
+        )
+    ]
+    both = sorted(scheduled + made, key=lambda r: r["next_attempt_at"], reverse=True)
+    return both[:limit]

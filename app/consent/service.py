@@ -111,6 +111,8 @@ class Consent:
             allowed, start = system_repo.share_allowance(
                 conn, budget, now=epoch, interval=interval, horizon=READ_HORIZON_SECONDS
             )
+            # Reads whose slot fell due become deliveries now, as many as may be claimed.
+            self._take_up_due(conn, min(room, allowed), now)
             return allowed
 
         high, reads = claim_repository.claim_due_first(
@@ -272,30 +274,45 @@ class Consent:
     def _book_reads(
         self, conn: Connection, sends: list[tuple[Claimed, AttemptChange]], now: datetime
     ) -> None:
-        """One read per contact per slot: a send while a slot's read is still ahead adds none."""
-        wanted: list[tuple[str, int, datetime]] = []
-        source: dict[str, Claimed] = {}
+        """One read per contact per slot: a send while a slot's read is still ahead adds none.
+        Only the slot is written; its read becomes a delivery when due (``_take_up_due``)."""
+        wanted: list[consent_repo.SlotBooking] = []
+        seen: set[str] = set()
         for row, _ in sends:
-            if not row.email:
+            if not row.email or row.email in seen:
                 continue
-            source.setdefault(row.email, row)
+            seen.add(row.email)
             wanted.extend(
-                (row.email, slot, now + timedelta(seconds=slot)) for slot in self.schedule_seconds
+                consent_repo.SlotBooking(
+                    email=row.email,
+                    slot_seconds=slot,
+                    due_at=now + timedelta(seconds=slot),
+                    send_delivery_id=row.id,
+                    send_operation=row.operation,
+                    target=row.target,
+                    clevertap_id=row.clevertap_id,
+                    sent_at=now,
+                )
+                for slot in self.schedule_seconds
             )
-        booked = consent_repo.book_slots(conn, wanted, now)
-        if not booked:
+        consent_repo.book_slots(conn, wanted, now)
+
+    def _take_up_due(self, conn: Connection, limit: int, now: datetime) -> None:
+        """Make the reads of up to ``limit`` due slots outbox deliveries (due since their
+        slot's time), in the claim's transaction: the claim that follows can take them."""
+        due = consent_repo.due_slots(conn, now, limit)
+        if not due:
             return
         news = []
-        sent_at = now.isoformat()
-        for email, slot in booked:
-            send = source[email]
+        for slot in due:
+            sent_at = slot.sent_at.isoformat() if slot.sent_at else None
             payload = {
-                "email": email,
-                "slot_hours": slot / 3600,
+                "email": slot.email,
+                "slot_hours": slot.slot_seconds / 3600,
                 "send": {
-                    "delivery_id": send.id,
-                    "operation": send.operation,
-                    "target": send.target,
+                    "delivery_id": slot.send_delivery_id,
+                    "operation": slot.send_operation,
+                    "target": slot.target,
                     "sent_at": sent_at,
                 },
             }
@@ -305,16 +322,16 @@ class Consent:
                     upstream=Upstream.MAILMODO,
                     # Directions follow upstreams (the counts by direction rely on it).
                     direction=Direction.CLEVERTAP_TO_MAILMODO,
-                    target=send.target,
-                    email=email,
-                    clevertap_id=send.clevertap_id,
+                    target=slot.target,
+                    email=slot.email,
+                    clevertap_id=slot.clevertap_id,
                     payload=orjson.dumps(payload).decode(),
-                    next_attempt_at=now + timedelta(seconds=slot),
+                    next_attempt_at=slot.due_at,
                 )
             )
         ids = claim_repository.add_deliveries(conn, news, now)
         consent_repo.set_slot_deliveries(
-            conn, [(e, s, i) for (e, s), i in zip(booked, ids, strict=True)]
+            conn, [(s.email, s.slot_seconds, i) for s, i in zip(due, ids, strict=True)]
         )
 
     def _read_done(

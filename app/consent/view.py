@@ -37,7 +37,9 @@ class LogEntry(BaseModel):
 
 
 class StatusRead(BaseModel):
-    delivery_id: int
+    #: None while the read is only scheduled in its slot (state ``scheduled``): it becomes an
+    #: outbox delivery when it falls due.
+    delivery_id: int | None
     state: str
     #: The campaign or journey of the send that booked it.
     target: str | None
@@ -110,8 +112,9 @@ def format_person(p: PersonConsent) -> str:
         lines.append("  (empty)")
     lines.append("status reads (latest due first):")
     for r in p.reads:
+        ref = f"#{r.delivery_id}" if r.delivery_id is not None else "-"
         lines.append(
-            f"  #{r.delivery_id}  {r.state:<9} due {r.due_at.isoformat(timespec='seconds')}  "
+            f"  {ref}  {r.state:<9} due {r.due_at.isoformat(timespec='seconds')}  "
             f"after {r.target or '-'}" + (f"  ({r.reason})" if r.reason else "")
         )
     if not p.reads:

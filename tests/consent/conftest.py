@@ -17,10 +17,13 @@ import httpx
 import orjson
 import pytest
 import respx
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from app.clock import ManualClock
 from app.consent import repository as consent_repo
+from app.consent.models import StatusReadSlot
 from app.outbox.models import Delivery, State
 from app.state import BridgeState
 from app.worker.build import build_clevertap_uploader, build_mailmodo_deliverer
@@ -86,6 +89,17 @@ class Loop:
 
     def reads(self, state: State | None = None) -> list[Delivery]:
         return [r for r in self.rows("contact.status") if state in (None, r.state)]
+
+    def slots(self) -> list[StatusReadSlot]:
+        """The booked read slots, in due order."""
+        with Session(self.engine) as session:
+            return list(
+                session.scalars(
+                    select(StatusReadSlot).order_by(
+                        StatusReadSlot.due_at, StatusReadSlot.slot_seconds
+                    )
+                )
+            )
 
     def events(self) -> list[dict[str, Any]]:
         """Every event record CleverTap received, in order."""

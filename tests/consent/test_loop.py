@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import orjson
 import pytest
 
 from app.outbox.models import State
@@ -21,19 +20,39 @@ async def test_a_delivered_send_books_one_read_per_slot(loop: Loop) -> None:
     await loop.send(A)
     [send] = loop.rows("campaign.trigger")
     assert send.state is State.DELIVERED
-    reads = sorted(loop.reads(), key=lambda r: r.next_attempt_at)
-    assert [r.state for r in reads] == [State.PENDING] * 3
     sent = send.finished_at
     assert sent is not None
-    hours = [round((r.next_attempt_at - sent).total_seconds() / 3600) for r in reads]
+    # Only the slots are written; no read is an outbox delivery before it is due.
+    assert loop.reads() == []
+    slots = loop.slots()
+    hours = [round((s.due_at - sent).total_seconds() / 3600) for s in slots]
     assert hours == [1, 24, 72]
-    assert {(r.email, r.clevertap_id, r.target, r.upstream) for r in reads} == {
-        (A, "__obj0", "camp-1", "mailmodo")
+    assert {(s.delivery_id, s.send_delivery_id, s.send_operation) for s in slots} == {
+        (None, send.id, "campaign.trigger")
     }
-    assert payload_of(reads[0])["send"]["delivery_id"] == send.id
+    assert {(s.target, s.clevertap_id, s.sent_at) for s in slots} == {("camp-1", "__obj0", sent)}
     # Another send in the same window books nothing more: one read per contact per slot.
     await loop.send(A, campaign="camp-2")
-    assert len(loop.reads()) == 3
+    assert [(s.due_at, s.target) for s in loop.slots()] == [(s.due_at, s.target) for s in slots]
+    # Due, the first slot's read becomes a delivery made of the send that booked it.
+    loop.contact(A, **SUBSCRIBED)
+    await loop.later(1)
+    [read] = loop.reads()
+    assert read.state is State.DELIVERED
+    assert (read.email, read.clevertap_id, read.target, read.upstream) == (
+        A,
+        "__obj0",
+        "camp-1",
+        "mailmodo",
+    )
+    assert payload_of(read)["send"] == {
+        "delivery_id": send.id,
+        "operation": "campaign.trigger",
+        "target": "camp-1",
+        "sent_at": sent.isoformat(),
+    }
+    assert payload_of(read)["slot_hours"] == 1
+    assert [s.delivery_id for s in loop.slots()] == [read.id, None, None]
 
 
 async def test_a_send_after_a_slot_was_read_books_that_slot_again(loop: Loop) -> None:
@@ -42,22 +61,63 @@ async def test_a_send_after_a_slot_was_read_books_that_slot_again(loop: Loop) ->
     await loop.later(1)
     assert len(loop.reads(State.DELIVERED)) == 1
     await loop.send(A, campaign="camp-2")
-    pending = loop.reads(State.PENDING)
-    assert len(pending) == 3  # the new 1 h read, and the 24 h and 72 h reads of the first send
-    assert sum(r.target == "camp-2" for r in pending) == 1
+    [camp2] = loop.rows("campaign.trigger")[1:]
+    slots = loop.slots()
+    # The new 1 h read, and the 24 h and 72 h reads of the first send.
+    assert [(s.target, s.delivery_id) for s in slots] == [
+        ("camp-2", None),
+        ("camp-1", None),
+        ("camp-1", None),
+    ]
+    assert slots[0].send_delivery_id == camp2.id
+    assert camp2.finished_at is not None
+    assert slots[0].due_at == camp2.finished_at + timedelta(hours=1)
+    await loop.later(1)
+    assert [r.target for r in loop.reads(State.DELIVERED)] == ["camp-1", "camp-2"]
+
+
+async def test_a_backlog_of_due_reads_becomes_deliveries_only_as_fast_as_they_are_read(
+    loop: Loop, database_url: str
+) -> None:
+    """Slots fall due by the thousand after a big campaign; each claim makes deliveries of
+    only as many as the reads' share of the rate lets it take."""
+    from app.worker.build import build_mailmodo_deliverer
+    from tests.conftest import make_settings
+
+    emails = [f"p{i}@example.com" for i in range(40)]
+    await loop.send(*emails)
+    assert len(loop.slots()) == 120
+    slow = make_settings(
+        database_url, mailmodo_rate_per_second=5.0, reconcile_schedule_hours=[1.0, 24.0, 72.0]
+    )
+    worker = build_mailmodo_deliverer(loop.engine, slow, "w-slow")
+    assert worker is not None
+    try:
+        loop.clock.freeze()
+        loop.clock.advance(3601)
+        claimed = worker.claim(100)
+        # 5/s at a share of 0.2: one read a second, booked at most a second ahead.
+        assert 1 <= len(claimed) <= 2
+        assert {r.operation for r in claimed} == {"contact.status"}
+        assert len(loop.reads()) == len(claimed)
+        assert sum(s.delivery_id is None for s in loop.slots()) == 120 - len(claimed)
+        assert worker.claim(100) == []  # the share is used up: nothing more is made
+        assert len(loop.reads()) == len(claimed)
+    finally:
+        await worker.client.aclose()
 
 
 async def test_a_failed_send_books_no_read(loop: Loop) -> None:
     loop.refuse.add("/api/v1/triggerCampaign/bad")
     await loop.send(A, campaign="bad")
     assert loop.rows("campaign.trigger")[0].state is State.FAILED
-    assert loop.reads() == []
+    assert loop.slots() == []
 
 
 async def test_a_journey_start_books_reads_too(loop: Loop) -> None:
     await loop.post("/clevertap/journeys/j-1/start", A)
     await loop.work()
-    assert {r.target for r in loop.reads()} == {"j-1"}
+    assert {(s.target, s.send_operation) for s in loop.slots()} == {("j-1", "journey.start")}
 
 
 # --- what a read teaches ---------------------------------------------------------------------
@@ -279,9 +339,10 @@ async def test_an_event_without_a_known_clevertap_id_waits_like_any_event(loop: 
     """A read of a send that had no CleverTap ID: the event parks until one is learnt."""
     await loop.post("/clevertap/campaigns/c", A, ObjectId=None)
     await loop.work()
-    assert {r.clevertap_id for r in loop.reads()} == {None}
+    assert {s.clevertap_id for s in loop.slots()} == {None}
     loop.contact(A, unsubscribed=True, blocked=False)
     await loop.later(1)
+    assert {r.clevertap_id for r in loop.reads()} == {None}
     parked = [r for r in loop.rows() if r.state is State.PARKED]
     assert {r.operation for r in parked} == {"event.upload", "consent.profile"}
 
@@ -307,10 +368,7 @@ async def test_reads_survive_a_restart_in_the_middle_of_the_schedule(
         await loop.uploader.run_once()
         await deliverer.client.aclose()
     assert [e["evtName"] for e in loop.events()] == ["MM Email Unsubscribed"]
-    assert [r.state for r in sorted(loop.reads(), key=lambda r: r.next_attempt_at)] == [
-        State.DELIVERED,
-        State.DELIVERED,
-        State.PENDING,
-    ]
-    assert timedelta(0) < loop.reads(State.PENDING)[0].next_attempt_at - loop.clock.now()
-    assert orjson.loads(loop.reads(State.PENDING)[0].payload)["slot_hours"] == 72
+    assert [r.state for r in loop.reads()] == [State.DELIVERED, State.DELIVERED]
+    [left] = [s for s in loop.slots() if s.delivery_id is None]
+    assert (left.slot_seconds, left.target) == (72 * 3600, "camp-1")
+    assert timedelta(0) < left.due_at - loop.clock.now()

@@ -39,8 +39,13 @@ async def test_admin_shows_a_persons_consent(loop: Loop) -> None:
         ("clevertap.webhook", True),
         ("mailmodo.read", False),
     ]
-    states = sorted(r["state"] for r in body["reads"])
-    assert states == ["delivered", "pending", "pending"]
+    # Latest due first: the 72 h and 24 h reads only scheduled, the 1 h read made and done.
+    reads = [(r["state"], r["delivery_id"] is None, r["target"]) for r in body["reads"]]
+    assert reads == [
+        ("scheduled", True, "camp-1"),
+        ("scheduled", True, "camp-1"),
+        ("delivered", False, "camp-1"),
+    ]
     assert (await loop.client.get(f"/admin/consent/{A}")).status_code == 401
 
 
@@ -60,6 +65,7 @@ async def test_the_consent_command(
         assert "Mailmodo: unsubscribed (Clicked unsubscribe)" in text
         assert "[echo]" in text
         assert "status reads" in text
+        assert text.count(" scheduled ") == 2
         data = json.loads(runner.invoke(cli, ["consent", A, "--json"]).stdout)
         assert len(data["log"]) == 2
         assert "nothing known yet" in runner.invoke(cli, ["consent", "x@y.z"]).stdout

@@ -759,7 +759,8 @@
           ["Reason", (e) => h("span", { class: "reason" }, e.reason || "")],
         ], c.log, "Nothing logged."),
         table("Status reads", [
-          ["ID", (r) => link("delivery/" + r.delivery_id, {}, "#" + r.delivery_id)],
+          // A read not yet due is only its slot: no delivery to open yet.
+          ["ID", (r) => r.delivery_id == null ? "not yet made" : link("delivery/" + r.delivery_id, {}, "#" + r.delivery_id)],
           ["State", (r) => stateBadge(r.state)],
           ["Due", (r) => when(r.due_at)],
           ["Send", (r) => r.target || ""],
