@@ -19,13 +19,10 @@ stop loses nothing, and a dead API process (SIGKILL included) leaves no orphan b
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import itertools
-import multiprocessing
 import os
 import pickle
-import signal
 import socket
 import struct
 from collections.abc import Callable
@@ -34,6 +31,7 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import text
 
+from app.children import START_TIMEOUT, Child, ignore_stop_signals, restart_delay
 from app.config import Settings
 from app.metrics import INGEST_BATCH
 from app.outbox.models import CallStatus, Direction, Operation, Source, State, Upstream
@@ -53,10 +51,6 @@ _HEADER = struct.Struct(">I")
 #: One call on the wire: the API's sequence number and the record (``to_wire``).
 Job = tuple[int, tuple[Any, ...]]
 _RECV = 1 << 20
-#: How long the API waits for a new child to open the database.
-START_TIMEOUT = 60.0
-#: Restart delays after the child dies, growing while it keeps dying.
-RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 def _frame(obj: Any) -> bytes:
@@ -171,9 +165,7 @@ def from_wire(w: tuple[Any, ...]) -> IngestRecord:
 
 def run_writer(sock: socket.socket, settings: Settings) -> None:
     """The child's entry point (also runnable in a test, on a plain socket)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread (tests)
-            signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()
     from app.db import create_db_engine
     from app.logging import configure_logging
     from app.runtime import tune_gc_for_serving
@@ -295,7 +287,7 @@ class ProcessWriter:
         self._unsent: list[Job] = []
         self._flush_scheduled = False
         self._link: _Link | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._child = Child("ctmm-bridge-writer")
         self._running = False
         self._restarts = 0
         self._restart_task: asyncio.Task[None] | None = None
@@ -314,20 +306,11 @@ class ProcessWriter:
     async def start(self) -> None:
         """Start the child and wait until it has opened the database (raises if it cannot)."""
         self._running = True
-        # Runs before multiprocessing's own exit hook, which would SIGTERM (ignored by the
-        # child) and then wait for the child forever if ``aclose`` was never reached.
-        atexit.register(self._kill_at_exit)
         reason = await self._spawn()
         if reason is not None:
             self._running = False
-            atexit.unregister(self._kill_at_exit)
+            self._child.stop_killing_at_exit()
             raise WriterUnavailable(f"the writer process did not start: {reason}")
-
-    def _kill_at_exit(self) -> None:
-        """The interpreter is exiting without ``aclose``: nothing can be answered any more."""
-        process = self._process
-        if process is not None and process.pid is not None and process.is_alive():
-            process.kill()
 
     async def _spawn(self) -> str | None:
         """Start a child and wait for it to open the database: None, or why it failed.
@@ -336,19 +319,11 @@ class ProcessWriter:
         stopped, so nothing half-started is left behind.
         """
         loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        process = multiprocessing.get_context("spawn").Process(
-            target=_child_main,
-            args=(theirs, self._settings),
-            name="ctmm-bridge-writer",
-            daemon=True,
-        )
+        ours = await self._child.start(_child_main, self._settings)
+        process = self._child.process
         link: _Link | None = None
         ready = False
         try:
-            await asyncio.to_thread(process.start)
-            theirs.close()
-            self._process = process
             _transport, link = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
             try:
                 kind, detail = await asyncio.wait_for(asyncio.shield(link.ready), START_TIMEOUT)
@@ -363,13 +338,12 @@ class ProcessWriter:
             ready = True
         finally:
             if not ready:
-                theirs.close()
                 if link is not None and link.transport is not None:
                     link.transport.close()
                 else:
                     ours.close()
-                if process.pid is not None:  # started: stop it (shielded from cancellation)
-                    await asyncio.shield(self._reap(process))
+                # Started: stop it (shielded from cancellation).
+                await asyncio.shield(self._child.reap(process))
         self.pid = int(detail)
         self._link = link
         log.info("ingest writer process started", pid=self.pid)
@@ -445,10 +419,9 @@ class ProcessWriter:
             settle(future, WriterUnavailable(reason))
 
     async def _restart(self) -> None:
-        if self._process is not None:
-            await self._reap(self._process)
+        await self._child.reap()
         while self._running and self._link is None:
-            delay = RESTART_DELAYS[min(self._restarts, len(RESTART_DELAYS) - 1)]
+            delay = restart_delay(self._restarts)
             self._restarts += 1
             await asyncio.sleep(delay)
             if not self._running:
@@ -476,19 +449,5 @@ class ProcessWriter:
             link.transport.close()
         self._link = None
         self._fail_pending("the bridge is shutting down")
-        if self._process is not None:
-            await self._reap(self._process)
-        atexit.unregister(self._kill_at_exit)
-
-    async def _reap(self, process: multiprocessing.process.BaseProcess) -> None:
-        """Wait for a child that was told to stop (or died); kill it if it does not stop.
-        A reaped child is closed and forgotten, so it is never reaped twice."""
-        if process.pid is not None:  # None: never started
-            await asyncio.to_thread(process.join, 5.0)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 5.0)
-        if self._process is process:
-            self._process = None
-        with contextlib.suppress(ValueError):  # still running after the kill: leave it be
-            process.close()
+        await self._child.reap()
+        self._child.stop_killing_at_exit()

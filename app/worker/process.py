@@ -21,26 +21,20 @@ the worker as down meanwhile.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import multiprocessing
 import os
-import signal
 import socket
 from typing import Any, cast
 
 import structlog
 
+from app.children import START_TIMEOUT, Child, ignore_stop_signals, restart_delay
 from app.config import Settings
 
 log = structlog.get_logger(__name__)
 
 #: How much lower the worker's CPU priority is than the API's where ``SCHED_IDLE`` is missing.
 WORKER_NICE = 10
-#: How long ``serve`` waits for a new child to open the database.
-START_TIMEOUT = 60.0
-#: Restart delays after the child dies, growing while it keeps dying.
-RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _WAKE = b"w"
 
 
@@ -49,9 +43,7 @@ _WAKE = b"w"
 
 def run_worker_process(sock: socket.socket, settings: Settings) -> None:
     """The child's entry point: run a ``WorkerRunner`` until the socket reads EOF."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread (tests)
-            signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()
     priority = lower_priority()
     from app.logging import configure_logging
     from app.runtime import tune_gc_for_serving
@@ -183,7 +175,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._link: _ParentLink | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._child = Child("ctmm-bridge-worker")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_scheduled = False
         self.worker_id = ""
@@ -217,7 +209,6 @@ class WorkerProcess:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a child running until ``stop``; then stop it within the grace period."""
         self._loop = asyncio.get_running_loop()
-        atexit.register(self._kill_at_exit)
         failures = 0
         try:
             while not stop.is_set():
@@ -234,34 +225,23 @@ class WorkerProcess:
                         break
                     log.error("worker process died; restarting it", pid=self.pid)
                     await self._reap()
-                delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+                delay = restart_delay(failures)
                 failures += 1
                 self.restarts += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
             await asyncio.shield(self._stop_child())
-            atexit.unregister(self._kill_at_exit)
+            self._child.stop_killing_at_exit()
 
     async def _spawn(self) -> bool:
         """Start a child and wait until it has opened the database; False if it failed."""
         loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        process = multiprocessing.get_context("spawn").Process(
-            target=_child_main,
-            args=(theirs, self._settings),
-            name="ctmm-bridge-worker",
-            daemon=True,
-        )
         try:
-            await asyncio.to_thread(process.start)
+            ours = await self._child.start(_child_main, self._settings)
         except Exception as exc:  # e.g. out of file descriptors
             log.error("could not start the worker process", error=repr(exc))
-            ours.close()
-            theirs.close()
             return False
-        theirs.close()
-        self._process = process
         _transport, link = await loop.create_unix_connection(_ParentLink, sock=ours)
         self._link = link
         try:
@@ -273,7 +253,7 @@ class WorkerProcess:
             log.error("worker process failed to start", reason=detail or answer)
             await self._stop_child()
             return False
-        self.worker_id, self.pid = detail, process.pid
+        self.worker_id, self.pid = detail, self._child.pid
         log.info("worker process started", pid=self.pid, worker_id=self.worker_id)
         return True
 
@@ -292,26 +272,8 @@ class WorkerProcess:
         await self._reap()
 
     async def _reap(self) -> None:
-        process = self._process
         self._link = None
-        if process is None:
-            return
-        if process.pid is not None:
-            await asyncio.to_thread(process.join, 5.0)
-            if process.is_alive():
-                log.warning("worker process did not stop in time; killing it", pid=process.pid)
-                process.kill()
-                await asyncio.to_thread(process.join, 5.0)
-        if self._process is process:
-            self._process = None
-        with contextlib.suppress(ValueError):
-            process.close()
-
-    def _kill_at_exit(self) -> None:
-        """The interpreter is exiting without a clean stop: do not leave the child behind."""
-        process = self._process
-        if process is not None and process.pid is not None and process.is_alive():
-            process.kill()
+        await self._child.reap()
 
     async def aclose(self) -> None:
         """Nothing left to close once ``run`` has returned (the child owns its clients)."""
