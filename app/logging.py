@@ -187,7 +187,10 @@ def hot_info(logger: Any, event: str, **fields: Any) -> None:
     # busy with the calls meanwhile, and stderr writes each line through at once); a thread
     # without a loop writes at once. A line can come out behind a line of another thread or
     # a rarer line of the same turn, never more than a turn late.
-    loop = asyncio._get_running_loop()
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # a thread without a loop (the worker's SQL thread)
+        loop = None
     global _flush_loop
     if loop is None or loop is not _flush_loop:
         if loop is None or (_flush_loop is not None and not _flush_loop.is_closed()):
