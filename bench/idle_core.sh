@@ -19,42 +19,29 @@ PORT=${BENCH_BRIDGE_PORT:-18181}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=${BENCH_OUT:-bench/out/idle-core-$STAMP}
 SECRET="bench-secret-$STAMP"
-for tool in wrk chrt; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "$tool is not installed" >&2; exit 2; }
-done
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_tools wrk chrt
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
-
 serve() {  # serve bare|bridge: start a server on $PORT, its pid in SERVER
-    if port_open; then
+    if port_open "$PORT"; then
         echo "something already listens on port $PORT (set BENCH_BRIDGE_PORT)" >&2
         exit 1
     fi
     if [ "$1" = bare ]; then
-        "$PYTHON" -m uvicorn bench.bare_app:app --host 127.0.0.1 --port "$PORT" --workers 1 \
-            --loop uvloop --http httptools --no-access-log --log-level warning \
-            >>"$OUT/server.log" 2>&1 &
+        start_bare "$PORT" "$OUT/server.log"
+        SERVER=$LAST_PID
     else
         rm -f "$OUT/bridge.db" "$OUT/bridge.db-wal" "$OUT/bridge.db-shm"
         env BRIDGE_DATABASE_URL="sqlite:///$OUT/bridge.db" BRIDGE_EMBEDDED_WORKER=false \
             BRIDGE_LOG_FORMAT=json BRIDGE_CLEVERTAP_WEBHOOK_SECRETS="$SECRET" \
             BRIDGE_DEDUP_WINDOW_SECONDS=3600 \
             "$PYTHON" -m app.cli serve --host 127.0.0.1 --port "$PORT" >>"$OUT/server.log" 2>&1 &
+        SERVER=$!
+        PIDS+=("$SERVER")
     fi
-    SERVER=$!
-    PIDS+=("$SERVER")
-    for _ in $(seq 1 300); do
-        port_open && return
-        kill -0 "$SERVER" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "no server on port $PORT; see $OUT/server.log" >&2
-    exit 1
+    wait_port "$PORT" "$SERVER" "$OUT/server.log"
 }
 
 measure() {  # measure bare|bridge alone|beside-busy-loop
@@ -65,20 +52,15 @@ measure() {  # measure bare|bridge alone|beside-busy-loop
         burner=$!
         PIDS+=("$burner")
     fi
-    local env=(BENCH_AUTH=basic BENCH_SECRET="$SECRET" BENCH_CAMPAIGN=c
-        BENCH_BASIC="$(printf 'clevertap:%s' "$SECRET" | base64 | tr -d '\n')")
-    env "${env[@]}" BENCH_TAG="warm-$name" BENCH_RESULT_FILE="$OUT/warm.result" \
-        wrk -t2 -c32 -d3s -s bench/campaign.lua "http://127.0.0.1:$PORT/clevertap/campaigns/c" >/dev/null
-    env "${env[@]}" BENCH_TAG="$name" BENCH_RESULT_FILE="$OUT/$name.result" \
-        wrk -t2 -c32 -d"$DURATION" --latency -s bench/campaign.lua \
-        "http://127.0.0.1:$PORT/clevertap/campaigns/c" >"$OUT/$name.txt"
+    wrk_campaign "$PORT" "warm-$name" "$OUT/warm.result" 3s >/dev/null
+    wrk_campaign "$PORT" "$name" "$OUT/$name.result" "$DURATION" >"$OUT/$name.txt"
     if [ -n "$burner" ]; then
         kill "$burner"
         wait "$burner" 2>/dev/null || true
     fi
     kill "$SERVER"
     wait "$SERVER" 2>/dev/null || true
-    while port_open; do sleep 0.1; done
+    while port_open "$PORT"; do sleep 0.1; done
     printf '  %-7s %-17s %8s calls/s  p99 %6s ms\n' "$1" "$2" \
         "$(tr ' ' '\n' <"$OUT/$name.result" | sed -n 's/^ok_rps=//p')" \
         "$(tr ' ' '\n' <"$OUT/$name.result" | sed -n 's/^p99_ms=//p')"

@@ -43,14 +43,9 @@ SECRET="bench-secret-$STAMP"
 RUN_TAG="run-$STAMP"
 CAMPAIGN="bench-campaign"
 
-if ! command -v wrk >/dev/null 2>&1; then
-    cat >&2 <<'EOF'
-wrk is not installed. Install it, then run again:
-  Debian/Ubuntu:  sudo apt-get update && sudo apt-get install -y wrk
-  macOS:          brew install wrk
-EOF
-    exit 2
-fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_tools wrk
 if [ ! -x "$PYTHON" ]; then
     echo "no Python at $PYTHON; run 'make bench' (it creates .venv) or set PYTHON=..." >&2
     exit 2
@@ -62,30 +57,6 @@ fi
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
-wait_port() {  # wait_port PORT PID LOG
-    for _ in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$2" 2>/dev/null; then
-            echo "the server on port $1 exited; its log ($3):" >&2
-            tail -n 40 "$3" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "nothing listens on port $1 after 30 s" >&2
-    exit 1
-}
 
 event_loop_of() {  # what the process really runs on, from its memory map
     local maps="/proc/$1/maps" loop=asyncio http=h11
@@ -122,11 +93,7 @@ run_wrk() {
     local name=$1 port=$2 pid=$3 tag=$4 duration=$5 ids=${6:-} before after wrk_cpu
     local TIMEFORMAT='%U %S'
     before=$(cpu_snapshot "$pid")
-    wrk_cpu=$( { time BENCH_TAG=$tag BENCH_AUTH=$AUTH BENCH_SECRET=$SECRET \
-        BENCH_BASIC=$(printf 'clevertap:%s' "$SECRET" | base64 | tr -d '\n') \
-        BENCH_CAMPAIGN=$CAMPAIGN BENCH_IDS_FILE=$ids BENCH_RESULT_FILE="$OUT/$name.result" \
-        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout 10s --latency \
-        -s bench/campaign.lua "http://127.0.0.1:$port/clevertap/campaigns/$CAMPAIGN" \
+    wrk_cpu=$( { time wrk_campaign "$port" "$tag" "$OUT/$name.result" "$duration" "$ids" \
         >"$OUT/$name.txt" 2>&1; } 2>&1) || {
         cat "$OUT/$name.txt" >&2
         exit 1
@@ -174,11 +141,8 @@ echo "wrk: $THREADS threads, $CONNECTIONS connections, warm-up $WARMUP, measured
 echo "disk: $(cut -d' ' -f2- "$OUT/disk.txt") (one durable SQLite commit per call)"
 
 # --- 1. the bare FastAPI endpoint --------------------------------------------------------------
-"$PYTHON" -m uvicorn bench.bare_app:app --host 127.0.0.1 --port "$BARE_PORT" --workers 1 \
-    --loop uvloop --http httptools --no-access-log --log-level warning \
-    >"$OUT/bare.log" 2>&1 &
-BARE_PID=$!
-PIDS+=("$BARE_PID")
+start_bare "$BARE_PORT" "$OUT/bare.log"
+BARE_PID=$LAST_PID
 wait_port "$BARE_PORT" "$BARE_PID" "$OUT/bare.log"
 BARE_STACK=$(event_loop_of "$BARE_PID")
 echo "bare endpoint up (pid $BARE_PID, $BARE_STACK); warming up, then measuring..."
