@@ -15,6 +15,11 @@ backlog, e.g. after a Mailmodo outage).
 
 CPU times (``time.process_time``) are what to compare on a busy machine; wall times are shown
 too. Results: bench/RESULTS.md, "Status reads".
+
+Since migration 0006 a read is only a slot row (``status_read_slots``) until it falls due, and
+the claim makes deliveries of due slots no faster than reads are taken: the outbox no longer
+holds B's reads scheduled days ahead, nor, except for retries, C's backlog. Both phases are
+kept as the bound on what such rows cost where they do exist (a database from before 0006).
 """
 
 from __future__ import annotations

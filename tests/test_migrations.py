@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,6 +123,58 @@ def test_downgrade_to_base_and_up_again(settings_any: Settings, empty: Engine) -
     assert drift(empty) == []
     with empty.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM identities")).scalar_one() == 0
+
+
+def test_going_back_before_0006_turns_scheduled_reads_into_read_deliveries(
+    settings_any: Settings, empty: Engine
+) -> None:
+    """Revision 0005 books every read as a delivery at once: a downgrade makes each read still
+    only scheduled that delivery, due when its slot is, so none is lost; going up again
+    leaves it a delivery, so none is read twice."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.consent import repository as consent_repo
+    from app.outbox.models import Delivery, Operation
+    from tests.factories import all_deliveries
+
+    upgrade(settings_any, empty)
+    sent = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    with empty.begin() as conn:
+        consent_repo.book_slots(
+            conn,
+            [
+                consent_repo.SlotBooking(
+                    email="a@x.io",
+                    slot_seconds=slot * 3600,
+                    due_at=sent + timedelta(hours=slot),
+                    send_delivery_id=7,
+                    send_operation="campaign.trigger",
+                    target="camp-1",
+                    clevertap_id="__a",
+                    sent_at=sent,
+                )
+                for slot in (1, 24)
+            ],
+            sent,
+        )
+    downgrade(settings_any, empty, "0005")
+    reads: list[Delivery] = sorted(all_deliveries(empty), key=lambda d: d.next_attempt_at)
+    assert [(d.operation, d.state.value, d.email, d.clevertap_id, d.target) for d in reads] == [
+        (Operation.CONTACT_STATUS.value, "pending", "a@x.io", "__a", "camp-1")
+    ] * 2
+    assert [d.next_attempt_at for d in reads] == [sent + timedelta(hours=h) for h in (1, 24)]
+    payload = json.loads(reads[0].payload)
+    assert (payload["email"], payload["slot_hours"]) == ("a@x.io", 1)
+    assert payload["send"]["delivery_id"] == 7
+    assert payload["send"]["target"] == "camp-1"
+    with empty.connect() as conn:
+        linked = conn.execute(
+            text("SELECT delivery_id FROM status_read_slots ORDER BY slot_seconds")
+        ).scalars()
+        assert list(linked) == [d.id for d in reads]
+    upgrade(settings_any, empty)
+    with empty.connect() as conn:
+        assert consent_repo.due_slots(conn, sent + timedelta(days=30), 10) == []
 
 
 def test_every_step_goes_down_and_up(settings_any: Settings, empty: Engine) -> None:

@@ -295,6 +295,9 @@ class Consent:
                 )
                 for slot in self.schedule_seconds
             )
+        # In key order: two workers booking for the same contacts lock their rows in the same
+        # order on PostgreSQL, so they never deadlock.
+        wanted.sort(key=lambda w: (w.email, w.slot_seconds))
         consent_repo.book_slots(conn, wanted, now)
 
     def _take_up_due(self, conn: Connection, limit: int, now: datetime) -> None:

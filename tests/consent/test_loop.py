@@ -372,3 +372,28 @@ async def test_reads_survive_a_restart_in_the_middle_of_the_schedule(
     [left] = [s for s in loop.slots() if s.delivery_id is None]
     assert (left.slot_seconds, left.target) == (72 * 3600, "camp-1")
     assert timedelta(0) < left.due_at - loop.clock.now()
+
+
+async def test_reads_booked_before_reads_were_turned_off_still_fall_due(
+    loop: Loop, database_url: str
+) -> None:
+    """An empty ``BRIDGE_RECONCILE_SCHEDULE_HOURS`` books no new read; reads already booked
+    are still made and read when due (as when they were outbox rows from the start)."""
+    from app.worker.build import build_mailmodo_deliverer
+    from tests.conftest import make_settings
+
+    await loop.send(A)
+    off = make_settings(database_url, reconcile_schedule_hours=[])
+    worker = build_mailmodo_deliverer(loop.engine, off, "w-off")
+    assert worker is not None
+    try:
+        loop.contact(A, **SUBSCRIBED)
+        loop.clock.advance(3601)
+        await worker.run_once(100)
+        assert [r.state for r in loop.reads()] == [State.DELIVERED]
+        # A send delivered by this worker books nothing.
+        await loop.post("/clevertap/campaigns/camp-2", "bo@example.com")
+        await worker.run_once(100)
+        assert {s.email for s in loop.slots()} == {A}
+    finally:
+        await worker.client.aclose()
