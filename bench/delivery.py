@@ -12,9 +12,12 @@ not the limit, and what each delivery costs in CPU across all of the bridge's pr
    item reached it (or BENCH_DRAIN_TIMEOUT seconds, default 120, passed).
 
 Reported: deliveries/s (first to last call at the fake), CPU per delivery (the bridge's process
-tree, from "listening" to the last delivery, so the worker's start-up is in it), the same in the
-steady state (from a tenth of the backlog delivered to the last delivery) and split by process
-(the API first, then its children, busiest first), and how many calls reached the fake twice.
+tree, from "listening" to the last delivery, so what the worker does to start after that is in
+it; the fork server has imported its modules before), the same in the steady state (from a
+tenth of the backlog delivered to the last delivery) and split by process (the API first, then
+its children, busiest first), how many calls reached the fake twice, and the tree's memory at
+the start, peak and end: RSS summed over the processes (pages the children share with the fork
+server counted in each) and PSS (each page counted once in all).
 Prints one ``DELIVERY_RESULT`` line of key=value pairs. Needs no wrk.
 """
 
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import CLK_TCK, stop, tree_detail, wait_port
+from common import CLK_TCK, stop, tree_detail, tree_pss, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("PYTHON", sys.executable)
@@ -129,6 +132,7 @@ def main() -> int:
         drainer = bridge(db, OUT / "drain.log", BRIDGE_MAILMODO_RATE_PER_SECOND="100000")
         try:
             start_per, start_rss = tree_detail(drainer.pid)
+            start_pss = peak_pss = tree_pss(start_per)
             start_ticks = sum(start_per.values())
             before_ready = int(fake_stats()["calls"])
             peak_rss = start_rss
@@ -141,10 +145,12 @@ def main() -> int:
                 time.sleep(0.1)
                 per, rss = tree_detail(drainer.pid)
                 peak_rss = max(peak_rss, rss)
+                peak_pss = max(peak_pss, tree_pss(per))
                 stats = fake_stats()
                 if steady is None and stats["calls"] >= accepted // 10:
                     steady = (per, int(stats["calls"]))
             end_per, end_rss = tree_detail(drainer.pid)
+            end_pss = tree_pss(end_per)
             end_ticks = sum(end_per.values())
         finally:
             stop(drainer)
@@ -171,6 +177,8 @@ def main() -> int:
         f"seconds={span:.2f} deliveries_per_s={rate:.0f} cpu_us_per_delivery={cpu_us:.0f} "
         f"delivered_before_ready={before_ready} rss_start_mb={start_rss / 2**20:.0f} "
         f"rss_peak_mb={peak_rss / 2**20:.0f} rss_end_mb={end_rss / 2**20:.0f} "
+        f"pss_start_mb={start_pss / 2**20:.0f} pss_peak_mb={peak_pss / 2**20:.0f} "
+        f"pss_end_mb={end_pss / 2**20:.0f} "
         f"steady_cpu_us_per_delivery={steady_us} steady_us_api_then_children={by_process}"
     )
     print(line)
