@@ -107,3 +107,30 @@ def test_two_workers_never_take_up_the_same_slot(database_url: str, db: Engine) 
             theirs = consent_repo.due_slots(second, now, 3)
     assert len(mine) == 3
     assert {s.email for s in theirs} == {f"p{i}@x.io" for i in range(4)} - {s.email for s in mine}
+
+
+@pytest.mark.postgres
+def test_a_booking_that_waits_for_a_take_up_books_the_slot_again(
+    database_url: str, db: Engine
+) -> None:
+    """A send delivered while another worker is making the slot's due read a delivery: the
+    booking waits for that worker's row lock, then sees the slot taken up and books it again
+    for the new send (not lost, not read twice)."""
+    import threading
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
+    book(db, T0, booking("a@x.io", HOUR, T0, send=1))
+    now = T0 + timedelta(hours=2)
+    with db.begin() as taking:
+        [due] = consent_repo.due_slots(taking, now, 10)
+        booker = threading.Thread(
+            target=book, args=(db, now, booking("a@x.io", HOUR, now, send=2, target="c2"))
+        )
+        booker.start()
+        booker.join(0.5)
+        assert booker.is_alive()  # waiting for the taking worker's lock on the slot
+        consent_repo.set_slot_deliveries(taking, [(due.email, due.slot_seconds, 1000)])
+    booker.join(10)
+    assert not booker.is_alive()
+    assert slots(db) == [("a@x.io", HOUR, now + timedelta(hours=1), None, 2, "c2")]
