@@ -82,7 +82,7 @@ class Child:
         return self.process.pid if self.process is not None else None
 
     async def start(self, target: Callable[..., None], *args: Any) -> socket.socket:
-        """Spawn ``target`` with one end of a new socketpair; returns the other end.
+        """Start ``target`` with one end of a new socketpair; returns the other end.
 
         On failure (e.g. out of file descriptors) both ends are closed and the error raised.
         The interpreter's exit kills the child from now on unless ``stop_killing_at_exit``.
