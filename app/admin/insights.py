@@ -29,6 +29,7 @@ from app.admin.schemas import (
 )
 from app.admin.service import (
     LISTED_BODY_CHARS,
+    MAX_ID,
     MAX_LIMIT,
     counted,
     delivery_filter,
@@ -112,8 +113,8 @@ def failures(engine: Engine, spec: Filters, *, limit: int = 50, offset: int = 0)
     picks exactly its items (same upstream, status code, reason, states and time range)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise invalid(f"limit must be between 1 and {MAX_LIMIT}")
-    if offset < 0:
-        raise invalid("offset must be 0 or more")
+    if not 0 <= offset <= MAX_ID:  # past 64 bits the driver would fail on it
+        raise invalid(f"offset must be between 0 and {MAX_ID}")
     f = delivery_filter(spec, default_states=[State(s) for s in FAILED_STATES])
     with read_only(engine).connect() as conn:
         rows = repo.failure_groups(conn, f, limit=limit + 1, offset=offset)

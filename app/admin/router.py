@@ -290,7 +290,9 @@ def failures(
     updated_after: Annotated[datetime | None, Query(description="Got there at or after")] = None,
     updated_before: datetime | None = None,
     limit: Limit = service.DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0, description="`next_offset` of the previous page")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=service.MAX_ID, description="`next_offset` of the previous page")
+    ] = 0,
 ) -> FailureGroups:
     spec = Filters(
         upstream=upstream,
@@ -319,4 +321,6 @@ def person(
     responses=_errors(422),
 )
 def consent_of(request: Request, email: str) -> PersonConsent:
+    if "\x00" in email:  # PostgreSQL refuses NUL in any text; SQLite would just find nobody
+        raise service.invalid("email must not contain a NUL character")
     return consent_view(bridge(request).engine, email)

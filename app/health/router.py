@@ -16,11 +16,15 @@ from app.state import bridge
 router = APIRouter(tags=["health"])
 
 
+# HEAD too (not documented apart): some monitors and load balancers probe with it, and a 405
+# would read as "down".
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", summary="Liveness: 200 while the process serves")
 async def healthz() -> Response:
     return json_response({"status": "ok", "version": __version__})
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     summary="Readiness: database, migrations, worker heartbeat, upstreams",

@@ -129,18 +129,39 @@ class BodyTooLarge(InboundError):
 
 
 def check_content_type(request: Request) -> str | None:
-    """415 unless the call says it is JSON (a missing Content-Type is given the benefit)."""
-    content_type = header_map(request).get("content-type")
+    """415 unless the call says it is JSON in UTF-8, not compressed (a missing Content-Type is
+    given the benefit). Without this a gzipped or Latin-1 body got "malformed JSON", which
+    sends the sender looking in the wrong place."""
+    headers = header_map(request)
+    encoding = headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise InboundError(
+            415,
+            "unsupported content encoding",
+            {"content_encoding": encoding, "expected": "an uncompressed body"},
+        )
+    content_type = headers.get("content-type")
     if content_type is None:
         return None
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media in JSON_TYPES or media.endswith("+json"):
-        return content_type
-    raise InboundError(
-        415,
-        "unsupported media type",
-        {"content_type": content_type, "expected": "application/json"},
-    )
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if not (media in JSON_TYPES or media.endswith("+json")):
+        raise InboundError(
+            415,
+            "unsupported media type",
+            {"content_type": content_type, "expected": "application/json"},
+        )
+    if params:
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            charset = value.strip().strip('"').lower()
+            if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+                raise InboundError(
+                    415,
+                    "unsupported charset",
+                    {"content_type": content_type, "expected": "charset=utf-8 (JSON is UTF-8)"},
+                )
+    return content_type
 
 
 def parse_json(body: bytes) -> Any:

@@ -280,6 +280,7 @@ async def test_failures_filters_and_pages(running: Running, clock: ManualClock) 
         ({"limit": 0}, "limit"),
         ({"limit": 501}, "limit"),
         ({"offset": -1}, "offset"),
+        ({"offset": 2**63}, "offset"),
         ({"state": "gone"}, "state"),
         ({"updated_after": "yesterday"}, "updated_after"),
     ],

@@ -817,6 +817,30 @@ async def test_query_values_out_of_range_are_422(
     assert resp.status_code == 422, resp.text
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/admin/failures?offset={2**63}",
+        f"/admin/failures?offset={2**64}",
+        "/admin/consent/a%00b@example.com",
+    ],
+)
+async def test_values_the_database_cannot_take_are_422(
+    any_db_client: httpx.AsyncClient, path: str
+) -> None:
+    """Past 64 bits (SQLite cannot bind it, PostgreSQL's bigint overflows) and NUL in text
+    (PostgreSQL refuses it): found by an attacker's probe as 500s."""
+    resp = await any_db_client.get(path, headers=AUTH)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] in ("invalid request", "validation failed")
+
+
+async def test_the_largest_offset_is_an_empty_page(any_db_client: httpx.AsyncClient) -> None:
+    resp = await any_db_client.get(f"/admin/failures?offset={2**63 - 1}", headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["groups"] == []
+
+
 async def test_a_rejected_filter_out_of_range_is_422(client: httpx.AsyncClient) -> None:
     resp = await client.get(
         "/admin/rejected?received_after=0001-01-01T00:00:00%2B23:59", headers=AUTH

@@ -75,6 +75,14 @@ async def test_healthz_is_200_with_the_version(client: httpx.AsyncClient) -> Non
     assert r.json() == {"status": "ok", "version": __version__}
 
 
+async def test_head_probes_answer_like_get(client: httpx.AsyncClient, state: BridgeState) -> None:
+    """Monitors that probe with HEAD must not read a 405 as "down"; readiness keeps its 503."""
+    assert (await client.head("/healthz")).status_code == 200
+    assert (await client.head("/readyz")).status_code == 503  # no worker heartbeat yet
+    beat(state)
+    assert (await client.head("/readyz")).status_code == 200
+
+
 async def test_healthz_stays_200_when_not_ready(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:

@@ -657,12 +657,43 @@ async def test_non_json_content_type_is_415_and_kept(bridge: Bridge, content_typ
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "application/json; charset=utf-8", "application/vnd.ct+json"]
+    ("headers", "error", "detail_key"),
+    [
+        ({"Content-Encoding": "gzip"}, "unsupported content encoding", "content_encoding"),
+        ({"Content-Type": "application/json; charset=latin-1"}, "unsupported charset", None),
+        ({"Content-Type": 'application/json; charset="UTF-16"'}, "unsupported charset", None),
+    ],
+)
+async def test_compressed_or_non_utf8_body_is_415_and_kept(
+    bridge: Bridge, headers: dict[str, str], error: str, detail_key: str | None
+) -> None:
+    """Said plainly instead of "malformed JSON", which sent senders looking at their JSON."""
+    r = await bridge.post(CAMPAIGN.format("c"), content=b'{"email": "a@x.io"}', headers=headers)
+    detail = assert_error(r, 415, error)
+    if detail_key is not None:
+        assert detail[detail_key] == headers["Content-Encoding"]
+    assert bridge.deliveries() == []
+    (call,) = bridge.calls()
+    assert (call.status, call.http_status) == ("rejected", 415)
+    assert call.reason is not None
+    assert call.reason.startswith(error)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/json; charset=utf-8",
+        'application/json; Charset="UTF8"',
+        "application/json; boundary=x",
+        "application/vnd.ct+json",
+    ],
 )
 async def test_json_or_missing_content_type_is_accepted(
     bridge: Bridge, content_type: str | None
 ) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
+    headers["Content-Encoding"] = "identity"
     r = await bridge.post(CAMPAIGN.format("c"), content=b'{"email": "a@x.io"}', headers=headers)
     assert r.status_code == 200, r.text
     assert bridge.calls()[0].content_type == content_type
