@@ -96,6 +96,7 @@ def check_token(request: Request) -> None:
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        400: "The body is not JSON (or not UTF-8)",
         401: "Missing or wrong bearer token",
         404: "No such delivery",
         409: "The delivery's state does not allow it",
@@ -201,7 +202,7 @@ def cancel_delivery(request: Request, delivery_id: DeliveryId) -> ActionResult:
     description="Requires `states` or a time range, so that an empty body never replays "
     "everything. Matching items become pending, due now, with attempts reset to 0; items a "
     "worker is sending at that moment are left alone. `dry_run` only counts.",
-    responses=_errors(422),
+    responses=_errors(400, 422),
 )
 def replay(request: Request, body: ReplayRequest) -> ReplayResult:
     return actions.replay(bridge(request).engine, body)
@@ -213,7 +214,7 @@ def replay(request: Request, body: ReplayRequest) -> ReplayResult:
     description="States default to delivered, failed, dead, cancelled and dropped; age is "
     "the time since the item last changed. Attempts go with their delivery; inbound calls left "
     "without deliveries are deleted too. `dry_run` only counts.",
-    responses=_errors(422),
+    responses=_errors(400, 422),
 )
 def purge(request: Request, body: PurgeRequest) -> PurgeResult:
     return actions.purge(bridge(request).engine, body)

@@ -859,3 +859,17 @@ async def test_bodies_out_of_range_are_422(client: httpx.AsyncClient, body: dict
     path = "/admin/purge" if "older_than" in body else "/admin/replay"
     resp = await client.post(path, json=body, headers=AUTH)
     assert resp.status_code == 422, resp.text
+
+
+@pytest.mark.parametrize("path", ["/admin/replay", "/admin/purge"])
+async def test_a_body_that_is_not_json_is_400_and_documented(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    resp = await client.post(
+        path,
+        content=b'{"states": ["dead\xff"]}',
+        headers=AUTH | {"Content-Type": "application/json"},
+    )
+    assert resp.status_code == 400, resp.text
+    spec = (await client.get("/openapi.json")).json()
+    assert "400" in spec["paths"][path]["post"]["responses"]
