@@ -251,22 +251,20 @@ delivered_rps() {  # delivered_rps NAME: deliveries to the fake per second of th
     awk -v d="$(cat "$OUT/$1-delivered.txt")" -v s="$(field "$1" duration_s)" \
         'BEGIN { printf "%.0f", (s > 0 ? d / s : 0) }'
 }
-# Per round: its ratios; then the round whose ratio (delivery flowing) is the median.
+median() { awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)'; }  # of sorted lines, one per round
+# Per round: its ratios; the headline is the round whose ratio (delivery flowing) is the median.
 ROUND_LINES=$(for round in $(seq 1 "$ROUNDS"); do
     echo "$(ratio "$(field "bridge-r$round" ok_rps)" "$(field "bare-r$round" ok_rps)") $round"
 done | sort -n)
-MEDIAN_ROUND=$(echo "$ROUND_LINES" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { print $2 }')
-RATIOS=$(echo "$ROUND_LINES" | awk '{ printf "%s%s", (NR > 1 ? ", " : ""), $1 }')
-IDLE_RATIOS=$(for round in $(seq 1 "$ROUNDS"); do
+MEDIAN_ROUND=$(echo "$ROUND_LINES" | median | cut -d' ' -f2)
+RATIOS=$(echo "$ROUND_LINES" | cut -d' ' -f1 | paste -sd, - | sed 's/,/, /g')
+IDLE_LINES=$(for round in $(seq 1 "$ROUNDS"); do
     ratio "$(field "bridge-idle-r$round" ok_rps)" "$(field "bare-r$round" ok_rps)"; echo
-done | sort -n | paste -sd, - | sed 's/,/, /g')
-IDLE_MEDIAN=$(echo "$IDLE_RATIOS" | tr -d ' ' | tr ',' '\n' | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
-BARE_RPS=$(field "bare-r$MEDIAN_ROUND" ok_rps)
-BRIDGE_RPS=$(field "bridge-r$MEDIAN_ROUND" ok_rps)
+done | sort -n)
+IDLE_RATIO=$(echo "$IDLE_LINES" | median)
+IDLE_RATIOS=$(echo "$IDLE_LINES" | paste -sd, - | sed 's/,/, /g')
+RATIO=$(ratio "$(field "bridge-r$MEDIAN_ROUND" ok_rps)" "$(field "bare-r$MEDIAN_ROUND" ok_rps)")
 BRIDGE_P99=$(for round in $(seq 1 "$ROUNDS"); do field "bridge-r$round" p99_ms; done | sort -g | tail -n 1)
-IDLE_RPS=$(field "bridge-idle-r$MEDIAN_ROUND" ok_rps)
-RATIO=$(ratio "$BRIDGE_RPS" "$BARE_RPS")
-IDLE_RATIO=$IDLE_MEDIAN
 DELIVERED_RPS=$(delivered_rps "bridge-r$MEDIAN_ROUND")
 BAD=0
 for round in $(seq 1 "$ROUNDS"); do

@@ -35,6 +35,7 @@ from app.admin.service import (
     delivery_filter,
     encode_cursor,
     invalid,
+    text_filter,
 )
 from app.clock import utcnow
 from app.db import read_only
@@ -152,8 +153,7 @@ def person(engine: Engine, email: str) -> Person:
     email = email.strip().lower()
     if not email:
         raise invalid("give the email of the person")
-    if "\x00" in email:  # PostgreSQL refuses NUL in any text
-        raise invalid("email must not contain a NUL character")
+    text_filter(email, "email")
     with read_only(engine).connect() as conn:
         identity = repo.identity_of(conn, email)
         counted = repo.counts_of_email(conn, email)

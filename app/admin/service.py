@@ -126,7 +126,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise invalid(f"{cursor!r} is not a cursor this API gave out") from None
 
 
-def _text(value: str, name: str) -> str:
+def text_filter(value: str, name: str) -> str:
     """A filter value the database can compare (PostgreSQL refuses NUL in any text)."""
     if "\x00" in value:
         raise invalid(f"{name} must not contain a NUL character")
@@ -145,15 +145,15 @@ def delivery_filter(spec: Filters, *, default_states: Sequence[State] = ()) -> D
         direction=spec.direction.value if spec.direction else None,
         upstream=spec.upstream.value if spec.upstream else None,
         states=tuple(dict.fromkeys(State(s).value for s in states)),
-        email=_text(spec.email.strip().lower(), "email") if spec.email else None,
-        target=_text(spec.target, "target") if spec.target else None,
+        email=text_filter(spec.email.strip().lower(), "email") if spec.email else None,
+        target=text_filter(spec.target, "target") if spec.target else None,
         operation=spec.operation.value if spec.operation else None,
         created_after=_opt_utc(spec.created_after),
         created_before=_opt_utc(spec.created_before),
         updated_after=_opt_utc(spec.updated_after),
         updated_before=_opt_utc(spec.updated_before),
         status_code=spec.status_code,
-        reason=_text(spec.reason, "reason") if spec.reason else spec.reason,
+        reason=text_filter(spec.reason, "reason") if spec.reason else spec.reason,
     )
 
 
