@@ -9,6 +9,8 @@ holds the single SQLite writer for long. Refusals are ``AdminError``s.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +27,7 @@ from app.admin.schemas import (
     ReplayResult,
     ResumeResult,
 )
-from app.admin.service import AdminError, delivery_filter, invalid, parse_duration
+from app.admin.service import MAX_ID, AdminError, delivery_filter, invalid, parse_duration
 from app.clock import utcnow
 from app.db import read_only
 from app.outbox import transitions
@@ -39,6 +41,18 @@ DEFAULT_REPLAY_STATES = (State.FAILED, State.DEAD)
 DEFAULT_PURGE_STATES = (State.DELIVERED, State.FAILED, State.DEAD, State.CANCELLED, State.DROPPED)
 
 Progress = Callable[[int], None]
+
+_CURSOR = re.compile(r"([a-z])(\d{1,19})")
+
+
+def _resume(cursor: str | None, phase: str) -> int:
+    """The id a bulk change goes on after (0: from the start); 422 for a cursor it never gave."""
+    if cursor is None:
+        return 0
+    found = _CURSOR.fullmatch(cursor)
+    if found is None or found[1] != phase or int(found[2]) > MAX_ID:
+        raise invalid("`cursor` is not a `next_cursor` this action gave")
+    return int(found[2])
 
 
 # -- changing one -------------------------------------------------------------------------------
@@ -158,10 +172,18 @@ def plan_replay(engine: Engine, request: ReplayRequest) -> ReplayPlan:
 
 
 def run_replay(
-    engine: Engine, plan: ReplayPlan, *, progress: Progress | None = None
+    engine: Engine,
+    plan: ReplayPlan,
+    *,
+    progress: Progress | None = None,
+    cursor: str | None = None,
+    max_seconds: float | None = None,
 ) -> ReplayResult:
+    """Replay batch after batch; with ``max_seconds``, stop after the batch that used it up and
+    say where to go on (``next_cursor``, given back as ``cursor``)."""
     matched = replayed = 0
-    after_id = 0
+    after_id = _resume(cursor, "r")
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     while True:
         with engine.begin() as conn:
             seen, changed, last = repo.replay_batch(
@@ -178,6 +200,16 @@ def run_replay(
         after_id = last
         if progress is not None:
             progress(seen)
+        if seen < BATCH_SIZE:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            return ReplayResult(
+                matched=matched,
+                replayed=replayed,
+                dry_run=False,
+                complete=False,
+                next_cursor=f"r{after_id}",
+            )
     return ReplayResult(matched=matched, replayed=replayed, dry_run=False)
 
 
@@ -188,7 +220,9 @@ def replay(
     plan = plan_replay(engine, request)
     if request.dry_run:
         return ReplayResult(matched=plan.matched, replayed=0, dry_run=True)
-    return run_replay(engine, plan, progress=progress)
+    return run_replay(
+        engine, plan, progress=progress, cursor=request.cursor, max_seconds=request.max_seconds
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +252,36 @@ def plan_purge(engine: Engine, request: PurgeRequest) -> PurgePlan:
     return PurgePlan(f, cutoff, standalone, matched, calls)
 
 
-def run_purge(engine: Engine, plan: PurgePlan, *, progress: Progress | None = None) -> PurgeResult:
+def run_purge(
+    engine: Engine,
+    plan: PurgePlan,
+    *,
+    progress: Progress | None = None,
+    cursor: str | None = None,
+    max_seconds: float | None = None,
+) -> PurgeResult:
+    """Deliveries first (cursor ``d<id>``), then the calls left alone (``c``); with
+    ``max_seconds``, stop after the batch that used it up and say where to go on."""
     deleted = calls = 0
-    after_id = 0
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+
+    def stopped(next_cursor: str) -> PurgeResult | None:
+        if deadline is None or time.monotonic() < deadline:
+            return None
+        return PurgeResult(
+            matched=plan.matched,
+            deleted=deleted,
+            calls_deleted=calls,
+            cutoff=plan.cutoff,
+            dry_run=False,
+            complete=False,
+            next_cursor=next_cursor,
+        )
+
+    calls_phase = cursor == "c"
+    after_id = 0 if calls_phase else _resume(cursor, "d")
     change = transitions.purge()
-    while True:
+    while not calls_phase:
         with engine.begin() as conn:
             n, c, last = repo.purge_batch(
                 conn, plan.filter, change, cutoff=plan.cutoff, after_id=after_id, limit=BATCH_SIZE
@@ -234,6 +293,8 @@ def run_purge(engine: Engine, plan: PurgePlan, *, progress: Progress | None = No
         after_id = last
         if progress is not None:
             progress(n + c)
+        if (result := stopped(f"d{after_id}")) is not None:
+            return result
     while plan.standalone_calls:
         with engine.begin() as conn:
             c = repo.purge_standalone_calls_batch(conn, cutoff=plan.cutoff, limit=BATCH_SIZE)
@@ -242,6 +303,10 @@ def run_purge(engine: Engine, plan: PurgePlan, *, progress: Progress | None = No
         calls += c
         if progress is not None:
             progress(c)
+        if c < BATCH_SIZE:
+            break
+        if (result := stopped("c")) is not None:
+            return result
     return PurgeResult(
         matched=plan.matched,
         deleted=deleted,
@@ -264,4 +329,6 @@ def purge(
             cutoff=plan.cutoff,
             dry_run=True,
         )
-    return run_purge(engine, plan, progress=progress)
+    return run_purge(
+        engine, plan, progress=progress, cursor=request.cursor, max_seconds=request.max_seconds
+    )

@@ -139,17 +139,48 @@ class Filters(BaseModel):
     dry_run: bool = False
 
 
-class ReplayRequest(Filters):
+#: How long one bulk replay or purge call over the API works before it answers (and says where
+#: to go on): under the usual 30-60 s client and proxy timeouts, however many rows match.
+DEFAULT_BULK_SECONDS = 20.0
+
+
+class Bounded(BaseModel):
+    """A bulk change over the API answers within ``max_seconds``: a change of 100,000 rows on a
+    busy PostgreSQL outlasts a client's timeout, and an answer nobody reads says nothing.
+    What is left is done by sending the same body again with the answer's ``next_cursor``."""
+
+    max_seconds: float = Field(
+        default=DEFAULT_BULK_SECONDS,
+        gt=0,
+        le=600,
+        description="Answer after about this long (batches of 1,000 rows are never cut); when "
+        "the answer says `complete: false`, send the same body with `cursor` set to its "
+        "`next_cursor` to go on",
+    )
+    cursor: str | None = Field(
+        default=None,
+        max_length=32,
+        description="The `next_cursor` of the previous answer: go on where it stopped",
+    )
+
+
+class ReplayRequest(Filters, Bounded):
     """States default to failed and dead; give `states` or a time range (never neither)."""
+
+
+_COMPLETE = Field(default=True, description="False when `max_seconds` ran out before the end")
+_NEXT = Field(default=None, description="Send the same body with this `cursor` to go on")
 
 
 class ReplayResult(BaseModel):
     matched: int
     replayed: int
     dry_run: bool
+    complete: bool = _COMPLETE
+    next_cursor: str | None = _NEXT
 
 
-class PurgeRequest(Filters):
+class PurgeRequest(Filters, Bounded):
     """States default to delivered, failed, dead, cancelled and dropped."""
 
     older_than: str = Field(
@@ -169,6 +200,8 @@ class PurgeResult(BaseModel):
     calls_deleted: int
     cutoff: datetime
     dry_run: bool
+    complete: bool = _COMPLETE
+    next_cursor: str | None = _NEXT
 
 
 class RejectedItem(_Out):

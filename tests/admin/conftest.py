@@ -17,6 +17,8 @@ from app.state import BridgeState
 from tests.conftest import ADMIN_TOKEN, CT_AUTH, MM_SECRET, profiles_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: What a bulk replay or purge that finished within its time adds to its answer.
+DONE = {"complete": True, "next_cursor": None}
 
 
 async def post_campaign(client: httpx.AsyncClient, campaign: str, *emails: str) -> list[int]:

@@ -21,7 +21,7 @@ from app.outbox.models import CallStatus, Operation, Source, State
 from app.state import BridgeState
 from app.system import repository as system_repo
 from app.system.migrations import upgrade
-from tests.admin.conftest import AUTH
+from tests.admin.conftest import AUTH, DONE
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.factories import (
     add_call,
@@ -237,7 +237,7 @@ async def test_failures_grouped_and_each_group_replays_exactly_its_items(
 
     # Replaying one group for real leaves the others alone.
     resp = await client.post("/admin/replay", json=body["groups"][1]["replay"], headers=AUTH)
-    assert resp.json() == {"matched": 2, "replayed": 2, "dry_run": False}
+    assert resp.json() == {"matched": 2, "replayed": 2, "dry_run": False, **DONE}
     after = await get(client, "/admin/failures")
     assert [g["reason"] for g in after["groups"]].count("timeout") == 0
     assert len(after["groups"]) == 4

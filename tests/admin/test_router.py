@@ -23,6 +23,7 @@ from app.system.migrations import upgrade
 from app.worker.build import build_mailmodo_deliverer
 from tests.admin.conftest import (
     AUTH,
+    DONE,
     age_rows,
     post_activity,
     post_campaign,
@@ -433,11 +434,11 @@ async def test_replay_dry_run_then_real(client: httpx.AsyncClient, state: Bridge
     set_rows(state.engine, ids[4:5], state="cancelled", finished_at=utcnow())
 
     dry = await post_json(client, "/admin/replay", {"states": ["failed", "dead"], "dry_run": True})
-    assert dry == {"matched": 3, "replayed": 0, "dry_run": True}
+    assert dry == {"matched": 3, "replayed": 0, "dry_run": True, **DONE}
     assert row_of(state.engine, ids[0]).state == "dead"
 
     real = await post_json(client, "/admin/replay", {"states": ["failed", "dead"]})
-    assert real == {"matched": 3, "replayed": 3, "dry_run": False}
+    assert real == {"matched": 3, "replayed": 3, "dry_run": False, **DONE}
     for d in ids[:3]:
         row = row_of(state.engine, d)
         assert (row.state, row.attempts, row.reason) == ("pending", 0, "replayed by operator")
@@ -445,7 +446,56 @@ async def test_replay_dry_run_then_real(client: httpx.AsyncClient, state: Bridge
     assert row_of(state.engine, ids[3]).state == "delivered"
     assert row_of(state.engine, ids[4]).state == "cancelled"
     again = await post_json(client, "/admin/replay", {"states": ["failed", "dead"]})
-    assert again == {"matched": 0, "replayed": 0, "dry_run": False}
+    assert again == {"matched": 0, "replayed": 0, "dry_run": False, **DONE}
+
+
+async def test_a_replay_that_outlasts_max_seconds_answers_with_a_cursor_to_go_on(
+    client: httpx.AsyncClient, state: BridgeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 100,000-row replay on a busy PostgreSQL once gave no answer within a client's 60 s.
+    import app.admin.actions
+
+    monkeypatch.setattr(app.admin.actions, "BATCH_SIZE", 2)
+    ids = await post_campaign(client, "c", *(f"u{i}@example.com" for i in range(5)))
+    set_rows(state.engine, ids, state="dead", attempts=3, finished_at=utcnow())
+    body: dict[str, Any] = {"states": ["dead"], "max_seconds": 1e-9}
+    parts = []
+    while True:
+        part = await post_json(client, "/admin/replay", body)
+        parts.append(part)
+        if part["complete"]:
+            break
+        body["cursor"] = part["next_cursor"]
+    # One batch per call (the time is up after each), never cut inside a batch; the last,
+    # short batch ends it.
+    assert [(p["matched"], p["replayed"], p["next_cursor"]) for p in parts] == [
+        (2, 2, f"r{ids[1]}"),
+        (2, 2, f"r{ids[3]}"),
+        (1, 1, None),
+    ]
+    assert {row_of(state.engine, d).state for d in ids} == {"pending"}
+    # The default budget (20 s) covers a small replay in one answer.
+    set_rows(state.engine, ids, state="dead", finished_at=utcnow())
+    whole = await post_json(client, "/admin/replay", {"states": ["dead"]})
+    assert whole == {"matched": 5, "replayed": 5, "dry_run": False, **DONE}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"cursor": "x"}, "cursor"),
+        ({"cursor": "d12"}, "cursor"),  # a purge's cursor
+        ({"cursor": "r99999999999999999999"}, "cursor"),
+        ({"max_seconds": 0}, "max_seconds"),
+        ({"max_seconds": 601}, "max_seconds"),
+    ],
+)
+async def test_replay_refuses_a_cursor_it_never_gave_and_budgets_out_of_range(
+    client: httpx.AsyncClient, extra: dict[str, Any], field: str
+) -> None:
+    resp = await client.post("/admin/replay", json={"states": ["dead"], **extra}, headers=AUTH)
+    assert resp.status_code == 422
+    assert field in resp.text
 
 
 async def test_replay_default_states_with_a_time_range(
@@ -457,7 +507,7 @@ async def test_replay_default_states_with_a_time_range(
     since = (utcnow() - timedelta(hours=2)).isoformat()
     answer = await post_json(client, "/admin/replay", {"updated_after": since})
     # Only the dead one died within two hours; the pending one is not a default state.
-    assert answer == {"matched": 1, "replayed": 1, "dry_run": False}
+    assert answer == {"matched": 1, "replayed": 1, "dry_run": False, **DONE}
     assert [row_of(state.engine, d).state for d in ids] == ["pending", "failed", "pending"]
 
 
@@ -481,7 +531,7 @@ async def test_replay_skips_items_in_flight(client: httpx.AsyncClient, state: Br
         next_attempt_at=utcnow() + timedelta(minutes=5),
     )
     answer = await post_json(client, "/admin/replay", {"states": ["pending"]})
-    assert answer == {"matched": 2, "replayed": 1, "dry_run": False}
+    assert answer == {"matched": 2, "replayed": 1, "dry_run": False, **DONE}
     assert row_of(state.engine, ids[0]).lease_token == "live"
 
 
@@ -570,6 +620,41 @@ async def test_purge_in_batches(
     answer = await post_json(client, "/admin/purge", {"older_than": "1d"})
     assert (answer["deleted"], answer["calls_deleted"]) == (5, 1)
     assert count(state, Delivery) == 0
+
+
+async def test_a_purge_that_outlasts_max_seconds_goes_on_from_its_cursor(
+    client: httpx.AsyncClient, state: BridgeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.admin.actions
+
+    monkeypatch.setattr(app.admin.actions, "BATCH_SIZE", 2)
+    for _ in range(3):  # rejected calls: the second phase, calls without deliveries
+        await client.post("/clevertap/campaigns/c", content=b"{bad", headers=CT_AUTH)
+    ids = await post_campaign(client, "c", *(f"u{i}@example.com" for i in range(3)))
+    set_rows(state.engine, ids, state="delivered", updated_at=utcnow() - timedelta(days=2))
+    with state.engine.begin() as conn:
+        conn.execute(
+            InboundCall.__table__.update().values(received_at=utcnow() - timedelta(days=2))
+        )
+    body: dict[str, Any] = {"older_than": "1d", "max_seconds": 1e-9}
+    cursors = []
+    deleted = calls = 0
+    while True:
+        part = await post_json(client, "/admin/purge", body)
+        deleted += part["deleted"]
+        calls += part["calls_deleted"]
+        if part["complete"]:
+            assert part["next_cursor"] is None
+            break
+        cursors.append(part["next_cursor"])
+        body["cursor"] = part["next_cursor"]
+    # Deliveries first, two per batch, then the calls left alone, two per batch.
+    assert cursors == [f"d{ids[1]}", f"d{ids[2]}", "c"]
+    assert (deleted, calls) == (3, 4)
+    assert count(state, Delivery) == 0
+    assert count(state, InboundCall) == 0
+    bad = await client.post("/admin/purge", json={"older_than": "1d", "cursor": "r1"}, headers=AUTH)
+    assert bad.status_code == 422
 
 
 async def test_purge_deletes_old_rejected_and_duplicate_calls(

@@ -663,7 +663,17 @@
     const confirm = button("Replay " + plural(counted.matched, "delivery", "deliveries"), async () => {
       confirm.disabled = true;
       try {
-        const done = await api("POST", "replay", null, Object.assign({}, body, { dry_run: false }));
+        // A large replay answers in parts (max_seconds): go on with its cursor until complete.
+        const done = { matched: 0, replayed: 0 };
+        let cursor;
+        for (;;) {
+          const part = await api("POST", "replay", null, Object.assign({}, body, { dry_run: false, cursor }));
+          done.matched += part.matched;
+          done.replayed += part.replayed;
+          if (part.complete !== false) break;
+          cursor = part.next_cursor;
+          say("Replayed " + done.replayed + " so far…");
+        }
         outcome.replaceChildren(h("p", { class: "ok-text" }, "Replayed " + done.replayed + " of " +
           plural(done.matched, "matching delivery", "matching deliveries") + (done.replayed < done.matched ? " (the others changed state or were being sent at that moment)" : "") + "."),
         link("deliveries", listParams(Object.assign({}, body, { states: ["pending"] })), "Watch them in Deliveries"));
