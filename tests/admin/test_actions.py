@@ -89,6 +89,42 @@ async def test_pages_replay_purge_and_stats(
     assert detail.inbound_call.target == "d"
 
 
+async def test_replay_and_purge_in_parts_on_both_databases(
+    running: tuple[httpx.AsyncClient, BridgeState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time budget used up after every batch: each part says where to go on, and following
+    the cursors changes every row exactly once."""
+    client, state = running
+    engine = state.engine
+    monkeypatch.setattr(app.admin.actions, "BATCH_SIZE", 2)
+    ids = await post_campaign(client, "c", *(f"p{i}@example.com" for i in range(5)))
+    set_rows(engine, ids, state=State.DEAD.value, attempts=3, finished_at=utcnow())
+    replay = ReplayRequest(states=[State.DEAD], max_seconds=1e-9)
+    parts = [actions.replay(engine, replay)]
+    while not parts[-1].complete:
+        cursor = parts[-1].next_cursor
+        parts.append(actions.replay(engine, replay.model_copy(update={"cursor": cursor})))
+    assert [(p.replayed, p.next_cursor) for p in parts] == [
+        (2, f"r{ids[1]}"),
+        (2, f"r{ids[3]}"),
+        (1, None),
+    ]
+    assert {row_of(engine, d).state for d in ids} == {"pending"}
+
+    set_rows(engine, ids, state=State.DELIVERED.value, finished_at=utcnow())
+    age_rows(engine, ids, days=10)
+    purge = PurgeRequest(older_than="7d", max_seconds=1e-9)
+    done = [actions.purge(engine, purge)]
+    while not done[-1].complete:
+        cursor = done[-1].next_cursor
+        done.append(actions.purge(engine, purge.model_copy(update={"cursor": cursor})))
+    assert [p.next_cursor for p in done] == [f"d{ids[1]}", f"d{ids[3]}", f"d{ids[4]}", None]
+    assert sum(p.deleted for p in done) == 5
+    assert sum(p.calls_deleted for p in done) == 1
+    with pytest.raises(AdminError):
+        actions.purge(engine, purge.model_copy(update={"cursor": "r1"}))
+
+
 async def test_retry_cancel_on_both_databases(
     running: tuple[httpx.AsyncClient, BridgeState],
 ) -> None:
