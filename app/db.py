@@ -23,7 +23,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from app.config import Settings
+from app.config import IngestWriterMode, Settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -89,7 +89,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (any driver), or None (in memory, not SQLite)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -213,11 +213,29 @@ class _LockRequest:
         self.abandoned = False
 
 
-def create_db_engine(settings: Settings) -> Engine:
-    """An engine tuned for the backend: WAL + busy timeout on SQLite, a pool on PostgreSQL."""
+#: The bound of the SQLite WAL in frames (4 KiB pages: ~200 MiB) when ``serve``'s writer process
+#: checkpoints it (``app.checkpoint``).
+WAL_CAP_FRAMES = 50_000
+
+
+def background_checkpoints(settings: Settings) -> bool:
+    """Whether ``serve``'s writer process checkpoints the WAL (``app.checkpoint``): SQLite in a
+    file, with the ingest writer in a process of its own (the default)."""
+    return (
+        settings.ingest_writer is IngestWriterMode.PROCESS
+        and sqlite_file(settings.database_url) is not None
+    )
+
+
+def create_db_engine(settings: Settings, *, in_serve: bool = False) -> Engine:
+    """An engine tuned for the backend: WAL + busy timeout on SQLite, a pool on PostgreSQL.
+
+    WAL checkpoints (``app.checkpoint``): under the writer process's checkpointer, ``serve``'s
+    own processes (``in_serve``) never copy the WAL inside a commit, and any other process (the
+    CLI, a separate worker) only once the WAL outgrew its bound; otherwise SQLite's default."""
     url = settings.database_url
     if url.startswith("sqlite"):
-        path = _sqlite_path(url)
+        path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
@@ -231,6 +249,7 @@ def create_db_engine(settings: Settings) -> Engine:
             **({} if path is None else {"pool_use_lifo": True}),
         )
         synchronous = settings.sqlite_synchronous
+        background = background_checkpoints(settings)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -241,6 +260,8 @@ def create_db_engine(settings: Settings) -> Engine:
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            if background:
+                cur.execute(f"PRAGMA wal_autocheckpoint={0 if in_serve else WAL_CAP_FRAMES}")
             cur.close()
 
         # SQLite has one writer at a time. Threads of this process that wait for it queue on

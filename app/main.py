@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate:
             await asyncio.to_thread(prepare_database, settings)
-        engine = create_db_engine(settings)
+        # Under the writer process, WAL checkpoints are its thread's (app.checkpoint).
+        engine = create_db_engine(settings, in_serve=True)
         credentials = await asyncio.to_thread(load_credentials, engine, settings)
         runner: Runner | None = None
         if settings.embedded_worker:

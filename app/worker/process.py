@@ -108,7 +108,7 @@ async def _child(sock: socket.socket, settings: Settings) -> None:
     stop, wake = asyncio.Event(), asyncio.Event()
     sock.setblocking(False)
     transport, _ = await loop.connect_accepted_socket(lambda: _ChildLink(wake, stop), sock=sock)
-    engine = create_db_engine(settings)
+    engine = create_db_engine(settings, in_serve=True)
     try:
         try:
             with engine.connect() as conn:

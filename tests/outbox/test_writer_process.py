@@ -282,8 +282,8 @@ def full_disk_child(sock: socket.socket, settings: Settings) -> None:
 
     real = app_db.create_db_engine
 
-    def full_engine(s: Settings) -> Engine:
-        engine = real(s)
+    def full_engine(s: Settings, *, in_serve: bool = False) -> Engine:
+        engine = real(s, in_serve=in_serve)
 
         @event.listens_for(engine, "connect")
         def full(dbapi_conn: object, _record: object) -> None:

@@ -1,0 +1,161 @@
+"""SQLite WAL checkpoints off the ingest path, and out of bursts.
+
+With SQLite's default, the connection whose commit takes the WAL past 1,000 pages copies the
+WAL back into the database file and fsyncs it, inside that commit. At a few thousand calls per
+second that is several times a second, in the ingest writer (the calls of that batch wait for
+the copy before their 200) or in the worker (which holds the cross-process write lock
+meanwhile, so ingest waits too). Each of these small checkpoints copies again the pages every
+commit touches (the last leaf of each index, the tables' roots).
+
+Under ``serve`` with the writer process, ``serve``'s processes turn the automatic checkpoint
+off (``create_db_engine(..., in_serve=True)``; other processes, such as the CLI, only
+checkpoint in a commit once the WAL outgrew its bound) and the writer process runs a
+``Checkpointer`` thread that copies the WAL (PASSIVE: it never waits for, nor blocks, a reader
+or a writer) **when ingest is quiet** — a webhook burst is written to the WAL only, and copied
+once, after it — and, under sustained load, once the WAL holds ``WAL_CAP_FRAMES`` frames: the thread
+copies from half the cap on, and at the cap the writer finishes the copy between two batches
+(``catch_up``), so that its next transaction starts the WAL over. The WAL file stays bounded
+(``WAL_CAP_FRAMES`` frames of 4 KiB, ~200 MiB) and so does the time a restart takes to read it back.
+
+The WAL's size is read from the wal-index header in the ``-shm`` file (``mxFrame`` and
+``nBackfill``, https://www.sqlite.org/walformat.html), one ``pread`` per look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from app.db import WAL_CAP_FRAMES
+from app.logging import log_throttled
+
+log = structlog.get_logger(__name__)
+
+#: How often the thread looks at the WAL.
+LOOK_INTERVAL = 0.1
+#: Ingest is quiet when the writer has committed nothing for this long.
+QUIET_SECONDS = 0.3
+
+# The wal-index header (walformat.html §2.1), in the machine's byte order.
+_MX_FRAME_OFFSET = 16
+_N_BACKFILL_OFFSET = 96
+
+
+class Checkpointer:
+    """Copies the WAL into the database file when ingest is quiet or the WAL is large."""
+
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        *,
+        cap_frames: int = WAL_CAP_FRAMES,
+        quiet_seconds: float = QUIET_SECONDS,
+        look_interval: float = LOOK_INTERVAL,
+    ) -> None:
+        self._path = path
+        self._shm = Path(f"{path}-shm")
+        self._synchronous = synchronous
+        self._cap = cap_frames
+        self._quiet = quiet_seconds
+        self._interval = look_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer_conn: sqlite3.Connection | None = None
+        self._last_commit = time.monotonic()
+        self._next_catch_up = 0.0
+        self.checkpoints = 0
+        self.catch_ups = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        return conn
+
+    def wal_frames(self) -> tuple[int, int]:
+        """(frames in the WAL, frames already copied), from the wal-index header; (0, 0) when
+        there is no WAL."""
+        try:
+            fd = os.open(self._shm, os.O_RDONLY)
+        except OSError:
+            return 0, 0
+        try:
+            head = os.pread(fd, _N_BACKFILL_OFFSET + 4, 0)
+        finally:
+            os.close(fd)
+        if len(head) < _N_BACKFILL_OFFSET + 4:
+            return 0, 0
+        frames = int.from_bytes(head[_MX_FRAME_OFFSET : _MX_FRAME_OFFSET + 4], sys.byteorder)
+        copied = int.from_bytes(head[_N_BACKFILL_OFFSET:], sys.byteorder)
+        return frames, min(copied, frames)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+
+    def committed(self) -> None:
+        """The writer committed a batch (ingest is not quiet)."""
+        self._last_commit = time.monotonic()
+
+    def _due(self) -> bool:
+        frames, copied = self.wal_frames()
+        if frames <= copied:
+            return False
+        quiet = time.monotonic() - self._last_commit >= self._quiet
+        return quiet or frames >= self._cap // 2
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    if not self._due():
+                        continue
+                    if conn is None:
+                        conn = self._connect()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+                except (sqlite3.Error, OSError) as exc:
+                    # A full disk or an I/O error: the commits report it too; look again later.
+                    log_throttled(log, "warning", "WAL checkpoint failed", error=str(exc))
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def catch_up(self) -> None:
+        """Between two batches of the writer, once the WAL reached the cap: copy what the
+        thread has not, so that the writer's next transaction starts the WAL over."""
+        frames, copied = self.wal_frames()
+        now = time.monotonic()
+        if frames < self._cap or copied >= frames or now < self._next_catch_up:
+            return
+        # Not after every batch while a long read keeps the copy from finishing.
+        self._next_catch_up = now + self._interval
+        try:
+            if self._writer_conn is None:
+                self._writer_conn = self._connect()
+            self._writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.catch_ups += 1
+        except sqlite3.Error as exc:
+            log_throttled(log, "warning", "WAL checkpoint failed", error=str(exc))
+            with contextlib.suppress(sqlite3.Error):
+                if self._writer_conn is not None:
+                    self._writer_conn.close()
+            self._writer_conn = None
