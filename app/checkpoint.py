@@ -14,7 +14,8 @@ checkpoint in a commit once the WAL outgrew its bound) and the writer process ru
 or a writer) **when ingest is quiet** — a webhook burst is written to the WAL only, and copied
 once, after it — and, under sustained load, once the WAL holds ``WAL_CAP_FRAMES`` frames: the thread
 copies from half the cap on, and at the cap the writer finishes the copy between two batches
-(``catch_up``), so that its next transaction starts the WAL over. The WAL file stays bounded
+and waits for the readers of older frames (``catch_up``), so that its next transaction starts
+the WAL over. The WAL file stays bounded
 (``WAL_CAP_FRAMES`` frames of 4 KiB, ~200 MiB) and so does the time a restart takes to read it back.
 
 The WAL's size is read from the wal-index header in the ``-shm`` file (``mxFrame`` and
@@ -38,6 +39,10 @@ from app.logging import log_throttled
 
 log = structlog.get_logger(__name__)
 
+#: The writer starts the WAL over only when the thread left at most this many frames to copy.
+RESTART_BACKLOG = 4000
+#: How long that restart waits for readers still on old frames before trying again later.
+RESTART_WAIT_MS = 50
 #: How often the thread looks at the WAL.
 LOOK_INTERVAL = 0.1
 #: Ingest is quiet when the writer has committed nothing for this long.
@@ -140,19 +145,26 @@ class Checkpointer:
                 conn.close()
 
     def catch_up(self) -> None:
-        """Between two batches of the writer, once the WAL reached the cap: copy what the
-        thread has not, so that the writer's next transaction starts the WAL over."""
+        """Between two batches of the writer, once the WAL reached the cap and the thread has
+        copied nearly all of it: copy the rest and wait for the readers still on old frames
+        (RESTART), so that the next transaction starts the WAL over. A PASSIVE copy would not
+        do: with the worker reading all the time, some read is nearly always open on old
+        frames at the moment the writer begins, and the WAL grew without end."""
         frames, copied = self.wal_frames()
         now = time.monotonic()
-        if frames < self._cap or copied >= frames or now < self._next_catch_up:
-            return
-        # Not after every batch while a long read keeps the copy from finishing.
+        if frames < self._cap or frames - copied > RESTART_BACKLOG or now < self._next_catch_up:
+            return  # below the bound, or the thread has more to copy first: no call waits
+        # Not after every batch while a long read keeps it from succeeding.
         self._next_catch_up = now + self._interval
         try:
             if self._writer_conn is None:
                 self._writer_conn = self._connect()
-            self._writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self.catch_ups += 1
+                # RESTART waits for the readers of older frames (the worker's short reads):
+                # briefly, between two batches; if they take longer, it tries again later.
+                self._writer_conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+            busy, _, _ = self._writer_conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if not busy:
+                self.catch_ups += 1
         except sqlite3.Error as exc:
             log_throttled(log, "warning", "WAL checkpoint failed", error=str(exc))
             with contextlib.suppress(sqlite3.Error):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -99,12 +100,29 @@ def test_a_burst_stays_in_the_wal_and_is_copied_once_ingest_is_quiet(tmp_path: P
         conn.close()
 
 
-def test_sustained_writes_keep_the_wal_within_its_bound(tmp_path: Path) -> None:
+def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    """The worker reads all the time: a copy that never waits for readers would leave a read
+    open on old frames whenever the writer begins, and the WAL would never start over."""
     path = tmp_path / "s.db"
     conn = wal_db(path)
     cap = 200
     checkpointer = Checkpointer(path, "FULL", cap_frames=cap, quiet_seconds=60, look_interval=0.01)
     checkpointer.start()
+    stop = threading.Event()
+
+    def read_all_the_time() -> None:
+        reader = sqlite3.connect(path, isolation_level=None)
+        while not stop.is_set():
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM t").fetchone()
+            time.sleep(0.001)
+            reader.execute("COMMIT")
+        reader.close()
+
+    worker = threading.Thread(target=read_all_the_time)
+    worker.start()
     try:
         most = restarts = last = 0
         for _ in range(300):  # never quiet: only the bound makes it copy
@@ -121,6 +139,8 @@ def test_sustained_writes_keep_the_wal_within_its_bound(tmp_path: Path) -> None:
         assert restarts >= 3
         assert most < 4 * cap
     finally:
+        stop.set()
+        worker.join()
         checkpointer.stop()
         conn.close()
 
