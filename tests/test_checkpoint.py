@@ -82,7 +82,7 @@ def test_the_wal_size_is_read_from_the_wal_index(tmp_path: Path) -> None:
 def test_a_burst_stays_in_the_wal_and_is_copied_once_ingest_is_quiet(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     conn = wal_db(path)
-    checkpointer = Checkpointer(path, "FULL", quiet_seconds=0.3, look_interval=0.02)
+    checkpointer = Checkpointer(path, "FULL", quiet_seconds=1.5, look_interval=0.02)
     checkpointer.start()
     try:
         busy_until = time.monotonic() + 0.6
