@@ -19,7 +19,10 @@ the WAL over. The WAL file stays bounded
 (``WAL_CAP_FRAMES`` frames of 4 KiB, ~200 MiB) and so does the time a restart takes to read it back.
 
 The WAL's size is read from the wal-index header in the ``-shm`` file (``mxFrame`` and
-``nBackfill``, https://www.sqlite.org/walformat.html), one ``pread`` per look.
+``nBackfill``, https://www.sqlite.org/walformat.html), one ``pread`` per look, on a descriptor
+opened once and closed only after the process's last SQLite connection to the database: closing
+any descriptor of a file drops every POSIX lock the process holds on it, SQLite's own included
+(https://www.sqlite.org/howtocorrupt.html §2.2).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer_conn: sqlite3.Connection | None = None
+        self._shm_fd: int | None = None
         self._last_commit = time.monotonic()
         self._next_catch_up = 0.0
         self.checkpoints = 0
@@ -88,14 +92,12 @@ class Checkpointer:
     def wal_frames(self) -> tuple[int, int]:
         """(frames in the WAL, frames already copied), from the wal-index header; (0, 0) when
         there is no WAL."""
-        try:
-            fd = os.open(self._shm, os.O_RDONLY)
-        except OSError:
-            return 0, 0
-        try:
-            head = os.pread(fd, _N_BACKFILL_OFFSET + 4, 0)
-        finally:
-            os.close(fd)
+        if self._shm_fd is None:
+            try:
+                self._shm_fd = os.open(self._shm, os.O_RDONLY)
+            except OSError:
+                return 0, 0
+        head = os.pread(self._shm_fd, _N_BACKFILL_OFFSET + 4, 0)
         if len(head) < _N_BACKFILL_OFFSET + 4:
             return 0, 0
         frames = int.from_bytes(head[_MX_FRAME_OFFSET : _MX_FRAME_OFFSET + 4], sys.byteorder)
@@ -106,7 +108,15 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
         self._thread.start()
 
+    def release_index(self) -> None:
+        """Close the ``-shm`` descriptor: only once every SQLite connection of this process to
+        the database is closed (see the module)."""
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
+
     def stop(self) -> None:
+        """Stop the thread and close the checkpointer's own connections."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)

@@ -5,6 +5,7 @@ bound under sustained writes, and the writer process's thread on a real child.""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -77,6 +78,33 @@ def test_the_wal_size_is_read_from_the_wal_index(tmp_path: Path) -> None:
     assert checkpointer.wal_frames() == (frames, frames)
     write(conn, 1)  # everything was copied: this write starts the WAL over
     assert checkpointer.wal_frames()[0] < 5
+    conn.close()
+    checkpointer.release_index()
+
+
+def shm_descriptors(path: Path) -> int:
+    shm = f"{path}-shm"
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == shm)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_the_wal_index_is_read_on_one_descriptor_never_closed_under_sqlite(tmp_path: Path) -> None:
+    """Closing any descriptor of the -shm file would drop every POSIX lock this process holds
+    on it, the SQLite connections' included (howtocorrupt.html): it is opened once, and closed
+    only by ``release_index`` after the last connection."""
+    path = tmp_path / "fd.db"
+    conn = wal_db(path)
+    write(conn, 3)
+    sqlite_own = shm_descriptors(path)
+    checkpointer = Checkpointer(path, "FULL")
+    for _ in range(20):
+        checkpointer.wal_frames()
+        checkpointer.catch_up()
+    assert shm_descriptors(path) == sqlite_own + 1
+    conn.close()
+    checkpointer.release_index()
+    assert shm_descriptors(path) == 0
 
 
 def test_a_burst_stays_in_the_wal_and_is_copied_once_ingest_is_quiet(tmp_path: Path) -> None:
@@ -98,6 +126,7 @@ def test_a_burst_stays_in_the_wal_and_is_copied_once_ingest_is_quiet(tmp_path: P
     finally:
         checkpointer.stop()
         conn.close()
+        checkpointer.release_index()
 
 
 def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
@@ -143,6 +172,7 @@ def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
         worker.join()
         checkpointer.stop()
         conn.close()
+        checkpointer.release_index()
 
 
 def test_a_reader_that_holds_the_wal_does_not_make_every_batch_pay(tmp_path: Path) -> None:
@@ -162,6 +192,7 @@ def test_a_reader_that_holds_the_wal_does_not_make_every_batch_pay(tmp_path: Pat
         reader.close()
         checkpointer.stop()
         conn.close()
+        checkpointer.release_index()
 
 
 async def test_the_writer_process_copies_the_wal_after_a_burst(tmp_path: Path) -> None:
@@ -185,3 +216,4 @@ async def test_the_writer_process_copies_the_wal_after_a_burst(tmp_path: Path) -
             await asyncio.sleep(0.05)
     finally:
         await writer.aclose()
+        probe.release_index()

@@ -217,6 +217,8 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
         if checkpointer is not None:
             checkpointer.stop()
         engine.dispose()
+        if checkpointer is not None:
+            checkpointer.release_index()  # after the last connection (app.checkpoint)
         sock.close()
 
 
