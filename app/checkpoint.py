@@ -33,9 +33,11 @@ import sqlite3
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import structlog
+from sqlalchemy.exc import OperationalError
 
 from app.db import WAL_CAP_FRAMES
 from app.logging import log_throttled
@@ -154,12 +156,14 @@ class Checkpointer:
             if conn is not None:
                 conn.close()
 
-    def catch_up(self) -> None:
+    def catch_up(self, write_lock: AbstractContextManager[object] | None = None) -> None:
         """Between two batches of the writer, once the WAL reached the cap and the thread has
         copied nearly all of it: copy the rest and wait for the readers still on old frames
         (RESTART), so that the next transaction starts the WAL over. A PASSIVE copy would not
         do: with the worker reading all the time, some read is nearly always open on old
-        frames at the moment the writer begins, and the WAL grew without end."""
+        frames at the moment the writer begins, and the WAL grew without end. RESTART takes
+        SQLite's write lock: ``write_lock`` (``app.db.holding_write_lock``) makes the bridge's
+        other writers queue for it on the bridge's own locks, not in SQLite's busy handler."""
         frames, copied = self.wal_frames()
         now = time.monotonic()
         if frames < self._cap or frames - copied > RESTART_BACKLOG or now < self._next_catch_up:
@@ -172,10 +176,12 @@ class Checkpointer:
                 # RESTART waits for the readers of older frames (the worker's short reads):
                 # briefly, between two batches; if they take longer, it tries again later.
                 self._writer_conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
-            busy, _, _ = self._writer_conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            with write_lock if write_lock is not None else contextlib.nullcontext():
+                restart = self._writer_conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                busy, _, _ = restart.fetchone()
             if not busy:
                 self.catch_ups += 1
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OperationalError) as exc:  # the latter: the write lock timed out
             log_throttled(log, "warning", "WAL checkpoint failed", error=str(exc))
             with contextlib.suppress(sqlite3.Error):
                 if self._writer_conn is not None:

@@ -7,6 +7,8 @@ import os
 import queue
 import sqlite3
 import threading
+import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,37 @@ class _LockRequest:
 WAL_CAP_FRAMES = 50_000
 
 
+#: Each SQLite engine's write locks (this process's, then the one shared with other processes).
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, tuple[threading.Lock, _FileLock | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.contextmanager
+def holding_write_lock(engine: Engine) -> Iterator[None]:
+    """Hold the engine's write locks without a transaction, for work that takes SQLite's write
+    lock on a connection of its own (the WAL restart of ``app.checkpoint``): the bridge's other
+    writers then queue on these locks, which hand over at once, instead of sleeping in
+    SQLite's busy handler in steps of up to 100 ms. Nothing to hold on PostgreSQL."""
+    locks = _WRITE_LOCKS.get(engine)
+    if locks is None:
+        yield
+        return
+    thread_lock, file_lock = locks
+    if not thread_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
+        raise OperationalError("write lock", None, TimeoutError("database busy"))
+    try:
+        if file_lock is not None:
+            file_lock.acquire(timeout=WRITE_LOCK_TIMEOUT)
+        try:
+            yield
+        finally:
+            if file_lock is not None:
+                file_lock.release()
+    finally:
+        thread_lock.release()
+
+
 def background_checkpoints(settings: Settings) -> bool:
     """Whether ``serve``'s writer process checkpoints the WAL (``app.checkpoint``): SQLite in a
     file, with the ingest writer in a process of its own (the default)."""
@@ -272,6 +305,7 @@ def create_db_engine(settings: Settings, *, in_serve: bool = False) -> Engine:
         # lock file next to the database for the same reason.
         write_lock = threading.Lock()
         file_lock = _FileLock(path.with_name(path.name + ".writelock")) if path else None
+        _WRITE_LOCKS[engine] = (write_lock, file_lock)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:

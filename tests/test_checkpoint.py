@@ -5,17 +5,19 @@ bound under sustained writes, and the writer process's thread on a real child.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from app.checkpoint import Checkpointer
-from app.db import WAL_CAP_FRAMES, create_db_engine
+from app.db import WAL_CAP_FRAMES, create_db_engine, holding_write_lock
 from app.outbox.writer_process import ProcessWriter
 from app.system.migrations import upgrade
 from tests.conftest import make_settings
@@ -88,6 +90,27 @@ def shm_descriptors(path: Path) -> int:
     return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == shm)
 
 
+def test_holding_the_write_lock_makes_the_bridge_writers_wait(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'l.db'}", ingest_writer="process")
+    engine = create_db_engine(settings, in_serve=True)
+    done = threading.Event()
+
+    def write_something() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS x (a)"))
+        done.set()
+
+    try:
+        with holding_write_lock(engine):
+            writer = threading.Thread(target=write_something)
+            writer.start()
+            assert not done.wait(0.3), "a writer got in while the lock was held"
+        assert done.wait(10)
+        writer.join()
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
 def test_the_wal_index_is_read_on_one_descriptor_never_closed_under_sqlite(tmp_path: Path) -> None:
     """Closing any descriptor of the -shm file would drop every POSIX lock this process holds
@@ -154,10 +177,18 @@ def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
     worker.start()
     try:
         most = restarts = last = 0
+        held = 0
+
+        @contextlib.contextmanager
+        def write_lock() -> Iterator[None]:
+            nonlocal held
+            held += 1
+            yield
+
         for _ in range(300):  # never quiet: only the bound makes it copy
             write(conn, 5)
             checkpointer.committed()
-            checkpointer.catch_up()
+            checkpointer.catch_up(write_lock())
             frames = checkpointer.wal_frames()[0]
             restarts += frames < last
             most, last = max(most, frames), frames
@@ -167,6 +198,7 @@ def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
         # catch-up waits a look interval after the last, and skips while the thread copies).
         assert restarts >= 3
         assert most < 4 * cap
+        assert held >= checkpointer.catch_ups  # every restart under the bridge's write lock
     finally:
         stop.set()
         worker.join()

@@ -167,7 +167,12 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
     """The child's entry point (also runnable in a test, on a plain socket)."""
     ignore_stop_signals()
     from app.checkpoint import Checkpointer
-    from app.db import background_checkpoints, create_db_engine, sqlite_file
+    from app.db import (
+        background_checkpoints,
+        create_db_engine,
+        holding_write_lock,
+        sqlite_file,
+    )
     from app.logging import configure_logging
     from app.runtime import tune_gc_for_serving
 
@@ -210,7 +215,7 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
                 )
                 if checkpointer is not None:  # after the answers: no call waits for it
                     checkpointer.committed()
-                    checkpointer.catch_up()
+                    checkpointer.catch_up(holding_write_lock(engine))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the API process is gone; what it sent was never answered, so nothing is lost
     finally:
