@@ -28,18 +28,22 @@ any descriptor of a file drops every POSIX lock the process holds on it, SQLite'
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import structlog
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.db import WAL_CAP_FRAMES
+from app.config import Settings
+from app.db import WAL_CAP_FRAMES, background_checkpoints, holding_write_lock, sqlite_file
 from app.logging import log_throttled
 
 log = structlog.get_logger(__name__)
@@ -58,6 +62,18 @@ _MX_FRAME_OFFSET = 16
 _N_BACKFILL_OFFSET = 96
 
 
+def for_writer(settings: Settings, engine: Engine) -> Checkpointer | None:
+    """The writer process's checkpointer, or None where SQLite's own checkpoints apply."""
+    path = sqlite_file(settings.database_url)
+    if path is None or not background_checkpoints(settings):
+        return None
+    return Checkpointer(
+        path,
+        settings.sqlite_synchronous,
+        write_lock=functools.partial(holding_write_lock, engine),
+    )
+
+
 class Checkpointer:
     """Copies the WAL into the database file when ingest is quiet or the WAL is large."""
 
@@ -69,8 +85,10 @@ class Checkpointer:
         cap_frames: int = WAL_CAP_FRAMES,
         quiet_seconds: float = QUIET_SECONDS,
         look_interval: float = LOOK_INTERVAL,
+        write_lock: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self._path = path
+        self._write_lock = write_lock
         self._shm = Path(f"{path}-shm")
         self._synchronous = synchronous
         self._cap = cap_frames
@@ -156,7 +174,7 @@ class Checkpointer:
             if conn is not None:
                 conn.close()
 
-    def catch_up(self, write_lock: AbstractContextManager[object] | None = None) -> None:
+    def catch_up(self) -> None:
         """Between two batches of the writer, once the WAL reached the cap and the thread has
         copied nearly all of it: copy the rest and wait for the readers still on old frames
         (RESTART), so that the next transaction starts the WAL over. A PASSIVE copy would not
@@ -176,7 +194,7 @@ class Checkpointer:
                 # RESTART waits for the readers of older frames (the worker's short reads):
                 # briefly, between two batches; if they take longer, it tries again later.
                 self._writer_conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
-            with write_lock if write_lock is not None else contextlib.nullcontext():
+            with self._write_lock():
                 restart = self._writer_conn.execute("PRAGMA wal_checkpoint(RESTART)")
                 busy, _, _ = restart.fetchone()
             if not busy:

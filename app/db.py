@@ -215,15 +215,41 @@ class _LockRequest:
         self.abandoned = False
 
 
+class _WriteLocks:
+    """One SQLite engine's write locks: this process's threads queue on the thread lock, other
+    processes on the lock file; taken in that order, released in the other."""
+
+    __slots__ = ("file", "thread")
+
+    def __init__(self, file: _FileLock | None) -> None:
+        self.thread = threading.Lock()
+        self.file = file
+
+    def acquire(self, what: str) -> None:
+        if not self.thread.acquire(timeout=WRITE_LOCK_TIMEOUT):
+            raise OperationalError(what, None, TimeoutError("database busy"))
+        if self.file is not None:
+            try:
+                self.file.acquire(timeout=WRITE_LOCK_TIMEOUT)
+            except BaseException:
+                self.thread.release()
+                raise
+
+    def release(self) -> None:
+        try:
+            if self.file is not None:
+                self.file.release()
+        finally:
+            self.thread.release()
+
+
 #: The bound of the SQLite WAL in frames (4 KiB pages: ~200 MiB) when ``serve``'s writer process
 #: checkpoints it (``app.checkpoint``).
 WAL_CAP_FRAMES = 50_000
 
 
 #: Each SQLite engine's write locks (this process's, then the one shared with other processes).
-_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, tuple[threading.Lock, _FileLock | None]] = (
-    weakref.WeakKeyDictionary()
-)
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, _WriteLocks] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -236,19 +262,11 @@ def holding_write_lock(engine: Engine) -> Iterator[None]:
     if locks is None:
         yield
         return
-    thread_lock, file_lock = locks
-    if not thread_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
-        raise OperationalError("write lock", None, TimeoutError("database busy"))
+    locks.acquire("write lock")
     try:
-        if file_lock is not None:
-            file_lock.acquire(timeout=WRITE_LOCK_TIMEOUT)
-        try:
-            yield
-        finally:
-            if file_lock is not None:
-                file_lock.release()
+        yield
     finally:
-        thread_lock.release()
+        locks.release()
 
 
 def background_checkpoints(settings: Settings) -> bool:
@@ -303,9 +321,8 @@ def create_db_engine(settings: Settings, *, in_serve: bool = False) -> Engine:
         # behind the worker's upload batches for a second at a time. Other processes on the
         # same file (the ingest writer process, a separate `ctmm-bridge worker`) queue on a
         # lock file next to the database for the same reason.
-        write_lock = threading.Lock()
         file_lock = _FileLock(path.with_name(path.name + ".writelock")) if path else None
-        _WRITE_LOCKS[engine] = (write_lock, file_lock)
+        locks = _WRITE_LOCKS[engine] = _WriteLocks(file_lock)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
@@ -314,12 +331,9 @@ def create_db_engine(settings: Settings, *, in_serve: bool = False) -> Engine:
             if conn.get_execution_options().get("sqlite_deferred", False):
                 _driver_begin(conn, "BEGIN")
                 return
-            if not write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
-                raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError("database busy"))
+            locks.acquire("BEGIN IMMEDIATE")
             conn.info[_HOLDS_WRITE_LOCK] = True
             try:
-                if file_lock is not None:
-                    file_lock.acquire(timeout=WRITE_LOCK_TIMEOUT)
                 _driver_begin(conn, "BEGIN IMMEDIATE")
             except BaseException:
                 _release(conn.info)
@@ -327,11 +341,7 @@ def create_db_engine(settings: Settings, *, in_serve: bool = False) -> Engine:
 
         def _release(info: dict[Any, Any]) -> None:
             if info.pop(_HOLDS_WRITE_LOCK, False):
-                try:
-                    if file_lock is not None:
-                        file_lock.release()
-                finally:
-                    write_lock.release()
+                locks.release()
 
         # Released when the connection goes back to the pool: after COMMIT (and its fsync)
         # or ROLLBACK, not at SQLAlchemy's "commit" event, which comes before them.

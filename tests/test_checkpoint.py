@@ -160,7 +160,17 @@ def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
     path = tmp_path / "s.db"
     conn = wal_db(path)
     cap = 200
-    checkpointer = Checkpointer(path, "FULL", cap_frames=cap, quiet_seconds=60, look_interval=0.01)
+    held = 0
+
+    @contextlib.contextmanager
+    def write_lock() -> Iterator[None]:
+        nonlocal held
+        held += 1
+        yield
+
+    checkpointer = Checkpointer(
+        path, "FULL", cap_frames=cap, quiet_seconds=60, look_interval=0.01, write_lock=write_lock
+    )
     checkpointer.start()
     stop = threading.Event()
 
@@ -177,18 +187,10 @@ def test_sustained_writes_beside_a_busy_reader_keep_the_wal_within_its_bound(
     worker.start()
     try:
         most = restarts = last = 0
-        held = 0
-
-        @contextlib.contextmanager
-        def write_lock() -> Iterator[None]:
-            nonlocal held
-            held += 1
-            yield
-
         for _ in range(300):  # never quiet: only the bound makes it copy
             write(conn, 5)
             checkpointer.committed()
-            checkpointer.catch_up(write_lock())
+            checkpointer.catch_up()
             frames = checkpointer.wal_frames()[0]
             restarts += frames < last
             most, last = max(most, frames), frames

@@ -45,6 +45,14 @@ Progress = Callable[[int], None]
 _CURSOR = re.compile(r"([a-z])(\d{1,19})")
 
 
+def _time_up(max_seconds: float | None) -> Callable[[], bool]:
+    """Whether a bulk change's ``max_seconds`` (None: no limit) has run out since now."""
+    if max_seconds is None:
+        return lambda: False
+    deadline = time.monotonic() + max_seconds
+    return lambda: time.monotonic() >= deadline
+
+
 def _resume(cursor: str | None, phase: str) -> int:
     """The id a bulk change goes on after (0: from the start); 422 for a cursor it never gave."""
     if cursor is None:
@@ -183,7 +191,7 @@ def run_replay(
     say where to go on (``next_cursor``, given back as ``cursor``)."""
     matched = replayed = 0
     after_id = _resume(cursor, "r")
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    time_up = _time_up(max_seconds)
     while True:
         with engine.begin() as conn:
             seen, changed, last = repo.replay_batch(
@@ -202,7 +210,7 @@ def run_replay(
             progress(seen)
         if seen < BATCH_SIZE:
             break
-        if deadline is not None and time.monotonic() >= deadline:
+        if time_up():
             return ReplayResult(
                 matched=matched,
                 replayed=replayed,
@@ -263,10 +271,10 @@ def run_purge(
     """Deliveries first (cursor ``d<id>``), then the calls left alone (``c``); with
     ``max_seconds``, stop after the batch that used it up and say where to go on."""
     deleted = calls = 0
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    time_up = _time_up(max_seconds)
 
     def stopped(next_cursor: str) -> PurgeResult | None:
-        if deadline is None or time.monotonic() < deadline:
+        if not time_up():
             return None
         return PurgeResult(
             matched=plan.matched,

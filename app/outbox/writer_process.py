@@ -166,25 +166,15 @@ def from_wire(w: tuple[Any, ...]) -> IngestRecord:
 def run_writer(sock: socket.socket, settings: Settings) -> None:
     """The child's entry point (also runnable in a test, on a plain socket)."""
     ignore_stop_signals()
-    from app.checkpoint import Checkpointer
-    from app.db import (
-        background_checkpoints,
-        create_db_engine,
-        holding_write_lock,
-        sqlite_file,
-    )
+    from app.checkpoint import Checkpointer, for_writer
+    from app.db import create_db_engine
     from app.logging import configure_logging
     from app.runtime import tune_gc_for_serving
 
     configure_logging(settings)
     tune_gc_for_serving()
     sock.setblocking(True)
-    path = sqlite_file(settings.database_url)
-    checkpointer = (
-        Checkpointer(path, settings.sqlite_synchronous)
-        if path is not None and background_checkpoints(settings)
-        else None
-    )
+    checkpointer: Checkpointer | None = None
     try:
         engine = create_db_engine(settings, in_serve=True)
         with engine.connect() as conn:
@@ -194,6 +184,7 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
             sock.sendall(_frame(("failed", f"{type(exc).__name__}: {exc}"[:500])))
         return
     sock.sendall(_frame(("ready", os.getpid())))
+    checkpointer = for_writer(settings, engine)
     if checkpointer is not None:
         checkpointer.start()
     buf = bytearray()
@@ -215,7 +206,7 @@ def run_writer(sock: socket.socket, settings: Settings) -> None:
                 )
                 if checkpointer is not None:  # after the answers: no call waits for it
                     checkpointer.committed()
-                    checkpointer.catch_up(holding_write_lock(engine))
+                    checkpointer.catch_up()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the API process is gone; what it sent was never answered, so nothing is lost
     finally:
