@@ -7,6 +7,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -143,6 +144,9 @@ class _FileLock:
         self._held = False
         self._requests: queue.SimpleQueue[_LockRequest | None] = queue.SimpleQueue()
         self._waiter: threading.Thread | None = None
+        #: ``time.monotonic()`` of the last acquire that found another process holding the
+        #: lock (0.0: never): how the worker learns that ingest wants the lock too.
+        self.contended_at = 0.0
 
     def acquire(self, timeout: float) -> None:
         if fcntl is None:
@@ -154,7 +158,7 @@ class _FileLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pass
+            self.contended_at = time.monotonic()
         else:
             self._held = True
             return
@@ -267,6 +271,15 @@ def holding_write_lock(engine: Engine) -> Iterator[None]:
         yield
     finally:
         locks.release()
+
+
+def write_lock_contended_at(engine: Engine) -> float:
+    """When (``time.monotonic()``) this process last found another process holding the
+    engine's SQLite write lock; 0.0 if never, and always on PostgreSQL (no such lock)."""
+    locks = _WRITE_LOCKS.get(engine)
+    if locks is None or locks.file is None:
+        return 0.0
+    return locks.file.contended_at
 
 
 def background_checkpoints(settings: Settings) -> bool:

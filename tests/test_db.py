@@ -112,6 +112,32 @@ def test_writers_of_different_engines_queue_on_the_lock_file(
     second.dispose()
 
 
+def test_a_write_lock_held_by_another_process_is_noticed(tmp_path: Path) -> None:
+    """The worker paces itself by this (``app.worker.runner``): only an acquire that found
+    the lock file held elsewhere counts, not one that got it at once."""
+    engine = create_db_engine(make_settings(f"sqlite:///{tmp_path / 'b.db'}"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+    assert db_module.write_lock_contended_at(engine) == 0.0  # free every time so far
+    holder = os.open(tmp_path / "b.db.writelock", os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's writer, as the kernel sees it
+    threading.Timer(0.2, os.close, args=(holder,)).start()
+    before = time.monotonic()
+    with engine.begin() as conn:  # waits for the holder, then writes
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    noticed = db_module.write_lock_contended_at(engine)
+    assert before <= noticed <= before + 0.15  # when it found the lock held, not when it got it
+    with engine.begin() as conn:  # free again: the time of the last contention stays
+        conn.exec_driver_sql("INSERT INTO t VALUES (2)")
+    assert db_module.write_lock_contended_at(engine) == noticed
+    engine.dispose()
+    memory = create_db_engine(make_settings("sqlite://"))  # no lock file: never contended
+    with memory.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+    assert db_module.write_lock_contended_at(memory) == 0.0
+    memory.dispose()
+
+
 def test_any_sqlite_driver_url_gets_the_lock_file_and_dispose_closes_it(tmp_path: Path) -> None:
     engine = create_db_engine(make_settings(f"sqlite+pysqlite:///{tmp_path / 'b.db'}"))
     with engine.begin() as conn:

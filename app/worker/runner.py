@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy.engine import Engine
 
+from app import db
 from app.clock import utcnow
 from app.config import Settings
 from app.outbox import repository, transitions
@@ -41,6 +42,14 @@ REFILL_SECONDS = 0.005
 #: is committed at most this long after it arrived: outcomes that finish close together share
 #: one transaction instead of one each (a drain's CPU per delivery fell ~12 %).
 OUTCOME_LINGER_SECONDS = 0.02
+#: Ingest first on the SQLite write lock, as on the CPU (``app.worker.process``): while another
+#: process (the ingest writer, under load) was found holding the lock within the last
+#: ``YIELD_WINDOW_SECONDS``, a round starts at most every ``YIELD_SECONDS``. A round holds the
+#: lock for about a millisecond, and at the default concurrency a busy writer met ~150 of them
+#: a second, waiting for each (bench/RESULTS.md). Spaced out, each round carries more of the
+#: calls that finished meanwhile; with the lock free (no ingest) nothing is spaced.
+YIELD_SECONDS = 0.02
+YIELD_WINDOW_SECONDS = 0.5
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
@@ -294,6 +303,7 @@ class WorkerRunner:
         refill = max(1, min(concurrency // 2, burst))
         backlog = True  # there may be due rows: claim
         last_claim = 0.0
+        last_round = 0.0
         first_answer: float | None = None  # when the oldest outcome not yet committed came
         try:
             while not stop.is_set():
@@ -314,6 +324,11 @@ class WorkerRunner:
                     first_answer = now
                 lingered = first_answer is not None and now - first_answer >= OUTCOME_LINGER_SECONDS
                 if claim or (answered and lingered):
+                    later = self._yield_until(last_round, now)
+                    if later > now:
+                        await _wait(activity, later - now)
+                        continue
+                    last_round = now
                     first_answer = None
                     limit = min(free, burst) if claim else 0
                     rows = await self._round(deliverer, limit)
@@ -344,6 +359,13 @@ class WorkerRunner:
             outcomes.drive(None)  # outcomes of calls still finishing commit by themselves
             await self._drain(inflight)
             await outcomes.drain()
+
+    def _yield_until(self, last_round: float, now: float) -> float:
+        """When the next round may start: at once, unless ingest was found holding the write
+        lock lately, then ``YIELD_SECONDS`` after the last round."""
+        if now - db.write_lock_contended_at(self.engine) >= YIELD_WINDOW_SECONDS:
+            return now
+        return last_round + YIELD_SECONDS
 
     async def _round(self, deliverer: RowDeliverer[Any], limit: int) -> list[tuple[Claimed, float]]:
         """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction."""

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -223,6 +224,89 @@ async def test_outcomes_that_no_claim_carries_share_one_commit_within_the_linger
     assert committed_at - answered[0] < linger + 1.0  # ... but not much longer
     for delivery_id in ids:
         assert len(attempts_of(state.engine, delivery_id)) == 1
+
+
+def _round_times(deliverer: MailmodoDeliverer) -> list[float]:
+    """When each of ``deliverer``'s rounds (a ``record_and_claim`` transaction) began."""
+    began: list[float] = []
+    record_and_claim = deliverer.record_and_claim
+
+    def spy(*args: Any) -> Any:
+        began.append(time.monotonic())
+        return record_and_claim(*args)
+
+    deliverer.record_and_claim = spy  # type: ignore[method-assign,assignment]
+    return began
+
+
+async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process was found holding the write lock just now, every time: a round
+    starts at most every ``YIELD_SECONDS``, and everything is still delivered once."""
+    gap = 0.15
+    monkeypatch.setattr(runner_module, "YIELD_SECONDS", gap)
+    monkeypatch.setattr(runner_module.db, "write_lock_contended_at", lambda _e: time.monotonic())
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    fast = {
+        "mailmodo_rate_per_second": 1000.0,
+        "worker_poll_seconds": 30.0,
+        "mailmodo_max_concurrency": 2,
+    }
+    deliverer = make_deliverer(**fast)
+    began = _round_times(deliverer)
+
+    async with running(state, deliverer, settings=settings_for(**fast)):
+        await wait_for(all_in(state, State.DELIVERED))
+
+    assert route.call_count == 6
+    assert len(began) >= 3  # two rows a round at most
+    gaps = [b - a for a, b in pairwise(began)]
+    assert min(gaps) >= gap - 0.03, gaps  # (a thread may start a moment late)
+    for delivery_id in ids:
+        assert len(attempts_of(state.engine, delivery_id)) == 1
+
+
+@pytest.mark.parametrize("contended_ago", [None, 1.0], ids=["never", "longer-ago"])
+async def test_rounds_are_not_spaced_when_the_write_lock_was_free(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    contended_ago: float | None,
+) -> None:
+    """No contention, or none within ``YIELD_WINDOW_SECONDS``: a drain runs at full speed
+    (with the spacing applied, these three rounds would take ten seconds)."""
+    monkeypatch.setattr(runner_module, "YIELD_SECONDS", 5.0)
+    monkeypatch.setattr(
+        runner_module.db,
+        "write_lock_contended_at",
+        lambda _e: 0.0 if contended_ago is None else time.monotonic() - contended_ago,
+    )
+    add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    fast = {
+        "mailmodo_rate_per_second": 1000.0,
+        "worker_poll_seconds": 30.0,
+        "mailmodo_max_concurrency": 2,
+    }
+    deliverer = make_deliverer(**fast)
+    began = _round_times(deliverer)
+
+    start = time.monotonic()
+    async with running(state, deliverer, settings=settings_for(**fast)):
+        await wait_for(all_in(state, State.DELIVERED))
+    assert time.monotonic() - start < 4.0
+    assert route.call_count == 6
+    assert len(began) >= 3
 
 
 async def test_rate_limit_spaces_calls_and_waiting_uses_no_attempt(
