@@ -42,12 +42,13 @@ REFILL_SECONDS = 0.005
 #: is committed at most this long after it arrived: outcomes that finish close together share
 #: one transaction instead of one each (a drain's CPU per delivery fell ~12 %).
 OUTCOME_LINGER_SECONDS = 0.02
-#: Ingest first on the SQLite write lock, as on the CPU (``app.worker.process``): while another
-#: process (the ingest writer, under load) was found holding the lock within the last
-#: ``YIELD_WINDOW_SECONDS``, a round starts at most every ``YIELD_SECONDS``. A round holds the
-#: lock for about a millisecond, and at the default concurrency a busy writer met ~150 of them
-#: a second, waiting for each (bench/RESULTS.md). Spaced out, each round carries more of the
-#: calls that finished meanwhile; with the lock free (no ingest) nothing is spaced.
+#: Ingest first on the SQLite write lock, as on the CPU (``app.worker.process``): while ingest
+#: commits keep waking this worker and another process was found holding the lock, both within
+#: the last ``YIELD_WINDOW_SECONDS``, a round starts at most every ``YIELD_SECONDS``. A round
+#: holds the lock for about a millisecond, and at the default concurrency a busy writer met
+#: ~150 of them a second, waiting for each (bench/RESULTS.md). Spaced out, each round carries
+#: more of the calls that finished meanwhile. A drain (no ingest), workers that only meet each
+#: other on the lock, and PostgreSQL (no such lock) are never spaced.
 YIELD_SECONDS = 0.02
 YIELD_WINDOW_SECONDS = 0.5
 
@@ -94,6 +95,8 @@ class WorkerRunner:
         self.me = recovery.Me(self.worker_id)
         self._wakes: list[asyncio.Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: ``time.monotonic()`` of the last wake-up by a commit (ingest, LISTEN/NOTIFY).
+        self.woken_at = float("-inf")
 
     async def aclose(self) -> None:
         """Close the upstream clients (after ``run`` has returned)."""
@@ -106,6 +109,7 @@ class WorkerRunner:
 
     def wake_threadsafe(self) -> None:
         """Called by the ingest writer after a commit: new work may be due now."""
+        self.woken_at = time.monotonic()
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with suppress(RuntimeError):
@@ -361,9 +365,12 @@ class WorkerRunner:
             await outcomes.drain()
 
     def _yield_until(self, last_round: float, now: float) -> float:
-        """When the next round may start: at once, unless ingest was found holding the write
-        lock lately, then ``YIELD_SECONDS`` after the last round."""
-        if now - db.write_lock_contended_at(self.engine) >= YIELD_WINDOW_SECONDS:
+        """When the next round may start: at once, unless ingest is committing and was found
+        holding the write lock lately, then ``YIELD_SECONDS`` after the last round."""
+        if (
+            now - self.woken_at >= YIELD_WINDOW_SECONDS
+            or now - db.write_lock_contended_at(self.engine) >= YIELD_WINDOW_SECONDS
+        ):
             return now
         return last_round + YIELD_SECONDS
 

@@ -226,6 +226,22 @@ async def test_outcomes_that_no_claim_carries_share_one_commit_within_the_linger
         assert len(attempts_of(state.engine, delivery_id)) == 1
 
 
+@asynccontextmanager
+async def ingest_committing(runner: WorkerRunner) -> AsyncIterator[None]:
+    """Wake ``runner`` every 20 ms, as the ingest writer's commits do under load."""
+
+    async def commits() -> None:
+        while True:
+            runner.wake_threadsafe()
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(commits())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 def _round_times(deliverer: MailmodoDeliverer) -> list[float]:
     """When each of ``deliverer``'s rounds (a ``record_and_claim`` transaction) began."""
     began: list[float] = []
@@ -247,8 +263,9 @@ async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
     mailmodo: respx.MockRouter,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Another process was found holding the write lock just now, every time: a round
-    starts at most every ``YIELD_SECONDS``, and everything is still delivered once."""
+    """Ingest commits keep waking the worker and another process was found holding the
+    write lock just now, every time: a round starts at most every ``YIELD_SECONDS``, and
+    everything is still delivered once."""
     gap = 0.15
     monkeypatch.setattr(runner_module, "YIELD_SECONDS", gap)
     monkeypatch.setattr(runner_module.db, "write_lock_contended_at", lambda _e: time.monotonic())
@@ -262,7 +279,11 @@ async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
     deliverer = make_deliverer(**fast)
     began = _round_times(deliverer)
 
-    async with running(state, deliverer, settings=settings_for(**fast)):
+    settings = settings_for(**fast)
+    async with (
+        running(state, deliverer, settings=settings) as (runner, _stop),
+        ingest_committing(runner),
+    ):
         await wait_for(all_in(state, State.DELIVERED))
 
     assert route.call_count == 6
@@ -273,8 +294,12 @@ async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
         assert len(attempts_of(state.engine, delivery_id)) == 1
 
 
-@pytest.mark.parametrize("contended_ago", [None, 1.0], ids=["never", "longer-ago"])
-async def test_rounds_are_not_spaced_when_the_write_lock_was_free(
+@pytest.mark.parametrize(
+    ("contended_ago", "ingest"),
+    [(None, True), (1.0, True), (0.0, False)],
+    ids=["lock-never-held-elsewhere", "held-longer-ago", "held-by-workers-only"],
+)
+async def test_rounds_are_not_spaced_unless_ingest_holds_the_write_lock(
     client: httpx.AsyncClient,
     state: BridgeState,
     make_deliverer: DelivererFactory,
@@ -282,9 +307,10 @@ async def test_rounds_are_not_spaced_when_the_write_lock_was_free(
     mailmodo: respx.MockRouter,
     monkeypatch: pytest.MonkeyPatch,
     contended_ago: float | None,
+    ingest: bool,
 ) -> None:
-    """No contention, or none within ``YIELD_WINDOW_SECONDS``: a drain runs at full speed
-    (with the spacing applied, these three rounds would take ten seconds)."""
+    """No contention within ``YIELD_WINDOW_SECONDS``, or contention but no ingest commits (a
+    drain beside other workers): full speed (spaced, these rounds would take ten seconds)."""
     monkeypatch.setattr(runner_module, "YIELD_SECONDS", 5.0)
     monkeypatch.setattr(
         runner_module.db,
@@ -302,8 +328,12 @@ async def test_rounds_are_not_spaced_when_the_write_lock_was_free(
     began = _round_times(deliverer)
 
     start = time.monotonic()
-    async with running(state, deliverer, settings=settings_for(**fast)):
-        await wait_for(all_in(state, State.DELIVERED))
+    async with running(state, deliverer, settings=settings_for(**fast)) as (runner, _stop):
+        if ingest:
+            async with ingest_committing(runner):
+                await wait_for(all_in(state, State.DELIVERED))
+        else:
+            await wait_for(all_in(state, State.DELIVERED))
     assert time.monotonic() - start < 4.0
     assert route.call_count == 6
     assert len(began) >= 3
