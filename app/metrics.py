@@ -9,8 +9,10 @@ database; the outbox gauges, read from the database at scrape time, are in
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.metrics_core import Metric
 
 INBOUND_REQUESTS = Counter(
     "ctmm_bridge_inbound_requests_total",
@@ -90,3 +92,62 @@ def observe_attempt(upstream: str, outcome: str, state: str, duration_ms: float 
         DELIVERIES.labels(upstream, state).inc()
     if duration_ms:
         UPSTREAM_LATENCY.labels(upstream).observe(duration_ms / 1000)
+
+
+# -- counters of serve's child processes ---------------------------------------------------------
+
+#: The families a child process (``serve``'s worker) sends up: the bridge's own, not the
+#: ``process_*`` / ``python_*`` ones, which describe that process and would not add up.
+BRIDGE_PREFIX = "ctmm_bridge_"
+
+
+def bridge_families() -> list[Metric]:
+    """This process's ``ctmm_bridge_*`` families, as a child sends them to ``serve``'s API."""
+    return [family for family in REGISTRY.collect() if family.name.startswith(BRIDGE_PREFIX)]
+
+
+def merge_families(own: Iterable[Metric], children: Iterable[Sequence[Metric]]) -> list[Metric]:
+    """``own`` families with the children's added in: one family per name (a second
+    ``# TYPE`` line would make the scrape fail), each sample the sum of the processes' values
+    under the same labels, except ``_created`` (the earliest). Families only a child has are
+    added as they are."""
+    merged: dict[str, Metric] = {}
+    for family in own:
+        merged[family.name] = family
+    for families in children:
+        for family in families:
+            mine = merged.get(family.name)
+            if mine is None:
+                merged[family.name] = family
+                continue
+            if mine.type != family.type:
+                continue  # not the same metric after all: keep ours
+            merged[family.name] = _summed(mine, family)
+    return list(merged.values())
+
+
+def _summed(first: Metric, second: Metric) -> Metric:
+    family = Metric(first.name, first.documentation, first.type, first.unit)
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in (*first.samples, *second.samples):
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        if key not in values:
+            values[key] = sample.value
+        elif sample.name.endswith("_created"):
+            values[key] = min(values[key], sample.value)
+        else:
+            values[key] += sample.value
+    for (name, labels), value in values.items():
+        family.add_sample(name, dict(labels), value)
+    return family
+
+
+class WithChildren:
+    """The default registry with what ``serve``'s child processes counted added in (their
+    counters live in their own memory): what ``/metrics`` renders."""
+
+    def __init__(self, children: Callable[[], Iterable[Sequence[Metric]]]) -> None:
+        self._children = children
+
+    def collect(self) -> list[Metric]:
+        return merge_families(REGISTRY.collect(), self._children())

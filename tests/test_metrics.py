@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import httpx
 import respx
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import FINAL_STATES
+from app.metrics import (
+    ATTEMPTS,
+    FINAL_STATES,
+    WithChildren,
+    bridge_families,
+    merge_families,
+)
 from app.outbox.models import State
 from app.state import BridgeState
 from app.worker.build import build_mailmodo_deliverer
@@ -26,6 +35,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+ATTEMPTS_TOTAL = "ctmm_bridge_upstream_attempts_total"
+LABELS = {"upstream": "mailmodo", "outcome": "delivered"}
 
 
 async def scrape(client: httpx.AsyncClient) -> str:
@@ -137,3 +150,52 @@ async def test_readiness_and_heartbeat_gauges(
     assert value(text, "ctmm_bridge_ready") == 1
     assert value(text, "ctmm_bridge_readiness_check", check="worker") == 1
     assert 0 <= value(text, "ctmm_bridge_worker_heartbeat_age_seconds") < 60
+
+
+# --- what serve's worker child counted, added in -------------------------------------------------
+
+
+def _counter(name: str, *rows: tuple[dict[str, str], float, float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, "doc", labels=["upstream"])
+    for labels, total, created in rows:
+        family.add_sample(f"{name}_total", labels, total)
+        family.add_sample(f"{name}_created", labels, created)
+    return family
+
+
+def test_a_childs_counters_are_added_to_ours_under_the_same_labels() -> None:
+    ours = _counter("ctmm_bridge_x", ({"upstream": "mailmodo"}, 2.0, 100.0))
+    child = _counter(
+        "ctmm_bridge_x",
+        ({"upstream": "mailmodo"}, 5.0, 50.0),
+        ({"upstream": "clevertap"}, 1.0, 60.0),
+    )
+    only_child = _counter("ctmm_bridge_y", ({"upstream": "mailmodo"}, 7.0, 70.0))
+    clash = GaugeMetricFamily("ctmm_bridge_z", "doc", value=3.0)
+    not_a_gauge = _counter("ctmm_bridge_z", ({"upstream": "mailmodo"}, 9.0, 90.0))
+
+    merged = {f.name: f for f in merge_families([ours, clash], [[child, only_child, not_a_gauge]])}
+
+    got = {(s.name, s.labels.get("upstream")): s.value for s in merged["ctmm_bridge_x"].samples}
+    assert got == {
+        ("ctmm_bridge_x_total", "mailmodo"): 7.0,  # summed
+        ("ctmm_bridge_x_created", "mailmodo"): 50.0,  # the earliest, not a sum
+        ("ctmm_bridge_x_total", "clevertap"): 1.0,
+        ("ctmm_bridge_x_created", "clevertap"): 60.0,
+    }
+    assert [s.value for s in merged["ctmm_bridge_y"].samples] == [7.0, 70.0]  # added as is
+    assert merged["ctmm_bridge_z"] is clash  # another type under the name: ours stays
+
+
+def test_the_exposition_with_a_child_has_each_family_once() -> None:
+    """A second ``# TYPE`` line for a name would make Prometheus reject the whole scrape."""
+    ATTEMPTS.labels("mailmodo", "delivered").inc()
+    child = pickle.loads(pickle.dumps(bridge_families()))  # noqa: S301 (as sent up)
+    ours = value(generate_latest(REGISTRY).decode(), ATTEMPTS_TOTAL, **LABELS)
+
+    text = generate_latest(WithChildren(lambda: [child])).decode()
+
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(types) == len(set(types))
+    assert value(text, ATTEMPTS_TOTAL, **LABELS) == 2 * ours
+    assert list(text_string_to_metric_families(text))  # it parses

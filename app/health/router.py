@@ -11,6 +11,7 @@ from starlette.responses import Response
 from app import __version__
 from app.errors import json_response
 from app.health.service import readiness
+from app.metrics import WithChildren
 from app.state import bridge
 
 router = APIRouter(tags=["health"])
@@ -41,7 +42,11 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state = bridge(request)
 
+    # serve's worker child counts deliveries in its own memory: its counters are added in.
+    children = getattr(state.runner, "metric_families", list)
+    own = WithChildren(children) if state.runner is not None else REGISTRY
+
     def render() -> bytes:
-        return generate_latest(REGISTRY) + generate_latest(state.metrics)
+        return generate_latest(own) + generate_latest(state.metrics)
 
     return Response(await asyncio.to_thread(render), media_type=CONTENT_TYPE_LATEST)

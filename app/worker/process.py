@@ -7,15 +7,17 @@ at the lowest CPU priority there is (``lower_priority``: Linux's ``SCHED_IDLE``,
 ``nice``): when the cores are contended, ingest wins and deliveries wait, which costs nothing
 (they are durable and rate-limited anyway).
 
-The two ends of a socketpair are the whole protocol. The child writes ``ready <worker id>``
-once its database is open; the API writes one byte per ingest commit it wants the child to
-notice (coalesced: at most one per turn of its event loop), so new work is claimed at once
-instead of at the next poll. The child ignores SIGINT/SIGTERM (Ctrl-C and systemd signal the
-whole group): it stops when its end reads EOF, which happens when ``serve`` stops it (then
-calls in flight get ``BRIDGE_SHUTDOWN_GRACE_SECONDS`` to finish, as in ``worker``) and when
-``serve`` dies, even by SIGKILL (the kernel closes the API's end), so no orphan is left
-delivering. A child that dies is started again after a growing delay; ``/readyz`` reports
-the worker as down meanwhile.
+The two ends of a socketpair are the whole protocol. The child writes ``ready <worker id>`` once
+its database is open, then every ``METRICS_PUSH_SECONDS`` (and once more as it stops) its
+``ctmm_bridge_*`` counters (``M``, a 4-byte length, a pickle), which the API adds to its own on
+``/metrics``: the deliveries, attempts and upload counts live in the child's memory. The API
+writes one byte per ingest commit it wants the child to notice (coalesced: at most one per turn
+of its event loop), so new work is claimed at once instead of at the next poll. The child
+ignores SIGINT/SIGTERM (Ctrl-C and systemd signal the whole group): it stops when its end reads
+EOF, which happens when ``serve`` stops it (then calls in flight get
+``BRIDGE_SHUTDOWN_GRACE_SECONDS`` to finish, as in ``worker``) and when ``serve`` dies, even by
+SIGKILL (the kernel closes the API's end), so no orphan is left delivering. A child that dies is
+started again after a growing delay; ``/readyz`` reports the worker as down meanwhile.
 """
 
 from __future__ import annotations
@@ -23,19 +25,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import socket
+import struct
+from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
+from prometheus_client.metrics_core import Metric
 
 from app.children import START_TIMEOUT, Child, ignore_stop_signals, restart_delay
 from app.config import Settings
+from app.logging import log_throttled
+from app.metrics import bridge_families
 
 log = structlog.get_logger(__name__)
 
 #: How much lower the worker's CPU priority is than the API's where ``SCHED_IDLE`` is missing.
 WORKER_NICE = 10
 _WAKE = b"w"
+#: How often the child sends its counters up (``/metrics`` is at most this much behind).
+METRICS_PUSH_SECONDS = 1.0
+_METRICS = b"M"
+_LENGTH = struct.Struct(">I")
+
+
+def metrics_frame() -> bytes:
+    """This process's ``ctmm_bridge_*`` families, framed for the API."""
+    blob = pickle.dumps(bridge_families(), protocol=pickle.HIGHEST_PROTOCOL)
+    return _METRICS + _LENGTH.pack(len(blob)) + blob
 
 
 # -- the child ------------------------------------------------------------------------------
@@ -125,12 +143,23 @@ async def _child(sock: socket.socket, settings: Settings) -> None:
                 wake.clear()
                 runner.wake_threadsafe()
 
+        async def push_metrics() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), METRICS_PUSH_SECONDS)
+                if not transport.is_closing():
+                    transport.write(metrics_frame())
+
         forwarder = asyncio.create_task(forward_wakes())
+        pusher = asyncio.create_task(push_metrics())
         try:
             await runner.run(stop)
         finally:
             forwarder.cancel()
+            pusher.cancel()
             await runner.aclose()
+            if not transport.is_closing():  # what the last calls counted
+                transport.write(metrics_frame())
     finally:
         engine.dispose()
         transport.close()
@@ -151,15 +180,32 @@ class _ParentLink(asyncio.Protocol):
         self.ready: asyncio.Future[str] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
+        #: The child's counters as it last sent them.
+        self.families: Sequence[Metric] = ()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if b"\n" in self.buf and not self.ready.done():
+        if not self.ready.done():
+            if b"\n" not in self.buf:
+                return
             line, _, self.buf = self.buf.partition(b"\n")
             self.ready.set_result(line.decode(errors="replace"))
+        # Then counters: M, a 4-byte length, a pickle of the child's families (the newest wins).
+        header = 1 + _LENGTH.size
+        while len(self.buf) >= header and self.buf[:1] == _METRICS:
+            (size,) = _LENGTH.unpack_from(self.buf, 1)
+            if len(self.buf) < header + size:
+                return
+            blob, self.buf = self.buf[header : header + size], self.buf[header + size :]
+            try:
+                self.families = pickle.loads(blob)  # noqa: S301 (our own child)
+            except Exception as exc:  # a child of another version; never fatal to the API
+                log_throttled(log, "warning", "unreadable worker metrics", error=repr(exc))
+        if self.buf[:1] not in (b"", _METRICS):
+            self.buf = b""  # nothing else is ever sent: drop what cannot be read
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -181,6 +227,11 @@ class WorkerProcess:
         self.worker_id = ""
         self.pid: int | None = None
         self.restarts = 0
+
+    def metric_families(self) -> list[Sequence[Metric]]:
+        """What the running child counted, as it last sent it (for ``/metrics``)."""
+        link = self._link
+        return [link.families] if link is not None and link.families else []
 
     @property
     def up(self) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.state import BridgeState
 from app.worker import process
@@ -165,3 +166,47 @@ def test_the_child_processes_load_neither_the_web_framework_nor_the_postgresql_d
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_the_childs_counters_arrive_in_frames_however_the_bytes_are_cut() -> None:
+    """The API end of the socket: the ready line, then counter frames split anywhere (the
+    newest wins); bytes that are not a frame are dropped, never fatal."""
+    link = process._ParentLink()
+    frame = process.metrics_frame()
+    stream = b"ready w-1\n" + frame + frame
+    for i in range(0, len(stream), 7):  # 7-byte pieces: every boundary falls mid-frame
+        link.data_received(stream[i : i + 7])
+    assert link.ready.result() == "ready w-1"
+    names = {family.name for family in link.families}
+    assert "ctmm_bridge_upstream_attempts" in names
+    assert all(name.startswith("ctmm_bridge_") for name in names)  # not process_* / python_*
+    assert link.buf == b""
+    link.data_received(b"garbage")
+    assert link.buf == b""
+    assert link.families  # the last good snapshot stays
+
+
+def test_metrics_count_what_the_worker_process_delivered(
+    bridge: Bridge, fake_mailmodo: FakeMailmodo
+) -> None:
+    """The deliveries happen in the child; /metrics, served by the API, shows them anyway."""
+    fake_mailmodo.delay = 0.0
+    bridge.start()
+    with httpx.Client(timeout=10) as client:
+        wait_for(lambda: client.get(f"{bridge.url}/readyz").status_code == 200, 20, "ready")
+        for i in range(3):
+            assert bridge.post(client, f"m{i}@example.com").status_code == 200
+
+        def delivered() -> float:
+            text = client.get(f"{bridge.url}/metrics").text
+            families = list(text_string_to_metric_families(text))
+            assert len(families) == len({f.name for f in families})
+            return sum(
+                s.value
+                for f in families
+                for s in f.samples
+                if s.name == "ctmm_bridge_deliveries_total"
+                and s.labels == {"upstream": "mailmodo", "outcome": "delivered"}
+            )
+
+        wait_for(lambda: delivered() == 3, 10, "three deliveries counted")
