@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     admin_token: str | None = None
 
     embedded_worker: bool = True
+    #: ``ctmm-bridge worker`` serves its own counters on this port (``/metrics``; 0: off): the
+    #: deliveries it makes are counted in its memory, not on the API's ``/metrics``.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     embedded_worker_mode: EmbeddedWorkerMode = EmbeddedWorkerMode.PROCESS
     unresolved_identity: UnresolvedIdentity = UnresolvedIdentity.PARK
     retry_schedule_seconds: CsvSeconds = Field(

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CT_SECRET
 
@@ -249,12 +250,13 @@ def test_scale_out_on_postgres_delivers_each_item_once(
         with httpx.Client(timeout=10) as client:
             for email in emails:
                 assert api.post(client, email).status_code == 200
+            metrics_ports = [free_port(), free_port()]
             for n in range(2):
                 with (tmp_path / f"worker{n}.log").open("wb") as out:
                     workers.append(
                         subprocess.Popen(
                             [sys.executable, "-m", "app.cli", "worker"],
-                            env=api.env,
+                            env=api.env | {"BRIDGE_WORKER_METRICS_PORT": str(metrics_ports[n])},
                             stdout=out,
                             stderr=subprocess.STDOUT,
                         )
@@ -263,6 +265,20 @@ def test_scale_out_on_postgres_delivers_each_item_once(
             time.sleep(0.5)
             ready = client.get(f"{api.url}/readyz").json()
             assert ready["checks"]["worker"]["ok"], ready
+            # Each worker counts what it sent on its own /metrics; together, every call.
+            attempts = "ctmm_bridge_upstream_attempts_total"
+            sent = [
+                sum(
+                    s.value
+                    for f in text_string_to_metric_families(
+                        client.get(f"http://127.0.0.1:{port}/metrics").text
+                    )
+                    for s in f.samples
+                    if s.name == attempts and s.labels.get("outcome") == "delivered"
+                )
+                for port in metrics_ports
+            ]
+            assert sum(sent) == len(emails), sent
     finally:
         for proc in workers:
             proc.send_signal(signal.SIGTERM)

@@ -81,6 +81,24 @@ def worker() -> None:
 
     settings = load_settings()
     configure_logging(settings)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        # What this worker counted (deliveries, attempts, uploads, consent); the outbox gauges
+        # are on every API replica's /metrics.
+        host, port = settings.host, settings.worker_metrics_port
+        try:
+            start_http_server(port, addr=host)
+        except OSError as exc:
+            typer.secho(
+                f"cannot serve worker metrics on {host}:{port}: {exc.strerror} "
+                "(BRIDGE_WORKER_METRICS_PORT / BRIDGE_HOST)",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+        typer.echo(f"worker metrics on http://{host}:{port}/metrics")
+
     prepare(settings)
 
     async def main() -> None:

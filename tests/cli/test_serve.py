@@ -171,3 +171,24 @@ def test_bad_configuration_is_one_line_and_exit_2(
     assert line.startswith("configuration error: ")
     assert expected in line
     assert ":pw@" not in line
+
+
+def test_a_workers_taken_metrics_port_fails_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "worker"],
+            cwd=tmp_path,
+            env=_env(tmp_path, _free_port()) | {"BRIDGE_WORKER_METRICS_PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"cannot serve worker metrics on 127.0.0.1:{port}: Address already in use "
+        "(BRIDGE_WORKER_METRICS_PORT / BRIDGE_HOST)"
+    ]
+    assert not (tmp_path / "bridge.db").exists()  # it stopped before touching the database
