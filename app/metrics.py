@@ -98,12 +98,12 @@ def observe_attempt(upstream: str, outcome: str, state: str, duration_ms: float 
 
 #: The families a child process (``serve``'s worker) sends up: the bridge's own, not the
 #: ``process_*`` / ``python_*`` ones, which describe that process and would not add up.
-BRIDGE_PREFIX = "ctmm_bridge_"
+FAMILY_PREFIX = "ctmm_bridge_"
 
 
 def bridge_families() -> list[Metric]:
     """This process's ``ctmm_bridge_*`` families, as a child sends them to ``serve``'s API."""
-    return [family for family in REGISTRY.collect() if family.name.startswith(BRIDGE_PREFIX)]
+    return [family for family in REGISTRY.collect() if family.name.startswith(FAMILY_PREFIX)]
 
 
 def merge_families(own: Iterable[Metric], children: Iterable[Sequence[Metric]]) -> list[Metric]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from app import __version__
@@ -43,8 +43,7 @@ async def metrics(request: Request) -> Response:
     state = bridge(request)
 
     # serve's worker child counts deliveries in its own memory: its counters are added in.
-    children = getattr(state.runner, "metric_families", list)
-    own = WithChildren(children) if state.runner is not None else REGISTRY
+    own = WithChildren(getattr(state.runner, "metric_families", list))
 
     def render() -> bytes:
         return generate_latest(own) + generate_latest(state.metrics)

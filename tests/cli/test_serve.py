@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -127,19 +129,29 @@ def test_secrets_are_printed_once_and_never_logged(tmp_path: Path) -> None:
         assert "will retry" in text
 
 
-def test_a_taken_port_fails_before_the_banner(tmp_path: Path) -> None:
+@contextmanager
+def _taken_port() -> Iterator[int]:
+    """A port another program is listening on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve"],
-            cwd=tmp_path,
-            env=_env(tmp_path, port),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        yield int(taken.getsockname()[1])
+
+
+def _cli(tmp_path: Path, command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 (this interpreter, a fixed command)
+        [sys.executable, "-m", "app.cli", command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_taken_port_fails_before_the_banner(tmp_path: Path) -> None:
+    with _taken_port() as port:
+        result = _cli(tmp_path, "serve", _env(tmp_path, port))
     assert result.returncode == 1
     assert result.stdout == ""  # no banner
     assert result.stderr.strip().splitlines() == [
@@ -174,18 +186,9 @@ def test_bad_configuration_is_one_line_and_exit_2(
 
 
 def test_a_workers_taken_metrics_port_fails_with_one_line(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "worker"],
-            cwd=tmp_path,
-            env=_env(tmp_path, _free_port()) | {"BRIDGE_WORKER_METRICS_PORT": str(port)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    with _taken_port() as port:
+        env = _env(tmp_path, _free_port()) | {"BRIDGE_WORKER_METRICS_PORT": str(port)}
+        result = _cli(tmp_path, "worker", env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"cannot serve worker metrics on 127.0.0.1:{port}: Address already in use "

@@ -226,12 +226,20 @@ async def test_outcomes_that_no_claim_carries_share_one_commit_within_the_linger
         assert len(attempts_of(state.engine, delivery_id)) == 1
 
 
+#: Rates and polls that do not space the calls, two in flight: rounds of two rows at most.
+TWO_AT_A_TIME = {
+    "mailmodo_rate_per_second": 1000.0,
+    "worker_poll_seconds": 30.0,
+    "mailmodo_max_concurrency": 2,
+}
+
+
 @asynccontextmanager
-async def ingest_committing(runner: WorkerRunner) -> AsyncIterator[None]:
-    """Wake ``runner`` every 20 ms, as the ingest writer's commits do under load."""
+async def ingest_committing(runner: WorkerRunner, *, on: bool = True) -> AsyncIterator[None]:
+    """Wake ``runner`` every 20 ms, as the ingest writer's commits do under load (``on``)."""
 
     async def commits() -> None:
-        while True:
+        while on:
             runner.wake_threadsafe()
             await asyncio.sleep(0.02)
 
@@ -271,15 +279,10 @@ async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
     monkeypatch.setattr(runner_module.db, "write_lock_contended_at", lambda _e: time.monotonic())
     ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
     route = any_call(mailmodo).mock(return_value=mm_ok())
-    fast = {
-        "mailmodo_rate_per_second": 1000.0,
-        "worker_poll_seconds": 30.0,
-        "mailmodo_max_concurrency": 2,
-    }
-    deliverer = make_deliverer(**fast)
+    deliverer = make_deliverer(**TWO_AT_A_TIME)
     began = _round_times(deliverer)
 
-    settings = settings_for(**fast)
+    settings = settings_for(**TWO_AT_A_TIME)
     async with (
         running(state, deliverer, settings=settings) as (runner, _stop),
         ingest_committing(runner),
@@ -319,21 +322,16 @@ async def test_rounds_are_not_spaced_unless_ingest_holds_the_write_lock(
     )
     add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
     route = any_call(mailmodo).mock(return_value=mm_ok())
-    fast = {
-        "mailmodo_rate_per_second": 1000.0,
-        "worker_poll_seconds": 30.0,
-        "mailmodo_max_concurrency": 2,
-    }
-    deliverer = make_deliverer(**fast)
+    deliverer = make_deliverer(**TWO_AT_A_TIME)
     began = _round_times(deliverer)
 
     start = time.monotonic()
-    async with running(state, deliverer, settings=settings_for(**fast)) as (runner, _stop):
-        if ingest:
-            async with ingest_committing(runner):
-                await wait_for(all_in(state, State.DELIVERED))
-        else:
-            await wait_for(all_in(state, State.DELIVERED))
+    settings = settings_for(**TWO_AT_A_TIME)
+    async with (
+        running(state, deliverer, settings=settings) as (runner, _stop),
+        ingest_committing(runner, on=ingest),
+    ):
+        await wait_for(all_in(state, State.DELIVERED))
     assert time.monotonic() - start < 4.0
     assert route.call_count == 6
     assert len(began) >= 3
