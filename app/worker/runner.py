@@ -115,6 +115,11 @@ class WorkerRunner:
             with suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake_all)
 
+    def wake(self) -> None:
+        """``wake_threadsafe`` from the runner's own event loop (the worker process's link)."""
+        self.woken_at = time.monotonic()
+        self._wake_all()
+
     def _wake_all(self) -> None:
         for event in self._wakes:
             event.set()
@@ -330,7 +335,9 @@ class WorkerRunner:
                 if claim or (answered and lingered):
                     later = self._yield_until(last_round, now)
                     if later > now:
-                        await _wait(activity, later - now)
+                        # Only a stop cuts this short: what comes meanwhile (wake-ups by
+                        # ingest commits, outcomes) is taken by the round then.
+                        await _wait(stop, later - now)
                         continue
                     last_round = now
                     first_answer = None

@@ -5,6 +5,8 @@ grace period. (A SIGKILL of serve leaving no orphan: tests/test_e2e_restart.py.)
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import signal
 import sqlite3
@@ -122,6 +124,58 @@ async def test_readiness_reports_a_worker_process_that_is_down(
     assert answer.status_code == 503
     worker = answer.json()["checks"]["worker"]
     assert (worker["ok"], worker["process"]) == (False, "down")
+
+
+class _Transport:
+    """The API's end of the child's socket: when each wake-up byte was written."""
+
+    def __init__(self) -> None:
+        self.writes: list[float] = []
+
+    def write(self, data: bytes) -> None:
+        assert data == b"w"
+        self.writes.append(time.monotonic())
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_commits_wake_the_child_at_once_then_at_most_once_an_interval(
+    state: BridgeState,
+) -> None:
+    """A flood's ~500 commits a second become one wake-up per ``WAKE_INTERVAL_SECONDS``: the
+    first commit's at once (an idle worker hears of it without delay), the last one's at the
+    end of its interval (never dropped)."""
+    worker = WorkerProcess(state.settings)
+    worker._loop = asyncio.get_running_loop()
+    link = worker._link = process._ParentLink()
+    transport = link.transport = _Transport()  # type: ignore[assignment]
+    interval = process.WAKE_INTERVAL_SECONDS
+
+    worker.wake_threadsafe()  # on the loop, as the process writer calls it
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1  # the first at once
+
+    first = time.monotonic()
+    commits = 0
+    while time.monotonic() - first < 5 * interval:
+        worker.wake_threadsafe()
+        commits += 1
+        await asyncio.sleep(interval / 20)
+    last = time.monotonic()
+    await asyncio.sleep(2 * interval)
+    sent = transport.writes[1:]
+    assert commits > 40
+    assert 1 <= len(sent) <= (last - first) / interval + 2
+    assert all(b - a >= interval * 0.99 for a, b in itertools.pairwise(transport.writes))
+    assert sent[-1] >= last  # the last commit's wake-up came after it
+
+    # From another thread (the writer thread of BRIDGE_INGEST_WRITER=thread): the same.
+    await asyncio.sleep(interval)
+    before = len(transport.writes)
+    await asyncio.to_thread(worker.wake_threadsafe)
+    await asyncio.sleep(interval / 2)
+    assert len(transport.writes) == before + 1
 
 
 def test_lower_priority_prefers_sched_idle_and_falls_back_to_nice(
