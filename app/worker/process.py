@@ -11,8 +11,8 @@ The two ends of a socketpair are the whole protocol. The child writes ``ready <w
 its database is open, then every ``METRICS_PUSH_SECONDS`` (and once more as it stops) its
 ``ctmm_bridge_*`` counters (``M``, a 4-byte length, a pickle), which the API adds to its own on
 ``/metrics``: the deliveries, attempts and upload counts live in the child's memory. The API
-writes one byte per ingest commit it wants the child to notice (coalesced: at most one per turn
-of its event loop), so new work is claimed at once instead of at the next poll. The child
+writes one byte when ingest commits (at most one per ``WAKE_INTERVAL_SECONDS``), so new work is
+claimed at once instead of at the next poll. The child
 ignores SIGINT/SIGTERM (Ctrl-C and systemd signal the whole group): it stops when its end reads
 EOF, which happens when ``serve`` stops it (then calls in flight get
 ``BRIDGE_SHUTDOWN_GRACE_SECONDS`` to finish, as in ``worker``) and when ``serve`` dies, even by
@@ -47,9 +47,9 @@ WORKER_NICE = 10
 _WAKE = b"w"
 #: At most one wake-up per this interval, the first at once and the next at the interval's end:
 #: a flood commits ~500 batches a second, and the worker needs to hear that work is due, not of
-#: every batch. Each wake-up cost the child ~100 µs of CPU (a read, a task switch, a pass of
-#: its loop), ~5 % of ingest at Mailmodo's default rate of 5/s (bench/RESULTS.md); an idle
-#: worker still hears of the first commit at once.
+#: every batch (each is a read, a task switch and a pass of its loop). At Mailmodo's default
+#: rate the child's CPU in a flood halved, 8 to 4 µs per ingested call (bench/RESULTS.md); an
+#: idle worker still hears of the first commit at once.
 WAKE_INTERVAL_SECONDS = 0.01
 #: How often the child sends its counters up (``/metrics`` is at most this much behind).
 METRICS_PUSH_SECONDS = 1.0
