@@ -152,7 +152,10 @@ def rejected(
 
 def replay(
     state: list[State] | None = typer.Option(
-        None, "--state", help="Repeatable; default failed and dead.", show_default=False
+        None,
+        "--state",
+        help="Repeatable; with only --since/--until, failed and dead.",
+        show_default=False,
     ),
     upstream: Upstream | None = UpstreamOpt,
     direction: Direction | None = DirectionOpt,

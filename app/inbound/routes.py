@@ -5,8 +5,10 @@ dispatcher (``app.inbound.router``) serves them."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from app.inbound import from_mailmodo
 from app.inbound.from_clevertap import (
     CAMPAIGN_TRIGGER,
     CONSENT_RESUBSCRIBE,
@@ -167,3 +169,19 @@ async def events_of_type(
     secret: str = SecretPath,
 ) -> Response:
     return await _mailmodo(request, secret, event)
+
+
+async def _no_secret() -> Response:
+    """A callback whose path lacks the secret segment is refused like a wrong secret (401),
+    not as an unknown path: the operator pasted the URL without it."""
+    raise from_mailmodo.UNAUTHORIZED
+
+
+for _path in ("/events", "/events/{event}", "//events", "//events/{event}"):
+    mailmodo_router.add_api_route(
+        _path,
+        _no_secret,
+        methods=["POST"],
+        include_in_schema=False,
+        route_class_override=APIRoute,
+    )

@@ -124,6 +124,25 @@ async def test_wrong_secret_is_401_and_nothing_is_stored(
     assert_nothing_stored(state)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/mailmodo/events",
+        "/mailmodo/events/opened",
+        "/mailmodo//events",
+        "/mailmodo//events/opened",
+    ],
+)
+async def test_a_path_without_its_secret_is_401_not_404(
+    client: httpx.AsyncClient, state: BridgeState, path: str
+) -> None:
+    """The URL pasted without its secret segment is a missing secret, not an unknown route."""
+    resp = await client.post(path, json=opened(clevertap_id=CT_ID))
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "unauthorized"
+    assert_nothing_stored(state)
+
+
 async def test_wrong_secret_is_401_before_the_body_is_read(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:
