@@ -8,6 +8,7 @@ reject the credentials for a while, to watch the bridge retry, defer and pause.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 import uuid
@@ -92,9 +93,11 @@ class FakeUpstream:
         if request.url.query:
             entry["query"] = dict(request.query_params)
         if body is not None:
-            entry["body"] = "(not JSON)" if body is _NOT_JSON else body
+            entry["body"] = "(not JSON)" if body is _NOT_JSON else copy.deepcopy(body)
         entry["status"] = status
-        entry["answer"] = answer
+        # A copy: the fake's own state (a Mailmojo contact a later PATCH changes) must not
+        # rewrite what an earlier answer said.
+        entry["answer"] = copy.deepcopy(answer)
         if fault is not None:
             entry["simulated"] = fault.mode
         self.requests.append(entry)

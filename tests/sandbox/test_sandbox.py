@@ -451,6 +451,19 @@ async def test_fake_mailmojo_answers_like_mailmojo() -> None:
         assert (r.status_code, r.json()) == (401, {"detail": "Invalid token."})
 
 
+async def test_the_request_log_keeps_each_answer_as_it_was_given() -> None:
+    """A read logged before a PATCH shows the contact as read, not as the PATCH left it."""
+    async with _client(create_fake_mailmojo("tok")) as mj:
+        good = {"Authorization": "Bearer tok"}
+        await mj.post("/v1/lists/1/subscribers/", json={"email": "x@y.io"}, headers=good)
+        read = (await mj.get("/v1/contacts/x%40y.io/", headers=good)).json()
+        await mj.patch("/v1/contacts/x%40y.io/", json={"last_name": "Lee"}, headers=good)
+        logged = (await mj.get("/_sandbox/requests")).json()["requests"]
+        get = next(e for e in logged if e["method"] == "GET")
+        assert get["answer"] == read
+        assert get["answer"].get("last_name") != "Lee"
+
+
 # --------------------------------------------------------------------------- plumbing
 
 
