@@ -47,6 +47,7 @@ def _consumer_settings(settings: Settings, worker_id: str, key: str) -> Consumer
         "lease_seconds": settings.lease_seconds,
         "key_fingerprint": fingerprint(key),
         "pause_probe_seconds": settings.pause_probe_seconds,
+        "heartbeat_seconds": settings.heartbeat_seconds,
     }
 
 

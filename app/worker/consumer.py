@@ -22,6 +22,7 @@ from app.outbox.models import Upstream
 from app.outbox.policy import RetryPolicy
 from app.outbox.repository import Claimed
 from app.outbox.transitions import AttemptChange
+from app.system import recovery
 from app.upstream import AttemptOutcome, Outcome
 from app.worker.batch import OutcomeBatcher
 from app.worker.outcome_log import log_attempt
@@ -50,6 +51,7 @@ class ConsumerSettings(TypedDict):
     lease_seconds: float
     key_fingerprint: str | None
     pause_probe_seconds: float
+    heartbeat_seconds: float
 
 
 class OutboxConsumer:
@@ -64,14 +66,32 @@ class OutboxConsumer:
         lease_seconds: float,
         key_fingerprint: str | None,
         pause_probe_seconds: float,
+        heartbeat_seconds: float,
     ) -> None:
         self.engine = engine
         self.policy = policy
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        #: A row claimed longer ago than this may have been taken back meanwhile, should this
+        #: worker have stalled (a frozen container, a stopped process) long enough for the
+        #: others to find its heartbeat stale: its lease is checked before a call is started.
+        #: Half the window after which a worker counts as gone (``app.system.recovery``).
+        self.fence_after = recovery.gone_after(heartbeat_seconds) / 2
         self.gate = PauseGate(
             engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
         )
+
+    def claimed_long_ago(self, row: Claimed) -> bool:
+        """Whether the row was claimed ``fence_after`` ago or more (by the clock)."""
+        if row.leased_until is None:
+            return False
+        claimed_at = row.leased_until - timedelta(seconds=self.lease_seconds)
+        return utcnow() - claimed_at >= self.fence_after
+
+    def held(self, rows: Sequence[Claimed]) -> set[int]:
+        """The ids of ``rows`` whose lease this worker still holds (its token is the row's)."""
+        with self.engine.begin() as conn:
+            return leases.still_leased(conn, rows)
 
     def claim(self, limit: int) -> list[Claimed]:
         """Lease up to ``limit`` due rows (one while probing a pause, none while paused)."""
@@ -305,6 +325,12 @@ class RowDeliverer(OutboxConsumer, Generic[ClientT], ABC):
                     "lease ran out while waiting for a rate slot; not sent", delivery_id=row.id
                 )
                 await asyncio.to_thread(self.release, [row])
+                return None
+            if self.claimed_long_ago(row) and not await asyncio.to_thread(self.held, [row]):
+                # Taken back while this worker stalled: the new owner sends it, not us.
+                log.warning(
+                    "lease taken back while this worker stalled; not sent", delivery_id=row.id
+                )
                 return None
             outcome = await self.attempt(row, stop)
             if outcome.kind is AttemptOutcome.RATE_LIMITED and outcome.retry_after:

@@ -101,6 +101,16 @@ class CleverTapUploader(OutboxConsumer):
             raise
 
     async def _upload(self, rows: list[Claimed]) -> list[AttemptChange]:
+        if any(self.claimed_long_ago(row) for row in rows):
+            # Waited long for a slot, or this worker stalled: rows taken back meanwhile belong
+            # to another worker now, which uploads them; only those still held go.
+            held = await asyncio.to_thread(self.held, rows)
+            if len(held) < len(rows):
+                log.warning(
+                    "leases taken back while this worker stalled; not uploaded",
+                    rows=len(rows) - len(held),
+                )
+                rows = [row for row in rows if row.id in held]
         sendable: list[tuple[Claimed, dict[str, Any]]] = []
         unsendable: list[Claimed] = []
         for row in rows:

@@ -20,12 +20,13 @@ import respx
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from app.clock import ManualClock
-from app.outbox import repository, transitions
+from app.clock import ManualClock, utcnow
+from app.outbox import leases, repository, transitions
 from app.outbox.models import State
 from app.outbox.policy import MAX_RETRY_AFTER
 from app.security import fingerprint
 from app.state import BridgeState
+from app.system import recovery
 from app.upstream import MAX_KEPT_BODY, AttemptOutcome, Outcome
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
@@ -913,6 +914,60 @@ async def test_row_whose_lease_ran_out_while_waiting_for_a_slot_is_not_sent_twic
     row = get_delivery(state.engine, delivery_id)
     assert (row.state, row.attempts, row.leased_by) == (State.DELIVERED, 1, None)
     assert len(attempts_of(state.engine, delivery_id)) == 1
+
+
+def _take_back(state: BridgeState, worker_id: str) -> int:
+    """What a live worker's sweep does once ``worker_id``'s heartbeat is stale."""
+    with state.engine.begin() as conn:
+        return leases.reclaim_leases(conn, transitions.reclaim_lease(utcnow()), [worker_id])
+
+
+async def test_a_row_taken_back_while_its_worker_stalled_is_not_sent(
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    mailmodo: respx.MockRouter,
+    clock: ManualClock,
+) -> None:
+    """A worker frozen after its claim (SIGSTOP, a paused container) finds, on waking, that
+    the others took its rows back and delivered them: it sends none of them again."""
+    stalled = make_deliverer("worker-stalled")
+    alive = make_deliverer("worker-alive")
+    ids = add_deliveries(state.engine, "a@example.com", "b@example.com")
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    claimed = await asyncio.to_thread(stalled.claim, 2)
+
+    # Frozen past the window after which its heartbeat is stale: the others take back.
+    clock.advance(recovery.gone_after(state.settings.heartbeat_seconds).total_seconds() + 1)
+    assert _take_back(state, "worker-stalled") == 2
+    assert (await alive.run_once(10)).outcomes == {"delivered": 2}
+
+    assert [await stalled.deliver(row, 0.0) for row in claimed] == [None, None]
+    assert route.call_count == 2, "the stalled worker sent rows it no longer owned"
+    for delivery_id in ids:
+        row = get_delivery(state.engine, delivery_id)
+        assert (row.state, row.attempts) == (State.DELIVERED, 1)
+        assert [a.worker_id for a in attempts_of(state.engine, delivery_id)] == ["worker-alive"]
+
+
+async def test_a_slow_start_with_its_lease_still_held_is_sent(
+    state: BridgeState,
+    deliverer: MailmodoDeliverer,
+    mailmodo: respx.MockRouter,
+    clock: ManualClock,
+) -> None:
+    """Past the fence the lease is checked, not presumed lost: still ours, the call goes."""
+    [delivery_id] = add_deliveries(state.engine, "a@example.com")
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    [claimed] = await asyncio.to_thread(deliverer.claim, 1)
+
+    clock.advance(deliverer.fence_after.total_seconds() + 1)
+    assert deliverer.claimed_long_ago(claimed)
+
+    change = await deliverer.deliver(claimed, 0.0)
+    assert change is not None
+    assert change.state is State.DELIVERED
+    assert route.call_count == 1
+    assert get_delivery(state.engine, delivery_id).state == State.DELIVERED
 
 
 async def test_call_that_could_outlast_its_lease_is_not_started(

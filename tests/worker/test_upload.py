@@ -17,9 +17,10 @@ import respx
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
-from app.clock import utcnow
-from app.outbox.models import State
+from app.clock import ManualClock, utcnow
+from app.outbox.models import Delivery, State
 from app.state import BridgeState
+from app.system import recovery
 from app.system.models import UpstreamState
 from app.worker.runner import WorkerRunner
 from app.worker.upload import CleverTapUploader
@@ -176,6 +177,43 @@ async def test_success_is_delivered_with_an_attempt(
         200,
         "w",
     )
+
+
+async def test_rows_taken_back_while_the_uploader_stalled_are_not_uploaded(
+    state: BridgeState, upload: respx.Route, clock: ManualClock
+) -> None:
+    """Claimed, then frozen past the heartbeat window: the rows another worker took back (and
+    uploaded) are not uploaded again; the one still held goes."""
+    upload.mock(side_effect=ct_success)
+    ids = make_events(state.engine, 3)
+    async with (
+        uploader_for(state.engine, state.settings, "stalled") as stalled,
+        uploader_for(state.engine, state.settings, "alive") as alive,
+    ):
+        rows = await asyncio.to_thread(stalled.claim)
+        assert [r.id for r in rows] == ids
+        clock.advance(recovery.gone_after(state.settings.heartbeat_seconds).total_seconds() + 1)
+        # Another worker's sweep takes two of them back and uploads them.
+        with state.engine.begin() as conn:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids[:2]))
+                .values(
+                    state=State.PENDING.value,
+                    lease_token=None,
+                    leased_by=None,
+                    next_attempt_at=utcnow(),
+                )
+            )
+        assert (await alive.run_once()).outcomes == {"delivered": 2}
+
+        changes = await stalled.upload(rows)
+
+    assert [c.state for c in changes] == [State.DELIVERED]
+    sent = [record["objectId"] for batch in all_sent(upload) for record in batch]
+    assert sorted(sent) == ["__u0", "__u1", "__u2"], "a taken-back row was uploaded twice"
+    for delivery_id in ids:
+        assert len(attempts_of(state.engine, delivery_id)) == 1
 
 
 # --- per-record answers ----------------------------------------------------------------------
