@@ -555,7 +555,7 @@ GOOD_CREDENTIALS: dict[str, dict[str, str]] = {
     "basic-no-user": basic("", CT_SECRET),
 }
 
-BAD_CREDENTIALS: dict[str, dict[str, str]] = {
+BAD_CREDENTIALS: dict[str, dict[str, str | bytes]] = {
     "none": {},
     "wrong-header": {"X-Bridge-Secret": "wrong"},
     "wrong-case": {"X-Bridge-Secret": CT_SECRET.upper()},
@@ -563,6 +563,8 @@ BAD_CREDENTIALS: dict[str, dict[str, str]] = {
     "wrong-basic": basic("u", "wrong"),
     "secret-as-user": basic(CT_SECRET, ""),
     "garbled-basic": {"Authorization": "Basic %%%garbled%%%"},
+    "non-ascii-basic": {"Authorization": b"Basic \xc3\xa9"},
+    "non-ascii-basic-lower": {"Authorization": b"basic \xe9"},
     "basic-without-colon": {
         "Authorization": "Basic " + base64.b64encode(CT_SECRET.encode()).decode()
     },

@@ -102,6 +102,10 @@ def test_secret_matches_nothing_when_no_secret_is_configured() -> None:
         ({"Authorization": "Basic !!!not-base64!!!"}, None),
         ({"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()}, None),
         ({"Authorization": "Basic " + base64.b64encode(b"u:\xff\xfe").decode()}, None),
+        # bytes beyond ASCII where base64 is expected (the header arrives as latin-1)
+        ({"Authorization": "Basic \xc3\xa9"}, None),
+        ({"Authorization": "Basic \xe9"}, None),
+        ({"Authorization": "basic \xe9\xe9\xe9\xe9"}, None),
         ({"Authorization": "Bearer s3cret"}, None),
         ({"Authorization": "s3cret"}, None),
         ({}, None),
