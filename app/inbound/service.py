@@ -163,13 +163,21 @@ def check_content_type(request: Request) -> str | None:
     return content_type
 
 
+#: What orjson refuses in JSON that is well-formed (RFC 8259 sets no limit on nesting or on
+#: a number's size): such a call is understood to be JSON but cannot be processed, a 422.
+_BEYOND_PARSER = ("depth limit exceeded", "number is infinity")
+
+
 def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise InboundError(400, "malformed JSON", "the body is empty")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InboundError(400, "malformed JSON", str(exc)) from None
+        message = str(exc)
+        if message.startswith(_BEYOND_PARSER):
+            raise InboundError(422, "the call cannot be processed", message) from None
+        raise InboundError(400, "malformed JSON", message) from None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

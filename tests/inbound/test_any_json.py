@@ -121,6 +121,20 @@ async def test_nesting_orjson_cannot_write_back_is_a_kept_422(
     assert resp.json()["error"] == "the call cannot be processed"
 
 
+@pytest.mark.parametrize(
+    "value", [nested(1100), nested(1100, obj=False), "1e999", "-1e400", "9" * 5000]
+)
+async def test_well_formed_json_the_parser_refuses_is_a_kept_422_not_a_400(
+    client: httpx.AsyncClient, state: BridgeState, value: str
+) -> None:
+    """Nesting past orjson's 1,024 levels and numbers beyond a double are JSON all the same
+    (RFC 8259 sets no limit): not "malformed" but unprocessable."""
+    for template in (CLEVERTAP_CALLS[0], MAILMODO_CALLS[0]):
+        resp = await check(client, state, template, value)
+        assert resp.status_code == 422, (template, resp.text)
+        assert resp.json()["error"] == "the call cannot be processed"
+
+
 @settings(
     max_examples=150,
     derandomize=True,
