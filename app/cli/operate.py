@@ -206,7 +206,8 @@ def purge(
     state: list[State] | None = typer.Option(
         None,
         "--state",
-        help="Repeatable; default delivered, failed, dead, cancelled, dropped.",
+        help="Repeatable; default delivered, failed, dead, cancelled, dropped (pending items "
+        "are refused: cancel them first).",
         show_default=False,
     ),
     upstream: Upstream | None = UpstreamOpt,
@@ -223,7 +224,8 @@ def purge(
 
     Inbound calls left without any delivery go too.
     So do rejected, duplicate and test calls older than the cut,
-    unless the purge is narrowed (--upstream, --email, …) or --keep-calls is given.
+    unless the purge is narrowed by what the items are (--upstream, --email, …; --state
+    alone does not narrow it) or --keep-calls is given.
 
     Exit codes: 0 done (also when nothing matched); 1 database error; 2 bad usage or config.
     """
