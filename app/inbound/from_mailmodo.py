@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from app.activity import Activity
@@ -153,13 +154,60 @@ class MailmodoCallback(WebhookKind[list[Activity]]):
             request_id=request_id,
         )
 
+    def records(
+        self,
+        parsed: list[Activity],
+        *,
+        payload: Any,
+        target: str | None,
+        body: bytes,
+        content_type: str | None,
+        dedup_key: str | None,
+        request_id: str | None,
+        settings: Settings,
+    ) -> list[IngestRecord]:
+        """An array of events that all carry their own ids is stored one call per event, each
+        keyed by its id: an event seen before is a duplicate whichever array it came in (and
+        a repeat inside the array too), while the new ones of the same array are accepted."""
+        if (
+            dedup_key is None
+            or len(parsed) < 2
+            or not isinstance(payload, list)
+            or not all(activity.dedup_id for activity in parsed)
+        ):
+            return super().records(
+                parsed,
+                payload=payload,
+                target=target,
+                body=body,
+                content_type=content_type,
+                dedup_key=dedup_key,
+                request_id=request_id,
+                settings=settings,
+            )
+        return [
+            build_record(
+                settings,
+                events=[activity],
+                path_event=target,
+                body=orjson.dumps(item),
+                content_type=content_type,
+                dedup_key=callback_dedup_key(ROUTE, [activity], target, b""),
+                request_id=request_id,
+            )
+            for activity, item in zip(parsed, payload, strict=True)
+        ]
+
     def answer(self, result: IngestResult, parsed: list[Activity]) -> dict[str, Any]:
-        n = len(result.delivery_ids)
+        return self.answer_all([result], parsed)
+
+    def answer_all(self, results: list[IngestResult], parsed: list[Activity]) -> dict[str, Any]:
+        accepted = sum(len(r.delivery_ids) for r in results if not r.duplicate)
         return {
-            "accepted": 0 if result.duplicate else n,
-            "duplicates": n if result.duplicate else 0,
+            "accepted": accepted,
+            "duplicates": sum(len(r.delivery_ids) for r in results if r.duplicate),
             "skipped": 0,
-            "ids": result.delivery_ids,
+            "ids": [i for r in results for i in r.delivery_ids],
         }
 
 

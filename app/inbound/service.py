@@ -6,6 +6,7 @@ refused are kept for the operator. The sources plug in as ``WebhookKind``s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hmac
@@ -291,6 +292,36 @@ class WebhookKind(Generic[P]):
     def answer(self, result: IngestResult, parsed: P) -> dict[str, Any]:
         raise NotImplementedError
 
+    def records(
+        self,
+        parsed: P,
+        *,
+        payload: Any,
+        target: str | None,
+        body: bytes,
+        content_type: str | None,
+        dedup_key: str | None,
+        request_id: str | None,
+        settings: Settings,
+    ) -> list[IngestRecord]:
+        """What the call is stored as: one record (the default), or several when its items
+        are deduplicated one by one (``from_mailmodo``)."""
+        return [
+            self.record(
+                parsed,
+                target=target,
+                body=body,
+                content_type=content_type,
+                dedup_key=dedup_key,
+                request_id=request_id,
+                settings=settings,
+            )
+        ]
+
+    def answer_all(self, results: list[IngestResult], parsed: P) -> dict[str, Any]:
+        """The answer to the call, from what storing its records came to."""
+        return self.answer(results[0], parsed)
+
 
 async def receive(
     request: Request,
@@ -318,8 +349,9 @@ async def receive(
         payload = parse_json(body)
         kind.check_target(target)
         parsed = kind.parse(payload, target)
-        record = kind.record(
+        records = kind.records(
             parsed,
+            payload=payload,
             target=target,
             body=body,
             content_type=content_type,
@@ -331,7 +363,11 @@ async def receive(
             request_id=request_id(request),
             settings=settings,
         )
-        answer = kind.answer(await writer.submit(record), parsed)
+        if len(records) == 1:
+            results = [await writer.submit(records[0])]
+        else:
+            results = await _submit_all(writer, records)
+        answer = kind.answer_all(results, parsed)
     except UnstorableRecord as exc:
         error = InboundError(422, "the call holds values that cannot be stored", str(exc))
         return await _refuse(request, writer, settings, kind.source, route, target, body, error)
@@ -362,6 +398,18 @@ async def receive(
     observe_inbound(route, 200, answer)
     _log_accepted(route, answer)
     return json_response(answer)
+
+
+async def _submit_all(writer: Writer, records: list[IngestRecord]) -> list[IngestResult]:
+    """Submit every record (the writer commits them together when it can); the first
+    failure is raised once all have settled, so none is left running unobserved."""
+    outcomes = await asyncio.gather(*(writer.submit(r) for r in records), return_exceptions=True)
+    results: list[IngestResult] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results.append(outcome)
+    return results
 
 
 def _log_accepted(route: str, answer: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from app.clock import utcnow
@@ -277,7 +278,10 @@ async def test_an_array_of_activity_events(client: httpx.AsyncClient, state: Bri
         ("a@example.com", "__a", "MM Email Opened"),
         ("b@example.com", "__b", "MM Email Bounced"),
     ]
-    assert len(all_calls(state.engine)) == 1
+    # Every item has its own id: each is stored as a call of its own, keyed by that id.
+    calls = all_calls(state.engine)
+    assert [c.dedup_key for c in calls] == ["mailmodo.events:id:e1", "mailmodo.events:id:e2"]
+    assert [orjson.loads(c.body) for c in calls] == body
 
 
 async def test_activity_form_submission_gives_two_events(

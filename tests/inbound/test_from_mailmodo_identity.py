@@ -211,9 +211,47 @@ async def test_an_array_is_deduplicated_only_when_every_item_has_an_id(
 ) -> None:
     both = [opened(event_id="e1", clevertap_id="__a"), opened(event_id="e2", clevertap_id="__a")]
     first = await post_mm(client, both)
-    await assert_duplicate(client, state, first, both)
+    before = [d.id for d in all_deliveries(state.engine)]
+    again = await post_mm(client, both)
+    assert again == {"accepted": 0, "duplicates": 2, "skipped": 0, "ids": first["ids"]}
+    assert [d.id for d in all_deliveries(state.engine)] == before
+    # Without an id on every item, the body as a whole is the key (the ids are not trusted).
     one_without = [opened(event_id="e1", clevertap_id="__a"), opened(clevertap_id="__a")]
     assert (await post_mm(client, one_without))["accepted"] == 2
+
+
+@pytest.mark.parametrize(
+    ("calls", "answers"),
+    [
+        # the helper's finding: an event seen alone, then in an array with a new one
+        ([["RPT-1"], ["RPT-1", "RPT-2"]], [(1, 0), (1, 1)]),
+        # an array, then one of its events alone, then the other with a new one
+        ([["A", "B"], ["B"], ["C", "A"]], [(2, 0), (0, 1), (1, 1)]),
+        # the same event twice in one array
+        ([["X", "X"]], [(1, 1)]),
+        ([["X", "Y", "X", "Y"]], [(2, 2)]),
+    ],
+    ids=["single-then-array", "regrouped", "repeat-inside", "repeats-inside"],
+)
+async def test_every_event_id_is_deduplicated_whichever_call_it_comes_in(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    calls: list[list[str]],
+    answers: list[tuple[int, int]],
+) -> None:
+    """An event id already seen in the window is a duplicate whether it came alone, in an
+    array or twice in the same array; the new events of the same call are accepted."""
+    seen: dict[str, int] = {}
+    for ids, (accepted, duplicates) in zip(calls, answers, strict=True):
+        body = [opened(f"{i.lower()}@example.com", event_id=i, clevertap_id=f"__{i}") for i in ids]
+        answer = await post_mm(client, body if len(body) > 1 else body[0])
+        assert (answer["accepted"], answer["duplicates"]) == (accepted, duplicates), ids
+        assert len(answer["ids"]) == len(ids)
+        for event_id, delivery_id in zip(ids, answer["ids"], strict=True):
+            # a duplicate answers with the id of the delivery first made for that event
+            assert seen.setdefault(event_id, delivery_id) == delivery_id
+    deliveries = all_deliveries(state.engine)
+    assert sorted(d.clevertap_id for d in deliveries) == sorted(f"__{i}" for i in seen)
 
 
 async def test_past_the_dedup_window_the_same_id_is_new_again(sqlite_url: str) -> None:
