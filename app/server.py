@@ -10,8 +10,10 @@ limit, after which the server answers nothing (not even ``/healthz``) and logs n
   below it (``BRIDGE_MAX_CONNECTIONS``, leaving room for the database, the writer and the
   upstream clients). At the cap a connection that is not in the middle of a request (idle, or
   still sending its headers) is closed to make room, so ``/healthz`` still gets through a
-  flood; only when every connection is busy with a request is the new one answered 503 and
-  closed. Reaching the cap is logged (once per interval) and counted;
+  flood; when every connection is busy with a request, up to ``PROBE_HEADROOM`` more are let
+  in for health probes only (``/healthz``, ``/readyz`` answered, anything else 503), and past
+  those a new one is answered 503 and closed. Reaching the cap is logged (once per interval)
+  and counted;
 * a watchdog closes connections idle past ``BRIDGE_KEEP_ALIVE_SECONDS`` (from the moment they
   open, not only after a response), requests whose headers take longer than
   ``BRIDGE_HEADER_TIMEOUT_SECONDS``, and bodies that stop arriving for
@@ -37,6 +39,7 @@ from typing import Any
 import structlog
 import uvicorn
 from prometheus_client import Counter, Gauge
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import Settings
@@ -70,6 +73,37 @@ def _raw_503(why: bytes) -> bytes:
 
 
 REFUSED_ANSWER = _raw_503(b"at its connection limit")
+
+#: Connections let in past the cap, while every other one is busy with a call, for a health
+#: probe only: ``/healthz`` and ``/readyz`` are answered as usual, anything else 503 at once
+#: (a flood of slow authenticated bodies must not make an orchestrator restart the bridge).
+#: Within ``FD_RESERVE``.
+PROBE_HEADROOM = 16
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+_PROBE_ONLY_BODY = _BODY_503 % b"at its connection limit"
+_PROBE_ONLY_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"retry-after", b"5"),
+    (b"connection", b"close"),
+]
+
+
+def probe_only(app: ASGIApp) -> ASGIApp:
+    """``app`` for a connection let in past the cap: health probes only."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PROBE_PATHS:
+            CONNECTIONS_CLOSED.labels("refused").inc()
+            await send(
+                {"type": "http.response.start", "status": 503, "headers": _PROBE_ONLY_HEADERS}
+            )
+            await send({"type": "http.response.body", "body": _PROBE_ONLY_BODY})
+            return
+        await app(scope, receive, send)
+
+    return guarded
+
+
 SHUTDOWN_ANSWER = _raw_503(b"shutting down")
 
 
@@ -106,6 +140,8 @@ class Watch:
         self.interval = min(1.0, max(0.05, min(self.keep_alive, self.header_timeout) / 4))
         #: Refreshed by the watchdog each interval: per-call code stores it, never reads a clock.
         self.now = time.monotonic()
+        #: Connections open now that were let in past the cap for a health probe.
+        self.probes = 0
 
 
 _data_received = HttpToolsProtocol.data_received
@@ -166,15 +202,14 @@ class WatchedProtocol(HttpToolsProtocol):
     _w_begun: float | None
     _w_done: float
     _w_refused: bool
+    _w_probe: bool
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         watch = self.watch
         self._w_rx = self._w_done = watch.now
         self._w_begun = None
-        self._w_refused = False
+        self._w_refused = self._w_probe = False
         if len(self.connections) >= watch.cap and not self._make_room():
-            self._w_refused = True
-            CONNECTIONS_CLOSED.labels("refused").inc()
             log_throttled(
                 log,
                 "warning",
@@ -183,6 +218,14 @@ class WatchedProtocol(HttpToolsProtocol):
                 hint="every connection is busy with a request; raise BRIDGE_MAX_CONNECTIONS "
                 "or add replicas",
             )
+            if watch.probes < PROBE_HEADROOM:
+                watch.probes += 1
+                self._w_probe = True
+                super().connection_made(_OneSendTransport(transport, self.loop))  # type: ignore[arg-type]
+                self.app = probe_only(self.app)
+                return
+            self._w_refused = True
+            CONNECTIONS_CLOSED.labels("refused").inc()
             with contextlib.suppress(Exception):
                 transport.write(REFUSED_ANSWER)
             transport.close()
@@ -213,6 +256,9 @@ class WatchedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._w_refused:
             return
+        if self._w_probe:
+            self._w_probe = False
+            self.watch.probes -= 1
         super().connection_lost(exc)
 
     # On every call: an attribute store each, and the base method called directly (cheaper

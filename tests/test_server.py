@@ -162,12 +162,16 @@ def test_busy_connections_past_the_cap_are_refused_then_their_bodies_time_out(
     stalled = [connect(bridge.port, head) for _ in range(10)]
     try:
         time.sleep(0.3)  # every one of them is a call waiting for its body
-        refused = connect(bridge.port)
+        # Past the cap, with no idle connection to close, a new one is let in for a health
+        # probe only: a call on it is refused at once, a probe answered.
+        refused = connect(bridge.port, head)
         refused.settimeout(3)
         answer = refused.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"connection limit" in answer
         assert b"retry-after: 5" in answer
         refused.close()
+        assert httpx.get(f"{bridge.url}/healthz", timeout=3).status_code == 200
         time.sleep(2.5)  # the bodies never come: closed
         assert all(closed_by_server(s) for s in stalled)
         # (/metrics itself would have been refused while every connection was busy)
@@ -176,6 +180,38 @@ def test_busy_connections_past_the_cap_are_refused_then_their_bodies_time_out(
         assert httpx.get(f"{bridge.url}/healthz", timeout=3).status_code == 200
     finally:
         for s in stalled:
+            s.close()
+    assert "unhandled error" not in bridge.log.read_text()
+
+
+def test_healthz_answers_while_slow_authenticated_bodies_hold_every_connection(
+    serve_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """A flood of valid calls whose bodies trickle in keeps every connection busy (none may be
+    evicted): ``/healthz`` and ``/readyz`` still answer on fresh connections, webhooks get 503."""
+    bridge = serve_factory(BRIDGE_MAX_CONNECTIONS="20", BRIDGE_BODY_TIMEOUT_SECONDS="30")
+    head = (
+        b"POST /clevertap/campaigns/c1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Bridge-Secret: " + CT_SECRET.encode() + b"\r\nContent-Length: 100000\r\n\r\n{"
+    )
+    flood = [connect(bridge.port, head) for _ in range(40)]
+    try:
+        time.sleep(0.3)
+        for _ in range(5):  # one probe after another, each on a new connection
+            assert httpx.get(f"{bridge.url}/healthz", timeout=3).status_code == 200
+        ready = httpx.get(f"{bridge.url}/readyz", timeout=3)
+        assert ready.status_code in (200, 503)
+        assert "checks" in ready.json()
+        call = httpx.post(
+            f"{bridge.url}/clevertap/campaigns/c1",
+            json={"email": "a@example.com"},
+            headers={"X-Bridge-Secret": CT_SECRET},
+            timeout=3,
+        )
+        assert call.status_code == 503
+        assert call.headers["retry-after"] == "5"
+    finally:
+        for s in flood:
             s.close()
     assert "unhandled error" not in bridge.log.read_text()
 
