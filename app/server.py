@@ -83,6 +83,7 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 _PROBE_ONLY_BODY = _BODY_503 % b"at its connection limit"
 _PROBE_ONLY_HEADERS = [
     (b"content-type", b"application/json"),
+    (b"content-length", str(len(_PROBE_ONLY_BODY)).encode()),
     (b"retry-after", b"5"),
     (b"connection", b"close"),
 ]
@@ -209,7 +210,23 @@ class WatchedProtocol(HttpToolsProtocol):
         self._w_rx = self._w_done = watch.now
         self._w_begun = None
         self._w_refused = self._w_probe = False
-        if len(self.connections) >= watch.cap and not self._make_room():
+        # Probe connections sit beyond the cap: only the others count against it, and only
+        # the others make room for a full connection.
+        if len(self.connections) - watch.probes >= watch.cap and not self._make_room(probe=False):
+            if watch.probes < PROBE_HEADROOM or self._make_room(probe=True):
+                log_throttled(
+                    log,
+                    "warning",
+                    "connection limit reached: new connections serve health probes only",
+                    cap=watch.cap,
+                    hint="every connection is busy with a request; raise "
+                    "BRIDGE_MAX_CONNECTIONS or add replicas",
+                )
+                watch.probes += 1
+                self._w_probe = True
+                super().connection_made(_OneSendTransport(transport, self.loop))  # type: ignore[arg-type]
+                self.app = probe_only(self.app)
+                return
             log_throttled(
                 log,
                 "warning",
@@ -218,12 +235,6 @@ class WatchedProtocol(HttpToolsProtocol):
                 hint="every connection is busy with a request; raise BRIDGE_MAX_CONNECTIONS "
                 "or add replicas",
             )
-            if watch.probes < PROBE_HEADROOM:
-                watch.probes += 1
-                self._w_probe = True
-                super().connection_made(_OneSendTransport(transport, self.loop))  # type: ignore[arg-type]
-                self.app = probe_only(self.app)
-                return
             self._w_refused = True
             CONNECTIONS_CLOSED.labels("refused").inc()
             with contextlib.suppress(Exception):
@@ -232,10 +243,15 @@ class WatchedProtocol(HttpToolsProtocol):
             return
         super().connection_made(_OneSendTransport(transport, self.loop))  # type: ignore[arg-type]
 
-    def _make_room(self) -> bool:
-        """Close one connection that is not in the middle of a request, if there is one."""
+    def _make_room(self, *, probe: bool) -> bool:
+        """Close one connection of the kind asked for (a probe connection or a full one) that
+        is not in the middle of a request, if there is one."""
         for other in self.connections:
-            if isinstance(other, WatchedProtocol) and other._evictable():
+            if (
+                isinstance(other, WatchedProtocol)
+                and other._w_probe is probe
+                and other._evictable()
+            ):
                 CONNECTIONS_CLOSED.labels("evicted").inc()
                 log_throttled(
                     log,
@@ -246,6 +262,9 @@ class WatchedProtocol(HttpToolsProtocol):
                 )
                 other.transport.close()
                 other.connections.discard(other)  # its connection_lost comes later
+                if probe:  # its slot is taken over now
+                    other._w_probe = False
+                    self.watch.probes -= 1
                 return True
         return False
 

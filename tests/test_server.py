@@ -184,6 +184,33 @@ def test_busy_connections_past_the_cap_are_refused_then_their_bodies_time_out(
     assert "unhandled error" not in bridge.log.read_text()
 
 
+def test_connections_let_in_for_probes_never_become_full_ones(
+    serve_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """Past the cap a call is refused even when an idle probe connection could be closed for
+    it: probe connections make room only for other probes, so the cap holds."""
+    bridge = serve_factory(BRIDGE_MAX_CONNECTIONS="5", BRIDGE_BODY_TIMEOUT_SECONDS="30")
+    head = (
+        b"POST /clevertap/campaigns/c1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Bridge-Secret: " + CT_SECRET.encode() + b"\r\nContent-Length: 100000\r\n\r\n{"
+    )
+    held = [connect(bridge.port, head) for _ in range(5)]
+    opened: list[socket.socket] = []
+    try:
+        time.sleep(0.3)
+        for _ in range(30):
+            opened.append(connect(bridge.port))  # idle: a probe connection, closable
+            call = connect(bridge.port, head)
+            opened.append(call)
+            call.settimeout(3)
+            answer = call.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert httpx.get(f"{bridge.url}/healthz", timeout=3).status_code == 200
+    finally:
+        for s in held + opened:
+            s.close()
+
+
 def test_healthz_answers_while_slow_authenticated_bodies_hold_every_connection(
     serve_factory,  # type: ignore[no-untyped-def]
 ) -> None:
