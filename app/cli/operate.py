@@ -154,7 +154,7 @@ def replay(
     state: list[State] | None = typer.Option(
         None,
         "--state",
-        help="Repeatable; with only --since/--until, failed and dead.",
+        help="Repeatable; without it, failed and dead (a time range is then required).",
         show_default=False,
     ),
     upstream: Upstream | None = UpstreamOpt,

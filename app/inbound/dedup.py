@@ -4,7 +4,9 @@
   ``<route>:<target>:sha256:<hash of the exact body>`` (CleverTap's retries repeat it).
 * Mailmodo callbacks: ``mailmodo.events:id:<ids>`` from the payload's own event ids (event_id,
   responseId, the journey tuple) when every event has one, else a hash of the exact body and
-  the event named by the path.
+  the event named by the path. An array whose items all carry an id is stored one call per
+  item (``from_mailmodo.MailmodoCallback.records``), each keyed ``mailmodo.events:id:<its id>``,
+  the key the same event has when it comes alone.
 
 A key always fits its column: longer ones are hashed whole, so two long keys never collide by
 sharing a prefix.

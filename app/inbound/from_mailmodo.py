@@ -34,6 +34,9 @@ from app.upstreams import UPSTREAM_OF
 
 ROUTE = "mailmodo.events"
 UPLOAD_UPSTREAM = UPSTREAM_OF[Operation.EVENT_UPLOAD]
+#: Bytes of an array's body stored with each of its items' calls at most (body x items);
+#: beyond, each call keeps its own item.
+WHOLE_BODY_BUDGET = 1 << 20
 UNAUTHORIZED = InboundError(
     401, "unauthorized", "the path must carry one of BRIDGE_MAILMODO_WEBHOOK_SECRETS"
 )
@@ -185,17 +188,33 @@ class MailmodoCallback(WebhookKind[list[Activity]]):
                 request_id=request_id,
                 settings=settings,
             )
+        # Each call keeps the body as received while that stays small; a large array keeps
+        # each item (re-serialised) instead of a copy of the whole per item.
+        whole = len(body) * len(parsed) <= WHOLE_BODY_BUDGET
+        try:
+            bodies = [body if whole else orjson.dumps(item) for item in payload]
+        except orjson.JSONEncodeError:  # an item nested past what orjson writes: as before
+            return super().records(
+                parsed,
+                payload=payload,
+                target=target,
+                body=body,
+                content_type=content_type,
+                dedup_key=dedup_key,
+                request_id=request_id,
+                settings=settings,
+            )
         return [
             build_record(
                 settings,
                 events=[activity],
                 path_event=target,
-                body=orjson.dumps(item),
+                body=item_body,
                 content_type=content_type,
                 dedup_key=callback_dedup_key(ROUTE, [activity], target, b""),
                 request_id=request_id,
             )
-            for activity, item in zip(parsed, payload, strict=True)
+            for activity, item_body in zip(parsed, bodies, strict=True)
         ]
 
     def answer(self, result: IngestResult, parsed: list[Activity]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from app.inbound import from_mailmodo
 from app.inbound.from_clevertap import (
     CAMPAIGN_TRIGGER,
     CONSENT_RESUBSCRIBE,
@@ -171,10 +170,10 @@ async def events_of_type(
     return await _mailmodo(request, secret, event)
 
 
-async def _no_secret() -> Response:
-    """A callback whose path lacks the secret segment is refused like a wrong secret (401),
-    not as an unknown path: the operator pasted the URL without it."""
-    raise from_mailmodo.UNAUTHORIZED
+async def _no_secret(request: Request) -> Response:
+    """A callback whose path lacks the secret segment (the URL pasted without it) is refused,
+    counted and logged like a wrong secret (401), not answered as an unknown path."""
+    return await _mailmodo(request, "", None)
 
 
 for _path in ("/events", "/events/{event}", "//events", "//events/{event}"):

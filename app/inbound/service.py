@@ -164,8 +164,9 @@ def check_content_type(request: Request) -> str | None:
     return content_type
 
 
-#: What orjson refuses in JSON that is well-formed (RFC 8259 sets no limit on nesting or on
-#: a number's size): such a call is understood to be JSON but cannot be processed, a 422.
+#: Limits of orjson on JSON that is otherwise well-formed (RFC 8259 sets none on nesting or on
+#: a number's size): such a call is JSON the bridge cannot process, a 422. (Lone surrogate
+#: escapes, which RFC 8259 also allows, stay a 400: no text can hold them.)
 _BEYOND_PARSER = ("depth limit exceeded", "number is infinity")
 
 
@@ -401,15 +402,24 @@ async def receive(
 
 
 async def _submit_all(writer: Writer, records: list[IngestRecord]) -> list[IngestResult]:
-    """Submit every record (the writer commits them together when it can); the first
-    failure is raised once all have settled, so none is left running unobserved."""
+    """Submit every record (the writer commits them together when it can) and wait for all.
+
+    Records may commit apart: when the writer is unavailable for one, that is raised first
+    (a 503: the sender retries, and the items stored meanwhile come back as duplicates);
+    an item that cannot be stored is a 422 whose detail says the others were stored (the
+    whole body is kept as rejected, so the operator still has that item)."""
     outcomes = await asyncio.gather(*(writer.submit(r) for r in records), return_exceptions=True)
-    results: list[IngestResult] = []
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        results.append(outcome)
-    return results
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        for failure in failures:
+            if isinstance(failure, WriterUnavailable):
+                raise failure
+        first = failures[0]
+        stored = len(outcomes) - len(failures)
+        if isinstance(first, UnstorableRecord) and stored:
+            raise UnstorableRecord(f"{first}; the call's {stored} other items were stored")
+        raise first
+    return [o for o in outcomes if not isinstance(o, BaseException)]
 
 
 def _log_accepted(route: str, answer: dict[str, Any]) -> None:

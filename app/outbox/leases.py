@@ -16,9 +16,9 @@ from sqlalchemy import select, update
 
 from app.outbox.repository import DELIVERIES, Executor, in_states
 from app.outbox.transitions import Edge, LeaseReclaim
-from app.outbox.worker_sql import finish_held, still_leased
+from app.outbox.worker_sql import finish_held, leases_held, still_leased
 
-__all__ = ["finish_held", "lessees", "reclaim_leases", "still_leased"]
+__all__ = ["finish_held", "leases_held", "lessees", "reclaim_leases", "still_leased"]
 
 #: Ids per IN (...) list or UPDATE: far below any backend's limit on bound parameters.
 _CHUNK = 1000

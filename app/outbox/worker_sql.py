@@ -76,11 +76,8 @@ _CLAIM = claim_update(_DUE.scalar_subquery())
 
 #: A worker's change of one of its rows, guarded by the lease token (SET columns by name).
 _FINISH = update(_D).where(_D.c.id == bindparam("b_id"), _D.c.lease_token == bindparam("b_token"))
-_HELD = (
-    select(_D.c.id, _D.c.lease_token)
-    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
-    .with_for_update()
-)
+_TOKENS = select(_D.c.id, _D.c.lease_token).where(_D.c.id.in_(bindparam("ids", expanding=True)))
+_HELD = _TOKENS.with_for_update()
 
 
 def _is_sqlite(conn: Executor) -> bool:
@@ -243,6 +240,18 @@ def still_leased(conn: Executor, rows: Sequence[Claimed]) -> set[int]:
     held: set[int] = set()
     for start in range(0, len(ids), _CHUNK):
         found = conn.execute(_HELD, {"ids": ids[start : start + _CHUNK]}).all()
+        held.update(row_id for row_id, token in found if token == tokens[row_id])
+    return held
+
+
+def leases_held(conn: Executor, rows: Sequence[Claimed]) -> set[int]:
+    """The ids of ``rows`` whose lease token is still the row's: a plain read, no lock (the
+    worker's look before a call, outside any write)."""
+    tokens = {row.id: row.lease_token for row in rows}
+    ids = list(tokens)
+    held: set[int] = set()
+    for start in range(0, len(ids), _CHUNK):
+        found = conn.execute(_TOKENS, {"ids": ids[start : start + _CHUNK]}).all()
         held.update(row_id for row_id, token in found if token == tokens[row_id])
     return held
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
+from app.db import read_only
 from app.metrics import observe_attempt
 from app.outbox import leases, repository, transitions
 from app.outbox.models import Upstream
@@ -76,6 +77,9 @@ class OutboxConsumer:
         #: worker have stalled (a frozen container, a stopped process) long enough for the
         #: others to find its heartbeat stale: its lease is checked before a call is started.
         #: Half the window after which a worker counts as gone (``app.system.recovery``).
+        #: Measured from the claim, not from this worker's last committed heartbeat: a stall
+        #: that begins when a beat is already late by more than half the window, right after
+        #: a claim, can still let one call go twice (at-least-once covers it).
         self.fence_after = recovery.gone_after(heartbeat_seconds) / 2
         self.gate = PauseGate(
             engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
@@ -89,9 +93,10 @@ class OutboxConsumer:
         return utcnow() - claimed_at >= self.fence_after
 
     def held(self, rows: Sequence[Claimed]) -> set[int]:
-        """The ids of ``rows`` whose lease this worker still holds (its token is the row's)."""
-        with self.engine.begin() as conn:
-            return leases.still_leased(conn, rows)
+        """The ids of ``rows`` whose lease this worker still holds (its token is the row's),
+        read without a write lock: on SQLite a locking read would queue behind ingest."""
+        with read_only(self.engine).connect() as conn:
+            return leases.leases_held(conn, rows)
 
     def claim(self, limit: int) -> list[Claimed]:
         """Lease up to ``limit`` due rows (one while probing a pause, none while paused)."""
@@ -366,6 +371,8 @@ class RowDeliverer(OutboxConsumer, Generic[ClientT], ABC):
             raise GiveBack(f"stopping before {what}")
         if not self._time_left(row):
             raise GiveBack(f"lease too short for {what}")
+        if self.claimed_long_ago(row) and not await asyncio.to_thread(self.held, [row]):
+            raise GiveBack(f"lease taken back before {what}")
 
     def _time_left(self, row: Claimed) -> bool:
         """Whether the lease outlasts a whole call (its timeout) with a margin."""

@@ -111,6 +111,8 @@ class CleverTapUploader(OutboxConsumer):
                     rows=len(rows) - len(held),
                 )
                 rows = [row for row in rows if row.id in held]
+                if not rows:
+                    return []
         sendable: list[tuple[Claimed, dict[str, Any]]] = []
         unsendable: list[Claimed] = []
         for row in rows:

@@ -281,7 +281,25 @@ async def test_an_array_of_activity_events(client: httpx.AsyncClient, state: Bri
     # Every item has its own id: each is stored as a call of its own, keyed by that id.
     calls = all_calls(state.engine)
     assert [c.dedup_key for c in calls] == ["mailmodo.events:id:e1", "mailmodo.events:id:e2"]
-    assert [orjson.loads(c.body) for c in calls] == body
+    # Each keeps the body as received (a small array).
+    assert [orjson.loads(c.body) for c in calls] == [body, body]
+
+
+async def test_an_array_with_ids_and_a_deeply_nested_extra_field_is_stored(
+    client: httpx.AsyncClient, state: BridgeState
+) -> None:
+    """Splitting the array must not refuse what the one-call path took (orjson writes 254
+    levels at most, reads 1,024)."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    body = [
+        opened("a@example.com", clevertap_id="__a", event_id="d1", extra=deep),
+        opened("b@example.com", clevertap_id="__b", event_id="d2"),
+    ]
+    answer = await post_mm(client, body)
+    assert (answer["accepted"], answer["duplicates"]) == (2, 0)
+    assert (await post_mm(client, body[1]))["duplicates"] == 1
 
 
 async def test_activity_form_submission_gives_two_events(

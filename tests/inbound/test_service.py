@@ -12,9 +12,11 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
+from app.clock import utcnow
 from app.inbound.service import (
     BodyTooLarge,
     InboundError,
+    _submit_all,
     check_content_type,
     clevertap_credential,
     keep_rejected,
@@ -24,7 +26,7 @@ from app.inbound.service import (
 )
 from app.outbox.models import CallStatus, Source
 from app.outbox.schemas import IngestRecord, IngestResult
-from app.outbox.writer import WriterUnavailable
+from app.outbox.writer import UnstorableRecord, WriterUnavailable
 
 
 def make_request(
@@ -314,3 +316,52 @@ async def test_keep_rejected_without_detail_and_with_a_failing_writer() -> None:
     # A database failure while keeping a rejection is logged, not raised.
     failing = RecordingWriter(fail=True)
     assert await keep(failing, b"{}", InboundError(422, "x")) is None
+
+
+# --- a call stored as several records ------------------------------------------------------------
+
+
+class _PerRecordWriter:
+    """Answers each record by its ``request_id``: an error to raise, or a result."""
+
+    def __init__(self, outcomes: dict[str, Exception | IngestResult]) -> None:
+        self.outcomes = outcomes
+
+    async def submit(self, record: IngestRecord) -> IngestResult:
+        outcome = self.outcomes[record.request_id or ""]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def _records(*names: str) -> list[IngestRecord]:
+    return [
+        IngestRecord(
+            source=Source.MAILMODO,
+            route="mailmodo.events",
+            target=None,
+            status=CallStatus.ACCEPTED,
+            http_status=200,
+            received_at=utcnow(),
+            body="[]",
+            request_id=name,
+        )
+        for name in names
+    ]
+
+
+async def test_several_records_prefer_the_retryable_failure() -> None:
+    """One item unstorable and another not stored for want of the database: 503 (retry),
+    not 422, or the second item would never be stored."""
+    writer = _PerRecordWriter({"a": UnstorableRecord("too long"), "b": WriterUnavailable("down")})
+    with pytest.raises(WriterUnavailable):
+        await _submit_all(writer, _records("a", "b"))  # type: ignore[arg-type]
+
+
+async def test_an_unstorable_item_says_the_others_were_stored() -> None:
+    ok = IngestResult(call_id=1, duplicate=False, delivery_ids=[7])
+    writer = _PerRecordWriter({"a": ok, "b": UnstorableRecord("too long")})
+    with pytest.raises(UnstorableRecord, match="1 other items were stored"):
+        await _submit_all(writer, _records("a", "b"))  # type: ignore[arg-type]
+    writer = _PerRecordWriter({"a": ok, "b": ok})
+    assert await _submit_all(writer, _records("a", "b")) == [ok, ok]  # type: ignore[arg-type]

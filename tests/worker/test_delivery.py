@@ -28,6 +28,7 @@ from app.security import fingerprint
 from app.state import BridgeState
 from app.system import recovery
 from app.upstream import MAX_KEPT_BODY, AttemptOutcome, Outcome
+from app.worker.consumer import GiveBack
 from app.worker.delivery import MailmodoDeliverer
 from tests.conftest import CT_AUTH, MAILMODO_KEY, make_settings
 from tests.factories import (
@@ -947,6 +948,21 @@ async def test_a_row_taken_back_while_its_worker_stalled_is_not_sent(
         row = get_delivery(state.engine, delivery_id)
         assert (row.state, row.attempts) == (State.DELIVERED, 1)
         assert [a.worker_id for a in attempts_of(state.engine, delivery_id)] == ["worker-alive"]
+
+
+async def test_the_second_call_of_an_attempt_checks_the_lease_after_a_stall(
+    state: BridgeState, deliverer: MailmodoDeliverer, clock: ManualClock
+) -> None:
+    """A list sync reads, then writes: a worker frozen between the two whose row was taken
+    back gives the write up instead of sending it on a stale read."""
+    add_deliveries(state.engine, "a@example.com", "b@example.com")
+    kept, taken = await asyncio.to_thread(deliverer.claim, 2)
+    clock.advance(deliverer.fence_after.total_seconds() + 1)
+    await deliverer.next_call_slot(kept, None, "the contact write")  # still ours: goes on
+    with state.engine.begin() as conn:
+        leases.reclaim_leases(conn, transitions.reclaim_lease(utcnow()), [deliverer.worker_id])
+    with pytest.raises(GiveBack, match="taken back"):
+        await deliverer.next_call_slot(taken, None, "the contact write")
 
 
 async def test_a_slow_start_with_its_lease_still_held_is_sent(
