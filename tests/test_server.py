@@ -7,6 +7,7 @@ mechanisms are the same at the defaults.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -20,11 +21,22 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.server import ServerState
 
-from app.server import FD_RESERVE, connection_cap
+from app.config import Settings
+from app.server import (
+    FD_RESERVE,
+    PROBE_HEADROOM,
+    REFUSED_ANSWER,
+    Watch,
+    connection_cap,
+    protocol_for,
+)
 from tests.conftest import CT_SECRET
 
 GRACE = 2.0
@@ -306,3 +318,84 @@ def test_sigterm_under_load_ends_within_the_grace_and_loses_nothing(serve_factor
         stored = {row[0] for row in db.execute("SELECT email FROM deliveries")}
     assert set(acknowledged) <= stored, "an acknowledged call was lost"
     assert "Exception in ASGI application" not in bridge.log.read_text()
+
+
+# --- the cap's decisions, on protocol objects --------------------------------------------------
+
+
+class _Transport(asyncio.Transport):
+    """Enough of a socket transport for uvicorn's protocol to be made and refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _noop_app(scope: Any, receive: Any, send: Any) -> None:
+    pass
+
+
+async def test_past_the_cap_and_the_probe_headroom_a_connection_is_refused(
+    settings: Settings,
+) -> None:
+    """One full connection (the cap), then ``PROBE_HEADROOM`` probe connections, all busy: the
+    next is answered 503 and closed; when a probe goes idle, a newcomer takes its place as a
+    probe, and the count of probes stays exact."""
+    config = uvicorn.Config(app=_noop_app, http="httptools", loop="asyncio", log_level="error")
+    config.load()
+    watch = Watch(settings, cap=1)
+    protocol = protocol_for(watch)
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+
+    def connect() -> tuple[Any, _Transport]:
+        conn = protocol(config, state, {}, loop)
+        transport = _Transport()
+        conn.connection_made(transport)
+        return conn, transport
+
+    busy: list[Any] = []
+    for _ in range(1 + PROBE_HEADROOM):
+        conn, transport = connect()
+        conn._evictable = lambda: False  # in the middle of a request
+        busy.append(conn)
+    assert [c._w_probe for c in busy] == [False] + [True] * PROBE_HEADROOM
+    assert watch.probes == PROBE_HEADROOM
+
+    refused, transport = connect()
+    assert transport.written == [REFUSED_ANSWER]
+    assert transport.closed
+    assert refused not in state.connections
+    assert watch.probes == PROBE_HEADROOM
+
+    idle = busy[-1]
+    idle._evictable = lambda: True  # answered its probe, now idle
+    newcomer, _ = connect()
+    assert newcomer._w_probe
+    assert idle not in state.connections
+    assert watch.probes == PROBE_HEADROOM
+    idle.connection_lost(None)  # the closed one's loss, later: not counted twice
+    assert watch.probes == PROBE_HEADROOM
+    newcomer.connection_lost(None)
+    assert watch.probes == PROBE_HEADROOM - 1
