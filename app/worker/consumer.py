@@ -73,24 +73,28 @@ class OutboxConsumer:
         self.policy = policy
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
-        #: A row claimed longer ago than this may have been taken back meanwhile, should this
-        #: worker have stalled (a frozen container, a stopped process) long enough for the
-        #: others to find its heartbeat stale: its lease is checked before a call is started.
-        #: Half the window after which a worker counts as gone (``app.system.recovery``).
-        #: Measured from the claim, not from this worker's last committed heartbeat: a stall
-        #: that begins when a beat is already late by more than half the window, right after
-        #: a claim, can still let one call go twice (at-least-once covers it).
+        #: A row claimed longer ago than this, or any row while this worker's last committed
+        #: heartbeat is older than this, may have been taken back meanwhile, should the worker
+        #: have stalled (a frozen container, a stopped process) long enough for the others to
+        #: find its heartbeat stale: its lease is checked before a call is started. Half the
+        #: window after which a worker counts as gone (``app.system.recovery``).
         self.fence_after = recovery.gone_after(heartbeat_seconds) / 2
+        #: When this worker's heartbeat last committed (set by the runner; None: no runner).
+        self.beat_at: datetime | None = None
         self.gate = PauseGate(
             engine, self.upstream, fingerprint=key_fingerprint, probe_seconds=pause_probe_seconds
         )
 
-    def claimed_long_ago(self, row: Claimed) -> bool:
-        """Whether the row was claimed ``fence_after`` ago or more (by the clock)."""
+    def lease_in_doubt(self, row: Claimed) -> bool:
+        """Whether the row's lease may have been taken back: claimed ``fence_after`` ago or
+        more, or this worker's heartbeat has not committed for that long (by the clock)."""
+        now = utcnow()
+        if self.beat_at is not None and now - self.beat_at >= self.fence_after:
+            return True
         if row.leased_until is None:
             return False
         claimed_at = row.leased_until - timedelta(seconds=self.lease_seconds)
-        return utcnow() - claimed_at >= self.fence_after
+        return now - claimed_at >= self.fence_after
 
     def held(self, rows: Sequence[Claimed]) -> set[int]:
         """The ids of ``rows`` whose lease this worker still holds (its token is the row's),
@@ -331,7 +335,7 @@ class RowDeliverer(OutboxConsumer, Generic[ClientT], ABC):
                 )
                 await asyncio.to_thread(self.release, [row])
                 return None
-            if self.claimed_long_ago(row) and not await asyncio.to_thread(self.held, [row]):
+            if self.lease_in_doubt(row) and not await asyncio.to_thread(self.held, [row]):
                 # Taken back while this worker stalled: the new owner sends it, not us.
                 log.warning(
                     "lease taken back while this worker stalled; not sent", delivery_id=row.id
@@ -371,7 +375,7 @@ class RowDeliverer(OutboxConsumer, Generic[ClientT], ABC):
             raise GiveBack(f"stopping before {what}")
         if not self._time_left(row):
             raise GiveBack(f"lease too short for {what}")
-        if self.claimed_long_ago(row) and not await asyncio.to_thread(self.held, [row]):
+        if self.lease_in_doubt(row) and not await asyncio.to_thread(self.held, [row]):
             raise GiveBack(f"lease taken back before {what}")
 
     def _time_left(self, row: Claimed) -> bool:

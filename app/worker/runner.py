@@ -198,6 +198,10 @@ class WorkerRunner:
                 now=now,
                 pid_namespace=self.me.pid_namespace,
             )
+        # Committed: the consumers' lease fence measures from here too.
+        for consumer in (self.mailmodo, self.mailmojo, self.clevertap):
+            if consumer is not None:
+                consumer.beat_at = now
 
     def _reclaim(self) -> None:
         """Leases of gone workers come back now, not when they run out (``app.system.recovery``)."""

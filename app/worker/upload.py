@@ -101,7 +101,7 @@ class CleverTapUploader(OutboxConsumer):
             raise
 
     async def _upload(self, rows: list[Claimed]) -> list[AttemptChange]:
-        if any(self.claimed_long_ago(row) for row in rows):
+        if any(self.lease_in_doubt(row) for row in rows):
             # Waited long for a slot, or this worker stalled: rows taken back meanwhile belong
             # to another worker now, which uploads them; only those still held go.
             held = await asyncio.to_thread(self.held, rows)

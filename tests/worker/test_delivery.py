@@ -965,6 +965,26 @@ async def test_the_second_call_of_an_attempt_checks_the_lease_after_a_stall(
         await deliverer.next_call_slot(taken, None, "the contact write")
 
 
+async def test_a_worker_whose_heartbeat_is_late_checks_even_a_fresh_claim(
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    mailmodo: respx.MockRouter,
+) -> None:
+    """The fence also measures from the last committed heartbeat: a row claimed just before a
+    stall, while the beat was already late, is checked too."""
+    late = make_deliverer("worker-late")
+    alive = make_deliverer("worker-alive")
+    add_deliveries(state.engine, "a@example.com")
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    [claimed] = await asyncio.to_thread(late.claim, 1)
+    late.beat_at = utcnow() - late.fence_after - timedelta(seconds=1)
+
+    assert _take_back(state, "worker-late") == 1
+    assert (await alive.run_once(10)).outcomes == {"delivered": 1}
+    assert await late.deliver(claimed, 0.0) is None
+    assert route.call_count == 1
+
+
 async def test_a_slow_start_with_its_lease_still_held_is_sent(
     state: BridgeState,
     deliverer: MailmodoDeliverer,
@@ -977,7 +997,7 @@ async def test_a_slow_start_with_its_lease_still_held_is_sent(
     [claimed] = await asyncio.to_thread(deliverer.claim, 1)
 
     clock.advance(deliverer.fence_after.total_seconds() + 1)
-    assert deliverer.claimed_long_ago(claimed)
+    assert deliverer.lease_in_doubt(claimed)
 
     change = await deliverer.deliver(claimed, 0.0)
     assert change is not None

@@ -568,3 +568,15 @@ async def test_embedded_worker_delivers_what_the_app_accepts(
     assert {row.upstream_ref for row in engine_state} == {"embedded"}
     assert bridge.runner_task is not None
     assert bridge.runner_task.done()
+
+
+async def test_each_committed_heartbeat_is_what_the_lease_fence_measures_from(
+    state: BridgeState, deliverer: MailmodoDeliverer
+) -> None:
+    assert deliverer.beat_at is None
+    async with running(state, deliverer) as (_runner, _stop):
+        for _ in range(100):
+            if deliverer.beat_at is not None:
+                break
+            await asyncio.sleep(0.02)
+    assert deliverer.beat_at is not None
