@@ -117,6 +117,23 @@ def build_record(
     return record
 
 
+def _item_bodies(parsed: list[Activity], payload: Any, body: bytes) -> list[bytes] | None:
+    """The body each item's call keeps when an array is stored one call per item, or None
+    when it is stored as one call (a single event, an item without an id, or an item nested
+    past what orjson writes). The body as received while body x items stays under
+    ``WHOLE_BODY_BUDGET``; beyond, each item re-serialised."""
+    if len(parsed) < 2 or not isinstance(payload, list):
+        return None
+    if not all(activity.dedup_id for activity in parsed):
+        return None
+    if len(body) * len(parsed) <= WHOLE_BODY_BUDGET:
+        return [body] * len(parsed)
+    try:
+        return [orjson.dumps(item) for item in payload]
+    except orjson.JSONEncodeError:
+        return None
+
+
 class MailmodoCallback(WebhookKind[list[Activity]]):
     """Mailmodo's webhook cards send no headers, so the secret is a path segment; dedup by the
     payload's own event ids, else by body hash."""
@@ -172,28 +189,8 @@ class MailmodoCallback(WebhookKind[list[Activity]]):
         """An array of events that all carry their own ids is stored one call per event, each
         keyed by its id: an event seen before is a duplicate whichever array it came in (and
         a repeat inside the array too), while the new ones of the same array are accepted."""
-        if (
-            dedup_key is None
-            or len(parsed) < 2
-            or not isinstance(payload, list)
-            or not all(activity.dedup_id for activity in parsed)
-        ):
-            return super().records(
-                parsed,
-                payload=payload,
-                target=target,
-                body=body,
-                content_type=content_type,
-                dedup_key=dedup_key,
-                request_id=request_id,
-                settings=settings,
-            )
-        # Each call keeps the body as received while that stays small; a large array keeps
-        # each item (re-serialised) instead of a copy of the whole per item.
-        whole = len(body) * len(parsed) <= WHOLE_BODY_BUDGET
-        try:
-            bodies = [body if whole else orjson.dumps(item) for item in payload]
-        except orjson.JSONEncodeError:  # an item nested past what orjson writes: as before
+        bodies = _item_bodies(parsed, payload, body) if dedup_key is not None else None
+        if bodies is None:
             return super().records(
                 parsed,
                 payload=payload,

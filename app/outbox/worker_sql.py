@@ -235,23 +235,22 @@ def still_leased(conn: Executor, rows: Sequence[Claimed]) -> set[int]:
     """The ids of ``rows`` whose lease the caller still holds (same token), locked until the
     end of the transaction on PostgreSQL (SQLite's write lock is already held), so no lease
     moves before the caller's ``finish_many``: a batch learns exactly which rows it lost."""
-    tokens = {row.id: row.lease_token for row in rows}
-    ids = list(tokens)
-    held: set[int] = set()
-    for start in range(0, len(ids), _CHUNK):
-        found = conn.execute(_HELD, {"ids": ids[start : start + _CHUNK]}).all()
-        held.update(row_id for row_id, token in found if token == tokens[row_id])
-    return held
+    return _tokens_match(conn, rows, _HELD)
 
 
 def leases_held(conn: Executor, rows: Sequence[Claimed]) -> set[int]:
     """The ids of ``rows`` whose lease token is still the row's: a plain read, no lock (the
     worker's look before a call, outside any write)."""
+    return _tokens_match(conn, rows, _TOKENS)
+
+
+def _tokens_match(conn: Executor, rows: Sequence[Claimed], query: Any) -> set[int]:
+    """The ids of ``rows`` whose lease token ``query`` (ids in, id and token out) reads back."""
     tokens = {row.id: row.lease_token for row in rows}
     ids = list(tokens)
     held: set[int] = set()
     for start in range(0, len(ids), _CHUNK):
-        found = conn.execute(_TOKENS, {"ids": ids[start : start + _CHUNK]}).all()
+        found = conn.execute(query, {"ids": ids[start : start + _CHUNK]}).all()
         held.update(row_id for row_id, token in found if token == tokens[row_id])
     return held
 
