@@ -156,16 +156,20 @@ async def test_commits_wake_the_child_at_once_then_at_most_once_an_interval(
     await asyncio.sleep(0)
     assert len(transport.writes) == 1  # the first at once
 
+    # Commits come in bursts (several per loop turn, as the writer's batches commit) for at
+    # least five intervals; how many loop turns fit in that depends on the machine, so the
+    # count is not asserted, only that bursts became far fewer wake-ups.
     first = time.monotonic()
     commits = 0
     while time.monotonic() - first < 5 * interval:
-        worker.wake_threadsafe()
-        commits += 1
+        for _ in range(4):
+            worker.wake_threadsafe()
+            commits += 1
         await asyncio.sleep(interval / 20)
     last = time.monotonic()
     await asyncio.sleep(2 * interval)
     sent = transport.writes[1:]
-    assert commits > 40
+    assert len(sent) <= commits / 4
     assert 1 <= len(sent) <= (last - first) / interval + 2
     assert all(b - a >= interval * 0.99 for a, b in itertools.pairwise(transport.writes))
     assert sent[-1] >= last  # the last commit's wake-up came after it
