@@ -73,6 +73,10 @@ def _raw_503(why: bytes) -> bytes:
 
 
 REFUSED_ANSWER = _raw_503(b"at its connection limit")
+#: What the operator reads when every connection is busy with a call (both log lines say it).
+ALL_BUSY_HINT = (
+    "every connection is busy with a request; raise BRIDGE_MAX_CONNECTIONS or add replicas"
+)
 
 #: Connections let in past the cap, while every other one is busy with a call, for a health
 #: probe only: ``/healthz`` and ``/readyz`` are answered as usual, anything else 503 at once
@@ -219,8 +223,7 @@ class WatchedProtocol(HttpToolsProtocol):
                     "warning",
                     "connection limit reached: new connections serve health probes only",
                     cap=watch.cap,
-                    hint="every connection is busy with a request; raise "
-                    "BRIDGE_MAX_CONNECTIONS or add replicas",
+                    hint=ALL_BUSY_HINT,
                 )
                 watch.probes += 1
                 self._w_probe = True
@@ -232,8 +235,7 @@ class WatchedProtocol(HttpToolsProtocol):
                 "warning",
                 "connection limit reached: refusing connections",
                 cap=watch.cap,
-                hint="every connection is busy with a request; raise BRIDGE_MAX_CONNECTIONS "
-                "or add replicas",
+                hint=ALL_BUSY_HINT,
             )
             self._w_refused = True
             CONNECTIONS_CLOSED.labels("refused").inc()

@@ -9,7 +9,9 @@ import json
 import logging
 import sys
 import threading
+import types
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -291,3 +293,26 @@ def test_lines_keep_their_order_while_other_threads_log(
     lines = [json.loads(line) for line in sink.getvalue().splitlines()]  # each line whole
     seq = [line["n"] for line in lines if line["event"] == "loop"]
     assert seq == list(range(10000))
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [1_764_597_600_000_000, 1_764_597_600_000_001, 1_764_597_600_123_456, 1_764_597_659_999_999],
+)
+def test_iso_utc_now_writes_structlogs_iso_time(
+    monkeypatch: pytest.MonkeyPatch, micros: int
+) -> None:
+    """The hot lines' time is the text structlog's TimeStamper(fmt="iso", utc=True) writes
+    for the same instant, a whole second (no fraction) included, whatever second came before."""
+    monkeypatch.setattr(app_logging, "_stamp_second", (micros // 1_000_000 - 1, "stale"))
+    monkeypatch.setattr(
+        app_logging, "time", types.SimpleNamespace(time_ns=lambda: micros * 1000 + 999)
+    )
+    expected = (
+        datetime.fromtimestamp(micros // 1_000_000, UTC)
+        .replace(microsecond=micros % 1_000_000)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
+    assert app_logging.iso_utc_now() == expected
+    assert app_logging.iso_utc_now() == expected  # the second's text, now cached

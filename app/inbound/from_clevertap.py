@@ -15,10 +15,10 @@ from starlette.requests import Request
 
 from app.clevertap.source import ParsedCall, ShapeError, parse_call
 from app.clock import utcnow
-from app.config import Settings
 from app.contacts.rules import skip_guests
 from app.inbound.dedup import call_dedup_key
 from app.inbound.service import (
+    InboundCall,
     InboundError,
     WebhookKind,
     check_target,
@@ -183,32 +183,23 @@ class CleverTapCall(WebhookKind[ParsedCall]):
     def parse(self, payload: Any, target: str | None) -> ParsedCall:
         return parse_or_reject(payload, self.operation)
 
-    def dedup_key(
-        self, request: Request, body: bytes, target: str | None, parsed: ParsedCall
-    ) -> str:
+    def dedup_key(self, call: InboundCall, parsed: ParsedCall) -> str:
         return call_dedup_key(
-            f"{self.route}:{target}", header_map(request).get("idempotency-key"), body
+            f"{self.route}:{call.target}",
+            header_map(call.request).get("idempotency-key"),
+            call.body,
         )
 
-    def record(
-        self,
-        parsed: ParsedCall,
-        *,
-        target: str | None,
-        body: bytes,
-        content_type: str | None,
-        dedup_key: str | None,
-        request_id: str | None,
-        settings: Settings,
-    ) -> IngestRecord:
+    def record(self, parsed: ParsedCall, call: InboundCall, dedup_key: str | None) -> IngestRecord:
+        settings = call.settings
         return build_record(
             operation=self.operation,
-            target=target or "",
+            target=call.target or "",
             parsed=parsed,
-            body=body,
-            content_type=content_type,
+            body=call.body,
+            content_type=call.content_type,
             dedup_key=dedup_key,
-            request_id=request_id,
+            request_id=call.request_id,
             tag_prefix=settings.contact_tag_prefix,
             tags_field=settings.contact_tags_field,
         )
@@ -232,26 +223,8 @@ class ConsentCall(CleverTapCall):
     def check_target(self, target: str | None) -> None:
         """The path names no campaign, journey or list."""
 
-    def record(
-        self,
-        parsed: ParsedCall,
-        *,
-        target: str | None,
-        body: bytes,
-        content_type: str | None,
-        dedup_key: str | None,
-        request_id: str | None,
-        settings: Settings,
-    ) -> IngestRecord:
-        record = super().record(
-            parsed,
-            target="",
-            body=body,
-            content_type=content_type,
-            dedup_key=dedup_key,
-            request_id=request_id,
-            settings=settings,
-        )
+    def record(self, parsed: ParsedCall, call: InboundCall, dedup_key: str | None) -> IngestRecord:
+        record = super().record(parsed, call, dedup_key)
         record.target = None
         for delivery in record.deliveries:
             delivery.target = None

@@ -25,7 +25,7 @@ from app.config import Settings
 from app.consent.mapping import callback_opt_out
 from app.consent.service import SOURCE_CALLBACK, Consent, consent_operation
 from app.inbound.dedup import callback_dedup_key
-from app.inbound.service import InboundError, WebhookKind, secret_matches
+from app.inbound.service import InboundCall, InboundError, WebhookKind, secret_matches
 from app.mailmodo.source import CallbackError, parse_callback
 from app.outbox.models import CallStatus, Direction, Operation, Source
 from app.outbox.schemas import IdentityObservation, IngestRecord, IngestResult, NewDelivery
@@ -148,67 +148,39 @@ class MailmodoCallback(WebhookKind[list[Activity]]):
     def parse(self, payload: Any, target: str | None) -> list[Activity]:
         return parse_or_reject(payload, target)
 
-    def dedup_key(
-        self, request: Request, body: bytes, target: str | None, parsed: list[Activity]
-    ) -> str:
-        return callback_dedup_key(ROUTE, parsed, target, body)
+    def dedup_key(self, call: InboundCall, parsed: list[Activity]) -> str:
+        return callback_dedup_key(ROUTE, parsed, call.target, call.body)
 
     def record(
-        self,
-        parsed: list[Activity],
-        *,
-        target: str | None,
-        body: bytes,
-        content_type: str | None,
-        dedup_key: str | None,
-        request_id: str | None,
-        settings: Settings,
+        self, parsed: list[Activity], call: InboundCall, dedup_key: str | None
     ) -> IngestRecord:
         return build_record(
-            settings,
+            call.settings,
             events=parsed,
-            path_event=target,
-            body=body,
-            content_type=content_type,
+            path_event=call.target,
+            body=call.body,
+            content_type=call.content_type,
             dedup_key=dedup_key,
-            request_id=request_id,
+            request_id=call.request_id,
         )
 
-    def records(
-        self,
-        parsed: list[Activity],
-        *,
-        payload: Any,
-        target: str | None,
-        body: bytes,
-        content_type: str | None,
-        dedup_key: str | None,
-        request_id: str | None,
-        settings: Settings,
-    ) -> list[IngestRecord]:
+    def records(self, parsed: list[Activity], call: InboundCall) -> list[IngestRecord]:
         """An array of events that all carry their own ids is stored one call per event, each
         keyed by its id: an event seen before is a duplicate whichever array it came in (and
-        a repeat inside the array too), while the new ones of the same array are accepted."""
-        bodies = _item_bodies(parsed, payload, body) if dedup_key is not None else None
+        a repeat inside the array too), while the new ones of the same array are accepted.
+        The whole array's key is then never computed."""
+        bodies = _item_bodies(parsed, call.payload, call.body) if call.deduplicated else None
         if bodies is None:
-            return super().records(
-                parsed,
-                payload=payload,
-                target=target,
-                body=body,
-                content_type=content_type,
-                dedup_key=dedup_key,
-                request_id=request_id,
-                settings=settings,
-            )
+            return super().records(parsed, call)
+        request_id = call.request_id
         return [
             build_record(
-                settings,
+                call.settings,
                 events=[activity],
-                path_event=target,
+                path_event=call.target,
                 body=item_body,
-                content_type=content_type,
-                dedup_key=callback_dedup_key(ROUTE, [activity], target, b""),
+                content_type=call.content_type,
+                dedup_key=callback_dedup_key(ROUTE, [activity], call.target, b""),
                 request_id=request_id,
             )
             for activity, item_body in zip(parsed, bodies, strict=True)

@@ -12,6 +12,7 @@ import functools
 import hmac
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -253,6 +254,27 @@ def _short(detail: Any, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class InboundCall:
+    """What one webhook call brings besides its meaning: what its records are built from."""
+
+    request: Request
+    target: str | None
+    body: bytes
+    payload: Any
+    content_type: str | None
+    settings: Settings
+
+    @property
+    def request_id(self) -> str | None:
+        return request_id(self.request)
+
+    @property
+    def deduplicated(self) -> bool:
+        """Whether calls are keyed at all (``BRIDGE_DEDUP_WINDOW_SECONDS`` > 0)."""
+        return self.settings.dedup_window_seconds > 0
+
+
 class WebhookKind(Generic[P]):
     """One kind of webhook call: who may send it, how it is read, keyed and stored.
 
@@ -274,50 +296,20 @@ class WebhookKind(Generic[P]):
         """What the call means; ``InboundError`` (422) when it cannot be read."""
         raise NotImplementedError
 
-    def dedup_key(self, request: Request, body: bytes, target: str | None, parsed: P) -> str:
+    def dedup_key(self, call: InboundCall, parsed: P) -> str:
         raise NotImplementedError
 
-    def record(
-        self,
-        parsed: P,
-        *,
-        target: str | None,
-        body: bytes,
-        content_type: str | None,
-        dedup_key: str | None,
-        request_id: str | None,
-        settings: Settings,
-    ) -> IngestRecord:
+    def record(self, parsed: P, call: InboundCall, dedup_key: str | None) -> IngestRecord:
         raise NotImplementedError
 
     def answer(self, result: IngestResult, parsed: P) -> dict[str, Any]:
         raise NotImplementedError
 
-    def records(
-        self,
-        parsed: P,
-        *,
-        payload: Any,
-        target: str | None,
-        body: bytes,
-        content_type: str | None,
-        dedup_key: str | None,
-        request_id: str | None,
-        settings: Settings,
-    ) -> list[IngestRecord]:
-        """What the call is stored as: one record (the default), or several when its items
-        are deduplicated one by one (``from_mailmodo``)."""
-        return [
-            self.record(
-                parsed,
-                target=target,
-                body=body,
-                content_type=content_type,
-                dedup_key=dedup_key,
-                request_id=request_id,
-                settings=settings,
-            )
-        ]
+    def records(self, parsed: P, call: InboundCall) -> list[IngestRecord]:
+        """What the call is stored as: one record keyed as a whole (the default), or several
+        when its items are deduplicated one by one (``from_mailmodo``)."""
+        key = self.dedup_key(call, parsed) if call.deduplicated else None
+        return [self.record(parsed, call, key)]
 
     def answer_all(self, results: list[IngestResult], parsed: P) -> dict[str, Any]:
         """The answer to the call, from what storing its records came to."""
@@ -350,20 +342,8 @@ async def receive(
         payload = parse_json(body)
         kind.check_target(target)
         parsed = kind.parse(payload, target)
-        records = kind.records(
-            parsed,
-            payload=payload,
-            target=target,
-            body=body,
-            content_type=content_type,
-            dedup_key=(
-                kind.dedup_key(request, body, target, parsed)
-                if settings.dedup_window_seconds > 0
-                else None
-            ),
-            request_id=request_id(request),
-            settings=settings,
-        )
+        call = InboundCall(request, target, body, payload, content_type, settings)
+        records = kind.records(parsed, call)
         if len(records) == 1:
             results = [await writer.submit(records[0])]
         else:
