@@ -144,7 +144,7 @@ def test_concurrent_reservations_never_share_a_slot(db: Engine) -> None:
 async def test_wait_until_past_slot_returns_at_once() -> None:
     began = time.monotonic()
     assert await wait_until(time.time() - 1) is True
-    assert time.monotonic() - began < 0.05
+    assert time.monotonic() - began < 0.5  # at once (a slow machine may stall a little)
 
 
 async def test_wait_until_sleeps_until_the_slot() -> None:
@@ -172,7 +172,7 @@ async def test_limiter_and_waiting_read_the_one_clock(db: Engine, clock: ManualC
     assert slot > time.time() + 3590
     began = time.monotonic()
     assert await wait_until(slot, asyncio.Event()) is True
-    assert time.monotonic() - began < 0.05
+    assert time.monotonic() - began < 0.5  # at once (a slow machine may stall a little)
 
 
 # --- through the deliverer ------------------------------------------------------------------
