@@ -183,6 +183,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         version=__version__,
         summary="Durable two-way webhook bridge between CleverTap and Mailmodo",
         lifespan=lifespan,
+        # A path with a trailing slash is not redirected: a webhook sender following the
+        # redirect would resend its secret to a URL made from the Host header, over plain
+        # HTTP behind a TLS proxy. Only the console page, typed by people, has its own.
+        redirect_slashes=False,
     )
     app.include_router(health_router)
     app.include_router(clevertap_router)

@@ -9,11 +9,12 @@ field by its CleverTap name (say the tags field ``"Tags"``) folds the name the s
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
+
+from app.caching import text_cache
 
 __all__ = ["ParsedCall", "Recipient", "Skipped", "personalisation_key"]
 
@@ -53,7 +54,7 @@ class ParsedCall:
     skipped: list[Skipped]
 
 
-@functools.lru_cache(maxsize=4096)
+@text_cache(maxsize=4096)
 def personalisation_key(key: str) -> str:
     """``"Prénom d'usage"`` -> ``prenom_d_usage``: accents folded, then ASCII snake_case.
 

@@ -50,11 +50,19 @@ log = structlog.get_logger(__name__)
 CONNECTIONS_CLOSED = Counter(
     "ctmm_bridge_connections_closed_total",
     "HTTP connections the bridge closed itself, by reason (idle, header_timeout, "
-    "body_timeout, evicted at the cap, refused at the cap).",
+    "body_timeout, evicted at the cap, refused at the cap, head_too_large).",
     ["reason"],
 )
 CONNECTIONS_OPEN = Gauge("ctmm_bridge_connections_open", "HTTP connections open now.")
-for _reason in ("idle", "header_timeout", "body_timeout", "evicted", "refused", "shutdown"):
+for _reason in (
+    "idle",
+    "header_timeout",
+    "body_timeout",
+    "evicted",
+    "refused",
+    "shutdown",
+    "head_too_large",
+):
     CONNECTIONS_CLOSED.labels(_reason)
 
 #: File descriptors kept for everything but client connections (database files, the writer's
@@ -73,6 +81,19 @@ def _raw_503(why: bytes) -> bytes:
 
 
 REFUSED_ANSWER = _raw_503(b"at its connection limit")
+
+#: The most a request's head (request line and headers) may take, as nginx and h11 bound it;
+#: past it the call is answered 431 and the connection closed. httptools joins a header that
+#: arrives over several reads with ``bytes +=``: a 120 MB header held the loop for seconds.
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_BODY = (
+    b'{"error":"request header fields too large","detail":"the request line and headers '
+    b'may take %d bytes at most"}' % MAX_HEAD_BYTES
+)
+HEAD_TOO_LARGE_ANSWER = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_BODY), _HEAD_BODY)
+)
 #: What the operator reads when every connection is busy with a call (both log lines say it).
 ALL_BUSY_HINT = (
     "every connection is busy with a request; raise BRIDGE_MAX_CONNECTIONS or add replicas"
@@ -205,6 +226,7 @@ class WatchedProtocol(HttpToolsProtocol):
     watch: Watch  # set on the subclass made for each server (see ``protocol_for``)
     _w_rx: float
     _w_begun: float | None
+    _w_head: int
     _w_done: float
     _w_refused: bool
     _w_probe: bool
@@ -213,6 +235,7 @@ class WatchedProtocol(HttpToolsProtocol):
         watch = self.watch
         self._w_rx = self._w_done = watch.now
         self._w_begun = None
+        self._w_head = 0
         self._w_refused = self._w_probe = False
         # Probe connections sit beyond the cap: only the others count against it, and only
         # the others make room for a full connection.
@@ -287,10 +310,27 @@ class WatchedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._w_rx = self.watch.now
         _data_received(self, data)
+        if self._w_begun is not None:  # a request's head is still arriving
+            self._w_head += len(data)
+            if self._w_head > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._head_too_large()
 
     def on_message_begin(self) -> None:
         self._w_begun = self.watch.now
+        self._w_head = 0
         _on_message_begin(self)
+
+    def _head_too_large(self) -> None:
+        CONNECTIONS_CLOSED.labels("head_too_large").inc()
+        log_throttled(
+            log,
+            "warning",
+            "request head too large: answered 431 and closed the connection",
+            limit_bytes=MAX_HEAD_BYTES,
+        )
+        with contextlib.suppress(Exception):
+            self.transport.write(HEAD_TOO_LARGE_ANSWER)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._w_begun = None

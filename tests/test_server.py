@@ -30,7 +30,10 @@ from uvicorn.server import ServerState
 
 from app.config import Settings
 from app.server import (
+    CONNECTIONS_CLOSED,
     FD_RESERVE,
+    HEAD_TOO_LARGE_ANSWER,
+    MAX_HEAD_BYTES,
     PROBE_HEADROOM,
     REFUSED_ANSWER,
     Watch,
@@ -399,3 +402,62 @@ async def test_past_the_cap_and_the_probe_headroom_a_connection_is_refused(
     assert watch.probes == PROBE_HEADROOM
     newcomer.connection_lost(None)
     assert watch.probes == PROBE_HEADROOM - 1
+
+
+async def test_a_request_head_past_the_limit_is_answered_431_and_closed(
+    settings: Settings,
+) -> None:
+    """A header of any size arriving in pieces is cut off once the head passes
+    ``MAX_HEAD_BYTES`` (431, connection closed, counted); a large head within the limit, in
+    pieces too, reaches the app."""
+    config = uvicorn.Config(app=_noop_app, http="httptools", loop="asyncio", log_level="error")
+    config.load()
+    protocol = protocol_for(Watch(settings, cap=10))
+    loop = asyncio.get_running_loop()
+
+    def connect() -> tuple[Any, _Transport]:
+        conn = protocol(config, ServerState(), {}, loop)
+        transport = _Transport()
+        conn.connection_made(transport)
+        return conn, transport
+
+    before = CONNECTIONS_CLOSED.labels("head_too_large")._value.get()
+    conn, transport = connect()
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: "
+    conn.data_received(first)
+    sent = len(first)
+    while not transport.closed and sent < 10 * MAX_HEAD_BYTES:
+        conn.data_received(b"a" * 8192)
+        sent += 8192
+    assert transport.closed
+    assert MAX_HEAD_BYTES < sent <= MAX_HEAD_BYTES + 8192
+    assert b"".join(transport.written) == HEAD_TOO_LARGE_ANSWER
+    assert HEAD_TOO_LARGE_ANSWER.startswith(b"HTTP/1.1 431 ")
+    assert CONNECTIONS_CLOSED.labels("head_too_large")._value.get() == before + 1
+
+    conn, transport = connect()
+    header = b"X-A: " + b"a" * (MAX_HEAD_BYTES - 1024) + b"\r\n"
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n"
+    for start in range(0, len(head), 8192):
+        conn.data_received(head[start : start + 8192])
+    assert not transport.closed
+    assert conn.cycle is not None  # the request reached the app
+    await asyncio.sleep(0)
+    conn.connection_lost(None)
+
+
+def test_a_huge_header_gets_431_and_healthz_keeps_answering(serve_factory) -> None:  # type: ignore[no-untyped-def]
+    bridge = serve_factory()
+    sock = connect(bridge.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
+    answer = b""
+    with contextlib.suppress(OSError):
+        for _ in range(2048):  # up to 16 MiB; the server closes long before
+            sock.sendall(b"a" * 8192)
+    sock.settimeout(5)
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert httpx.get(f"{bridge.url}/healthz", timeout=5).status_code == 200
+    assert bridge.metric("ctmm_bridge_connections_closed_total", reason="head_too_large") == 1

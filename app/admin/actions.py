@@ -42,7 +42,7 @@ DEFAULT_PURGE_STATES = (State.DELIVERED, State.FAILED, State.DEAD, State.CANCELL
 
 Progress = Callable[[int], None]
 
-_CURSOR = re.compile(r"([a-z])(\d{1,19})")
+_CURSOR = re.compile(r"([a-z])(\d{1,19})", re.ASCII)
 
 
 def _time_up(max_seconds: float | None) -> Callable[[], bool]:
@@ -225,6 +225,7 @@ def replay(
     engine: Engine, request: ReplayRequest, *, progress: Progress | None = None
 ) -> ReplayResult:
     """Make matching items due now on a fresh schedule (attempts back to 0)."""
+    _resume(request.cursor, "r")  # a cursor it never gave is refused, dry run or not
     plan = plan_replay(engine, request)
     if request.dry_run:
         return ReplayResult(matched=plan.matched, replayed=0, dry_run=True)
@@ -328,6 +329,8 @@ def purge(
     engine: Engine, request: PurgeRequest, *, progress: Progress | None = None
 ) -> PurgeResult:
     """Delete finished items older than the cut, in batches, and calls left without any."""
+    if request.cursor != "c":
+        _resume(request.cursor, "d")  # a cursor it never gave is refused, dry run or not
     plan = plan_purge(engine, request)
     if request.dry_run:
         return PurgeResult(

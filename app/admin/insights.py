@@ -33,9 +33,9 @@ from app.admin.service import (
     MAX_LIMIT,
     counted,
     delivery_filter,
+    email_filter,
     encode_cursor,
     invalid,
-    text_filter,
 )
 from app.clock import utcnow
 from app.db import read_only
@@ -153,7 +153,7 @@ def person(engine: Engine, email: str) -> Person:
     email = email.strip().lower()
     if not email:
         raise invalid("give the email of the person")
-    text_filter(email, "email")
+    email_filter(email)
     with read_only(engine).connect() as conn:
         identity = repo.identity_of(conn, email)
         counted = repo.counts_of_email(conn, email)

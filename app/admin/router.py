@@ -322,4 +322,4 @@ def person(
     responses=_errors(422),
 )
 def consent_of(request: Request, email: str) -> PersonConsent:
-    return consent_view(bridge(request).engine, service.text_filter(email, "email"))
+    return consent_view(bridge(request).engine, service.email_filter(email))

@@ -41,6 +41,7 @@ from app.admin.schemas import (
 from app.clock import utcnow
 from app.db import read_only
 from app.errors import BridgeError
+from app.identity.schemas import MAX_EMAIL
 from app.outbox import count_repository
 from app.outbox.counts import CountsSnapshot, CountsUnavailable, OutboxCounts, count_outbox
 from app.outbox.models import Direction, State, Upstream
@@ -66,7 +67,7 @@ def invalid(detail: Any) -> AdminError:
 
 # -- parsing what operators type ----------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE | re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -126,11 +127,23 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise invalid(f"{cursor!r} is not a cursor this API gave out") from None
 
 
-def text_filter(value: str, name: str) -> str:
+#: The longest filter value compared: longer than anything stored (SQLite also refuses a
+#: LIKE pattern over 50,000 bytes, which a search by email would otherwise hit).
+MAX_FILTER_CHARS = 2000
+
+
+def text_filter(value: str, name: str, max_chars: int = MAX_FILTER_CHARS) -> str:
     """A filter value the database can compare (PostgreSQL refuses NUL in any text)."""
     if "\x00" in value:
         raise invalid(f"{name} must not contain a NUL character")
+    if len(value) > max_chars:
+        raise invalid(f"{name} must be at most {max_chars} characters")
     return value
+
+
+def email_filter(value: str) -> str:
+    """An email to look up: no stored email is longer than ``MAX_EMAIL``."""
+    return text_filter(value, "email", MAX_EMAIL)
 
 
 def _limit(limit: int) -> int:
@@ -145,7 +158,7 @@ def delivery_filter(spec: Filters, *, default_states: Sequence[State] = ()) -> D
         direction=spec.direction.value if spec.direction else None,
         upstream=spec.upstream.value if spec.upstream else None,
         states=tuple(dict.fromkeys(State(s).value for s in states)),
-        email=text_filter(spec.email.strip().lower(), "email") if spec.email else None,
+        email=email_filter(spec.email.strip().lower()) if spec.email else None,
         target=text_filter(spec.target, "target") if spec.target else None,
         operation=spec.operation.value if spec.operation else None,
         created_after=_opt_utc(spec.created_after),

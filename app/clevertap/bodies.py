@@ -23,12 +23,12 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from app.activity import Activity, EventType, to_epoch_seconds
+from app.caching import text_cache
 
 __all__ = [
     "EVENT_NAMES",
@@ -119,7 +119,7 @@ class CleverTapEvent:
 # --------------------------------------------------------------------------- names
 
 
-@lru_cache(maxsize=4096)
+@text_cache(maxsize=4096)
 def _clean_name(name: str, max_len: int) -> str:
     """Forbidden and control characters removed, whitespace collapsed, cut; may be empty.
 

@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from app import __version__
 from app.errors import error_response
@@ -57,6 +57,12 @@ def _page() -> bytes:
 @router.get("/console")
 def console_page() -> Response:
     return Response(_page(), media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+@router.get("/console/", include_in_schema=False)
+def console_page_slash() -> Response:
+    """``/console/`` as typed: to the page, relative, so a path prefix and HTTPS are kept."""
+    return RedirectResponse("../console", status_code=307)
 
 
 @router.get("/console/static/{name}")

@@ -51,6 +51,8 @@ TARGET_NAMES = {
     Operation.CONTACT_UNSUBSCRIBE: "",
     Operation.CONTACT_RESUBSCRIBE: "",
 }
+#: Skipped entries an answer explains one by one; the rest are counted.
+MAX_SKIPPED_REASONS = 100
 #: The contact syncs: guests are skipped (R5) and the payload is a plan (``bodies.sync_plan``).
 CONTACT_SYNCS = frozenset({Operation.LIST_SYNC, Operation.MAILMOJO_SYNC})
 DIRECTIONS = {
@@ -134,9 +136,10 @@ def parse_or_reject(body: Any, operation: Operation | None = None) -> ParsedCall
     if operation in CONTACT_SYNCS:
         parsed = skip_guests(parsed)
     if parsed.kind != "test" and not parsed.recipients:
-        raise InboundError(
-            422, "no valid recipient", {"skipped": [s.as_dict() for s in parsed.skipped]}
-        )
+        detail: dict[str, Any] = {"skipped": skipped_reasons(parsed)}
+        if len(parsed.skipped) > MAX_SKIPPED_REASONS:
+            detail["skipped_omitted"] = len(parsed.skipped) - MAX_SKIPPED_REASONS
+        raise InboundError(422, "no valid recipient", detail)
     return parsed
 
 
@@ -150,8 +153,16 @@ def answer(result: IngestResult, parsed: ParsedCall) -> dict[str, Any]:
         "ids": result.delivery_ids,
     }
     if parsed.skipped:
-        body["skipped_reasons"] = [s.as_dict() for s in parsed.skipped]
+        body["skipped_reasons"] = skipped_reasons(parsed)
+        if len(parsed.skipped) > MAX_SKIPPED_REASONS:
+            body["skipped_reasons_omitted"] = len(parsed.skipped) - MAX_SKIPPED_REASONS
     return body
+
+
+def skipped_reasons(parsed: ParsedCall) -> list[dict[str, Any]]:
+    """Why the first ``MAX_SKIPPED_REASONS`` entries were skipped: a call of 500,000 entries
+    without an email would otherwise be answered with 26 MB (``skipped`` counts them all)."""
+    return [s.as_dict() for s in parsed.skipped[:MAX_SKIPPED_REASONS]]
 
 
 class CleverTapCall(WebhookKind[ParsedCall]):
@@ -169,16 +180,19 @@ class CleverTapCall(WebhookKind[ParsedCall]):
     def authenticated(self, request: Request, credentials: Credentials, secret: str | None) -> bool:
         return secret_matches(clevertap_credential(request), credentials.clevertap_secrets)
 
-    def check_target(self, target: str | None) -> None:
+    def check_target(self, target: str | None) -> str | None:
         target = check_target(target or "", self.target_name)
-        numeric = target.isascii() and target.isdecimal()
-        if self.operation is Operation.MAILMOJO_SYNC and not numeric:
+        if self.operation is not Operation.MAILMOJO_SYNC:
+            return target
+        if not (target.isascii() and target.isdecimal()):
             # Mailmojo's list ids are numbers; anything else would only fail at delivery.
             raise InboundError(
                 422,
                 f"invalid {self.target_name}",
                 {"hint": "the number of the Mailmojo list (Lists, in the list's URL)"},
             )
+        # As Mailmojo writes it: "01" is list 1, compared with the contact's lists as text.
+        return str(int(target))
 
     def parse(self, payload: Any, target: str | None) -> ParsedCall:
         return parse_or_reject(payload, self.operation)
@@ -220,8 +234,9 @@ class ConsentCall(CleverTapCall):
     bodies, test call, dedup and answers as the other CleverTap routes; one Mailmodo
     unsubscribe or resubscribe per recipient, with no path id."""
 
-    def check_target(self, target: str | None) -> None:
+    def check_target(self, target: str | None) -> str | None:
         """The path names no campaign, journey or list."""
+        return target
 
     def record(self, parsed: ParsedCall, call: InboundCall, dedup_key: str | None) -> IngestRecord:
         record = super().record(parsed, call, dedup_key)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hmac
 import re
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from app.caching import text_cache
 from app.clock import utcnow
 from app.config import Settings
 from app.errors import BridgeError, error_response, json_response
@@ -69,7 +69,7 @@ def clevertap_credential(request: Request) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=64)
+@text_cache(maxsize=64)
 def _basic_password(token: str) -> str | None:
     """Cached: a CleverTap account sends the same Authorization header on every call."""
     try:
@@ -100,8 +100,13 @@ async def read_body(request: Request, max_bytes: int, keep_bytes: int = 16_384) 
 
     The partial body read so far travels with the error so the rejection can be kept.
     """
-    declared = header_map(request).get("content-length")
+    headers = header_map(request)
+    declared = headers.get("content-length")
     too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
+    if too_large and headers.get("expect", "").strip().lower() == "100-continue":
+        # The sender waits to be told to send: refused at once, nothing read (reading would
+        # answer "100 Continue" and invite the whole body).
+        raise BodyTooLarge(max_bytes, int(declared or 0), b"")
     # When the declared size is already too large, read only what will be kept of it.
     cap = min(max_bytes, keep_bytes) if too_large else max_bytes
     chunks: list[bytes] = []
@@ -134,6 +139,15 @@ def check_content_type(request: Request) -> str | None:
     given the benefit). Without this a gzipped or Latin-1 body got "malformed JSON", which
     sends the sender looking in the wrong place."""
     headers = header_map(request)
+    transfer = headers.get("transfer-encoding")
+    if transfer is not None and transfer.strip().lower() not in ("chunked", "identity"):
+        # "gzip, chunked": the server undoes the chunking only; the rest would be parsed as
+        # JSON (RFC 9112 answers an unknown transfer coding with 501: a 4xx here, kept).
+        raise InboundError(
+            415,
+            "unsupported transfer encoding",
+            {"transfer_encoding": transfer, "expected": "chunked or none"},
+        )
     encoding = headers.get("content-encoding")
     if encoding is not None and encoding.strip().lower() not in ("", "identity"):
         raise InboundError(
@@ -289,8 +303,10 @@ class WebhookKind(Generic[P]):
     def authenticated(self, request: Request, credentials: Credentials, secret: str | None) -> bool:
         raise NotImplementedError
 
-    def check_target(self, target: str | None) -> None:
-        """422 for a path id that cannot be stored (nothing to check by default)."""
+    def check_target(self, target: str | None) -> str | None:
+        """The path id as stored and sent upstream; 422 for one that cannot be (taken as
+        it is by default)."""
+        return target
 
     def parse(self, payload: Any, target: str | None) -> P:
         """What the call means; ``InboundError`` (422) when it cannot be read."""
@@ -340,7 +356,7 @@ async def receive(
         body = await read_body(request, settings.max_body_bytes, settings.rejected_body_bytes)
         content_type = check_content_type(request)
         payload = parse_json(body)
-        kind.check_target(target)
+        target = kind.check_target(target)
         parsed = kind.parse(payload, target)
         call = InboundCall(request, target, body, payload, content_type, settings)
         records = kind.records(parsed, call)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from app.activity import Activity, EventType, to_epoch_seconds
+from app.caching import text_cache
 from app.identity.schemas import clean_clevertap_id, valid_email
 
 __all__ = ["CallbackError", "normalise_event_type", "parse_callback", "snake_key"]
@@ -124,7 +124,7 @@ def snake_key(key: object) -> str:
     return _snake(str(key))
 
 
-@lru_cache(maxsize=4096)
+@text_cache(maxsize=4096)
 def _snake(key: str) -> str:
     # Cached: the same few dozen keys arrive in every callback, and the regexes dominated
     # the cost of parsing one.

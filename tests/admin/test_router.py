@@ -486,6 +486,8 @@ async def test_a_replay_that_outlasts_max_seconds_answers_with_a_cursor_to_go_on
         ({"cursor": "x"}, "cursor"),
         ({"cursor": "d12"}, "cursor"),  # a purge's cursor
         ({"cursor": "r99999999999999999999"}, "cursor"),
+        ({"cursor": "r\u0661\u0662"}, "cursor"),  # digits, but not ASCII ones
+        ({"cursor": "x", "dry_run": True}, "cursor"),  # refused in a dry run too
         ({"max_seconds": 0}, "max_seconds"),
         ({"max_seconds": 601}, "max_seconds"),
     ],
@@ -653,8 +655,14 @@ async def test_a_purge_that_outlasts_max_seconds_goes_on_from_its_cursor(
     assert (deleted, calls) == (3, 4)
     assert count(state, Delivery) == 0
     assert count(state, InboundCall) == 0
-    bad = await client.post("/admin/purge", json={"older_than": "1d", "cursor": "r1"}, headers=AUTH)
-    assert bad.status_code == 422
+    for cursor in ("r1", "d\u0661\u0662"):
+        for dry_run in (False, True):
+            bad = await client.post(
+                "/admin/purge",
+                json={"older_than": "1d", "cursor": cursor, "dry_run": dry_run},
+                headers=AUTH,
+            )
+            assert bad.status_code == 422, (cursor, dry_run)
 
 
 async def test_purge_deletes_old_rejected_and_duplicate_calls(

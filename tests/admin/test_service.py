@@ -24,7 +24,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert service.parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "3 days", "-1d", "0s", "1y"])
+@pytest.mark.parametrize(
+    "text", ["", "30", "d", "3 days", "-1d", "0s", "1y", "\u0661\u0662d", "\uff11\uff12h"]
+)
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(AdminError) as err:
         service.parse_duration(text)

@@ -25,6 +25,7 @@ from app.clock import ManualClock, utcnow
 from app.config import Settings
 from app.db import create_db_engine
 from app.identity.models import Identity
+from app.inbound.from_clevertap import MAX_SKIPPED_REASONS
 from app.main import create_app
 from app.outbox.models import Delivery, InboundCall
 from app.state import BridgeState
@@ -517,6 +518,26 @@ async def test_skipped_recipients_are_counted_with_reasons(bridge: Bridge) -> No
     assert call.reason == "#1: no email; #2: invalid email"
 
 
+async def test_the_reasons_listed_are_bounded_the_count_is_not(bridge: Bridge) -> None:
+    """A call of thousands of entries without an email is answered in a few kilobytes: the
+    first ``MAX_SKIPPED_REASONS`` reasons, how many more there were, the whole count."""
+    entries: list[Any] = [0] * 5000
+    r = await bridge.post(CAMPAIGN.format("c"), {"profiles": entries})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert len(detail["skipped"]) == MAX_SKIPPED_REASONS
+    assert detail["skipped_omitted"] == 5000 - MAX_SKIPPED_REASONS
+    assert len(r.content) < 10_000
+
+    r = await bridge.post(CAMPAIGN.format("c"), profiles_body("ok@x.io", *[None] * 5000))
+    assert r.status_code == 200
+    answer = r.json()
+    assert (answer["accepted"], answer["skipped"]) == (1, 5000)
+    assert [s["index"] for s in answer["skipped_reasons"]] == list(range(1, 101))
+    assert answer["skipped_reasons_omitted"] == 5000 - MAX_SKIPPED_REASONS
+    assert len(r.content) < 10_000
+
+
 @pytest.mark.parametrize(
     ("body", "skipped"),
     [
@@ -662,6 +683,7 @@ async def test_non_json_content_type_is_415_and_kept(bridge: Bridge, content_typ
     ("headers", "error", "detail_key"),
     [
         ({"Content-Encoding": "gzip"}, "unsupported content encoding", "content_encoding"),
+        ({"Transfer-Encoding": "gzip, chunked"}, "unsupported transfer encoding", None),
         ({"Content-Type": "application/json; charset=latin-1"}, "unsupported charset", None),
         ({"Content-Type": 'application/json; charset="UTF-16"'}, "unsupported charset", None),
     ],
@@ -770,6 +792,31 @@ async def test_a_413_with_content_length_keeps_the_start_of_the_body(small: Brid
     (call,) = small.calls()
     assert call.body
     assert r.request.content.decode().startswith(call.body)
+
+
+async def test_a_sender_waiting_for_100_continue_is_refused_before_its_body(
+    small: Bridge,
+) -> None:
+    """``Expect: 100-continue`` with a Content-Length over the limit: 413 at once, nothing of
+    the body read (reading would tell the sender to send it all), kept as refused."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 1000
+
+    r = await small.client.post(
+        CAMPAIGN.format("c"),
+        content=chunks(),
+        headers={
+            **CT_AUTH,
+            "Content-Type": "application/json",
+            "Content-Length": "10000",
+            "Expect": "100-continue",
+        },
+    )
+    assert_error(r, 413, "body too large")
+    (call,) = small.calls()
+    assert (call.http_status, call.body, call.body_truncated) == (413, "", True)
 
 
 async def test_streamed_body_over_the_limit_is_413_and_keeps_what_was_read(

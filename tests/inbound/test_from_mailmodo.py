@@ -144,6 +144,29 @@ async def test_a_path_without_its_secret_is_401_not_404(
     assert_nothing_stored(state)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/mailmodo/{MM_SECRET}/events/",
+        "/mailmodo/anything/events/",
+        "/mailmodo/anything/events/opened/",
+        "/clevertap/campaigns/c/",
+        "/admin/deliveries/",
+    ],
+)
+async def test_a_trailing_slash_is_never_redirected(
+    client: httpx.AsyncClient, state: BridgeState, path: str
+) -> None:
+    """No 307 to a URL built from the Host header: a sender following it would resend its
+    secret there (in plain HTTP behind a TLS proxy). An unknown path is a 404."""
+    resp = await client.post(
+        path, json=opened(clevertap_id=CT_ID), headers={"Host": "evil.example"}
+    )
+    assert resp.status_code == 404
+    assert "location" not in resp.headers
+    assert_nothing_stored(state)
+
+
 async def test_wrong_secret_is_401_before_the_body_is_read(
     client: httpx.AsyncClient, state: BridgeState
 ) -> None:

@@ -141,6 +141,29 @@ async def test_a_second_identical_call_changes_nothing(
     assert (attempt.outcome, attempt.status_code) == ("delivered", 200)
 
 
+async def test_a_list_id_written_with_leading_zeros_is_the_same_list(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    mailmojo: FakeMailmojo,
+    deliverer: MailmojoDeliverer,
+) -> None:
+    """``/lists/0{id}/`` names list {id}: stored and sent as Mailmojo writes it, so a contact
+    already on the list is found there and not subscribed again."""
+    mailmojo.store.add(**EXAMPLE_CONTACT)
+    path = ROUTE.replace(f"/lists/{LIST_ID}/", f"/lists/00{LIST_ID}/")
+    assert path != ROUTE
+    for key in ("first", "second"):
+        r = await client.post(
+            path, json=worked_example_call(), headers={**CT_AUTH, "Idempotency-Key": key}
+        )
+        assert r.status_code == 200, r.text
+        assert (await deliverer.run_once(10)).outcomes == {"delivered": 1}
+    first, second = all_deliveries(state.engine)
+    assert first.target == second.target == LIST_ID
+    assert second.upstream_ref == "unchanged"  # found on the list: nothing written again
+    assert len(mailmojo.store.writes) == 1
+
+
 async def test_guests_and_profiles_without_email_are_skipped(
     client: httpx.AsyncClient,
     state: BridgeState,
