@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -124,6 +125,23 @@ def _driver_begin(conn: Any, statement: str) -> None:
         conn.connection.driver_connection.execute(statement)
     except sqlite3.Error as exc:
         raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
+#: While the database cannot write, a worker tries again after this pause, doubling up to
+#: ``RETRY_MAX_SECONDS``; answers already received from an upstream wait in memory meanwhile.
+RETRY_SECONDS = 0.25
+RETRY_MAX_SECONDS = 2.0
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The database cannot write (disk full, I/O error, gone, locked past the timeout), as
+    SQLAlchemy reports it or, from the raw-cursor statements of ``app.fastsql``, the driver:
+    worth trying again later, unlike an error in what is written."""
+    if isinstance(exc, OperationalError | sqlite3.OperationalError):
+        return True
+    # Only a process on PostgreSQL has loaded the driver (and can see its errors).
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 class _FileLock:

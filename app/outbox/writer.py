@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from app.clock import utcnow
+from app.db import unavailable
 from app.logging import log_throttled
 from app.metrics import INGEST_BATCH
 from app.outbox import repository
@@ -246,7 +245,7 @@ def commit_batch(
     try:
         return list(_commit(engine, records, dedup_window_seconds))
     except Exception as exc:
-        if _unavailable(exc):
+        if unavailable(exc):
             # Once per interval per kind of error: a full disk fails every batch the same way.
             cause = exc.orig if isinstance(exc, OperationalError) else exc
             log_throttled(
@@ -287,16 +286,6 @@ def _commit(
             if attempt == 2 or _timed_out(exc):
                 raise
     raise AssertionError("unreachable")
-
-
-def _unavailable(exc: BaseException) -> bool:
-    """The database cannot write (disk full, I/O error, gone, locked past the timeout), as
-    SQLAlchemy reports it or, from the raw-cursor statements of ``app.fastsql``, the driver."""
-    if isinstance(exc, OperationalError | sqlite3.OperationalError):
-        return True
-    # Only a process on PostgreSQL has loaded the driver (and can see its errors).
-    psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def _timed_out(exc: OperationalError) -> bool:

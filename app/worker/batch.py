@@ -70,6 +70,10 @@ class OutcomeBatcher(Generic[T]):
         batch, self._queue = self._queue[: self._max], self._queue[self._max :]
         return batch
 
+    def requeue(self, batch: list[tuple[Claimed, Outcome, asyncio.Future[T]]]) -> None:
+        """Put a batch that could not be written back in front of the queue, in its order."""
+        self._queue[:0] = batch
+
     @staticmethod
     def settle(
         batch: list[tuple[Claimed, Outcome, asyncio.Future[T]]],

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.engine import Engine
 
+from app.logging import log_throttled
 from app.outbox.notify import CHANNEL
 
 log = structlog.get_logger(__name__)
@@ -59,11 +60,22 @@ class OutboxListener:
                             self._on_notify()
             except psycopg.Error as exc:
                 self.listening.clear()
-                log.warning("outbox listener lost its connection; polling", error=str(exc))
+                log_throttled(
+                    log,
+                    "warning",
+                    "outbox listener lost its connection; polling",
+                    key=type(exc).__name__,
+                    error=str(exc)[:300],
+                )
                 self._stop.wait(1.0)
-            except Exception:
+            except Exception as exc:
                 self.listening.clear()
-                log.exception("outbox listener failed; polling meanwhile")
+                log_throttled(
+                    log,
+                    "exception",
+                    "outbox listener failed; polling meanwhile",
+                    key=type(exc).__name__,
+                )
                 self._stop.wait(1.0)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from app import db
 from app.clock import utcnow
 from app.config import Settings
+from app.logging import log_throttled
 from app.outbox import repository, transitions
 from app.outbox.repository import Claimed
 from app.system import recovery
@@ -97,6 +98,10 @@ class WorkerRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: ``time.monotonic()`` of the last wake-up by a commit (ingest, LISTEN/NOTIFY).
         self.woken_at = float("-inf")
+        #: No round before this ``time.monotonic()`` (the database failed the last one), and
+        #: the pause after the next failure.
+        self._db_retry_at = 0.0
+        self._db_retry = db.RETRY_SECONDS
 
     async def aclose(self) -> None:
         """Close the upstream clients (after ``run`` has returned)."""
@@ -257,8 +262,14 @@ class WorkerRunner:
         for job in (self._beat, self._reclaim):
             try:
                 await asyncio.to_thread(job)
-            except Exception:
-                log.exception("periodic job failed", job=job.__name__)
+            except Exception as exc:
+                log_throttled(
+                    log,
+                    "exception",
+                    "periodic job failed",
+                    key=(job.__name__, type(exc).__name__),
+                    job=job.__name__,
+                )
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Beat and sweep, apart from the slower housekeeping so that it never delays a beat
@@ -273,8 +284,14 @@ class WorkerRunner:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self._maintain)
-            except Exception:
-                log.exception("periodic job failed", job="_maintain")
+            except Exception as exc:
+                log_throttled(
+                    log,
+                    "exception",
+                    "periodic job failed",
+                    key=("_maintain", type(exc).__name__),
+                    job="_maintain",
+                )
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.heartbeat_seconds)
 
@@ -337,7 +354,7 @@ class WorkerRunner:
                     first_answer = now
                 lingered = first_answer is not None and now - first_answer >= OUTCOME_LINGER_SECONDS
                 if claim or (answered and lingered):
-                    later = self._yield_until(last_round, now)
+                    later = max(self._yield_until(last_round, now), self._db_retry_at)
                     if later > now:
                         # Only a stop cuts this short: what comes meanwhile (wake-ups by
                         # ingest commits, outcomes) is taken by the round then.
@@ -347,6 +364,8 @@ class WorkerRunner:
                     first_answer = None
                     limit = min(free, burst) if claim else 0
                     rows = await self._round(deliverer, limit)
+                    if rows is None:  # nothing written or claimed: the same again, later
+                        continue
                     if claim:
                         last_claim = now
                         backlog = len(rows) == limit
@@ -385,8 +404,11 @@ class WorkerRunner:
             return now
         return last_round + YIELD_SECONDS
 
-    async def _round(self, deliverer: RowDeliverer[Any], limit: int) -> list[tuple[Claimed, float]]:
-        """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction."""
+    async def _round(
+        self, deliverer: RowDeliverer[Any], limit: int
+    ) -> list[tuple[Claimed, float]] | None:
+        """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction;
+        None when the round could not be written (it is tried again later)."""
         batch = deliverer.outcomes.take()
         try:
             changes, rows, slots = await asyncio.to_thread(
@@ -396,14 +418,37 @@ class WorkerRunner:
                 deliverer.limiter,
             )
         except Exception as exc:
-            # The deliveries waiting on these outcomes fail (their rows come back after the
-            # lease, as when a task crashes); claiming is tried again next round.
-            log.exception("recording outcomes or claiming failed; will try again")
+            if db.unavailable(exc):
+                # The calls were made: their answers stay queued (their slots held) and are
+                # written by a later round once the database is back, with no call repeated.
+                # Failing them instead left each row leased for BRIDGE_LEASE_SECONDS and then
+                # sent again.
+                deliverer.outcomes.requeue(batch)
+                self._db_retry_at = time.monotonic() + self._db_retry
+                self._db_retry = min(db.RETRY_MAX_SECONDS, self._db_retry * 2)
+                log_throttled(
+                    log,
+                    "warning",
+                    "database unavailable: answers kept in memory, trying again",
+                    key="round",
+                    answers=len(batch),
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
+                return None
+            # Anything else is a fault in what is written: the deliveries waiting on these
+            # outcomes fail (their rows come back after the lease, as when a task crashes).
+            log_throttled(
+                log,
+                "exception",
+                "recording outcomes or claiming failed; will try again",
+                key=type(exc).__name__,
+            )
             deliverer.outcomes.settle(batch, exc)
-            return []
+            return None
         except asyncio.CancelledError as exc:
             deliverer.outcomes.settle(batch, exc)
             raise
+        self._db_retry = db.RETRY_SECONDS
         deliverer.outcomes.settle(batch, changes)
         return list(zip(rows, slots, strict=True))
 
@@ -426,8 +471,13 @@ class WorkerRunner:
                             break
                     try:
                         rows = await asyncio.to_thread(uploader.claim, batch)
-                    except Exception:
-                        log.exception("claiming uploads failed; will try again")
+                    except Exception as exc:
+                        log_throttled(
+                            log,
+                            "exception",
+                            "claiming uploads failed; will try again",
+                            key=type(exc).__name__,
+                        )
                         rows = []
                     if rows:
                         self._spawn(inflight, uploader.upload(rows))
@@ -495,7 +545,11 @@ class WorkerRunner:
 
 def _log_crash(task: asyncio.Task[object]) -> None:
     """A delivery task must never die silently; its row comes back after the lease."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "delivery task crashed; its items return after the lease", error=repr(task.exception())
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log_throttled(
+            log,
+            "error",
+            "delivery task crashed; its items return after the lease",
+            key=type(exc).__name__,
+            error=repr(exc),
         )

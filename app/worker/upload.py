@@ -13,12 +13,14 @@ from typing import Any, Unpack
 import structlog
 from sqlalchemy.engine import Engine
 
+from app import db
 from app.clevertap.bodies import upload_record_for
 from app.clevertap.client import CleverTapClient
 from app.clevertap.consent import consent_record, endpoint_of  # W12 consent
 from app.clevertap.outcomes import classify_failure, classify_upload, refused_whole_batch
 from app.clock import utcnow
 from app.consent.service import TO_CLEVERTAP, Consent  # W12 consent
+from app.logging import log_throttled
 from app.metrics import UPLOAD_BATCH, UPSTREAM_LATENCY, observe_attempt
 from app.outbox import repository, transitions
 from app.outbox.models import Upstream
@@ -145,7 +147,31 @@ class CleverTapUploader(OutboxConsumer):
             results.extend(
                 (row, outcome) for (row, _), outcome in zip(group, outcomes, strict=True)
             )
-        return await asyncio.to_thread(self.record, results)
+        return await self._record_until_written(results)
+
+    async def _record_until_written(
+        self, results: list[tuple[Claimed, Outcome]]
+    ) -> list[AttemptChange]:
+        """``record``, tried again while the database cannot write: the batch was uploaded,
+        so its answers wait in memory rather than its rows waiting out their lease to be
+        uploaded again. A stop (the task cancelled) gives up: the rows come back then."""
+        pause = db.RETRY_SECONDS
+        while True:
+            try:
+                return await asyncio.to_thread(self.record, results)
+            except Exception as exc:
+                if not db.unavailable(exc):
+                    raise
+                log_throttled(
+                    log,
+                    "warning",
+                    "database unavailable: upload answers kept in memory, trying again",
+                    key="upload",
+                    answers=len(results),
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
+            await asyncio.sleep(pause)
+            pause = min(db.RETRY_MAX_SECONDS, pause * 2)
 
     async def send(self, records: list[dict[str, Any]], path: str = "/1/upload") -> list[Outcome]:
         """One outcome per record. A whole-request refusal (400, 413) of several records is

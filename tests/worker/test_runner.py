@@ -4,6 +4,7 @@ shutdown, and the end-to-end promise (outages and 429 storms: delivered exactly 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ import orjson
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.clock import ManualClock
@@ -517,6 +519,42 @@ async def test_outage_then_recovery_delivers_exactly_once(
         )
         outcomes = [a.outcome for a in attempts_of(state.engine, delivery_id)]
         assert outcomes == ["retry", "retry", "delivered"]
+
+
+async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+) -> None:
+    """The calls were made, then the database failed the rounds that were to write their
+    answers: the answers are written once it is back, seconds later, and no call is made
+    again (they used to be dropped: each row stayed leased for BRIDGE_LEASE_SECONDS, then
+    was sent again)."""
+    emails = [f"u{i}@example.com" for i in range(4)]
+    ids = add_deliveries(state.engine, *emails)
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    fast = {"mailmodo_rate_per_second": 1000.0, "worker_poll_seconds": 30.0}
+    deliverer = make_deliverer("runner-1", **fast)  # the runner's own id: its leases
+    record_and_claim = deliverer.record_and_claim
+    failed: list[int] = []
+
+    def flaky(*args: Any) -> Any:
+        if args[0] and len(failed) < 3:  # answers to write: the database is gone, 3 times
+            failed.append(len(args[0]))
+            raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk I/O error"))
+        return record_and_claim(*args)
+
+    deliverer.record_and_claim = flaky  # type: ignore[method-assign,assignment]
+    began = time.monotonic()
+    async with running(state, deliverer, settings=settings_for(**fast)):
+        await wait_for(all_in(state, State.DELIVERED))
+    assert time.monotonic() - began < 10  # not a lease (300 s) later
+    assert len(failed) == 3
+    assert route.call_count == len(emails)  # each call made once
+    for delivery_id in ids:
+        [attempt] = attempts_of(state.engine, delivery_id)
+        assert attempt.outcome == "delivered"
 
 
 async def test_429_storm_then_recovery_delivers_without_using_attempts(

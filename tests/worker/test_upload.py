@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -16,7 +17,9 @@ import pytest
 import respx
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
+from app import db
 from app.clock import ManualClock, utcnow
 from app.outbox.models import Delivery, State
 from app.state import BridgeState
@@ -177,6 +180,52 @@ async def test_success_is_delivered_with_an_attempt(
         200,
         "w",
     )
+
+
+async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
+    state: BridgeState,
+    uploader: CleverTapUploader,
+    upload: respx.Route,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Uploaded, then the database fails the write of the answers twice: written on the third
+    try, the batch uploaded once (dropping them left the rows leased, then uploaded again)."""
+    monkeypatch.setattr(db, "RETRY_SECONDS", 0.01)
+    upload.mock(side_effect=ct_success)
+    ids = make_events(state.engine, 3)
+    record = uploader.record
+    failures: list[int] = []
+
+    def flaky(results: Any) -> Any:
+        if len(failures) < 2:
+            failures.append(len(results))
+            raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk is full"))
+        return record(results)
+
+    monkeypatch.setattr(uploader, "record", flaky)
+    stats = await uploader.run_once()
+    assert stats.outcomes == {"delivered": 3}
+    assert failures == [3, 3]
+    assert upload.call_count == 1
+    for delivery_id in ids:
+        assert get_delivery(state.engine, delivery_id).state == State.DELIVERED.value
+
+
+async def test_an_error_in_what_is_written_is_not_retried(
+    uploader: CleverTapUploader, upload: respx.Route, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload.mock(side_effect=ct_success)
+    make_events(uploader.engine, 1)
+    calls: list[int] = []
+
+    def broken(results: Any) -> Any:
+        calls.append(1)
+        raise ValueError("a fault in the code, not the database")
+
+    monkeypatch.setattr(uploader, "record", broken)
+    with pytest.raises(ValueError, match="a fault"):
+        await uploader.run_once()
+    assert calls == [1]
 
 
 async def test_rows_taken_back_while_the_uploader_stalled_are_not_uploaded(
