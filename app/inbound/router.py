@@ -78,10 +78,15 @@ class WebhookDispatch:
         if root and path.startswith(root):
             path = path[len(root) :]
         method = scope["method"]
-        for regex, methods, endpoint in self._routes:
-            if method in methods and (found := regex.match(path)) is not None:
-                return endpoint, found.groupdict()
-        return None
+        while True:
+            for regex, methods, endpoint in self._routes:
+                if method in methods and (found := regex.match(path)) is not None:
+                    return endpoint, found.groupdict()
+            if len(path) <= 1 or not path.endswith("/"):
+                return None
+            # A webhook URL pasted with a trailing slash is served as meant, not redirected
+            # (a sender following a redirect would resend its secret to wherever it points).
+            path = path[:-1]
 
     @staticmethod
     async def serve(

@@ -145,26 +145,28 @@ async def test_a_path_without_its_secret_is_401_not_404(
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "status"),
     [
-        f"/mailmodo/{MM_SECRET}/events/",
-        "/mailmodo/anything/events/",
-        "/mailmodo/anything/events/opened/",
-        "/clevertap/campaigns/c/",
-        "/admin/deliveries/",
+        (f"/mailmodo/{MM_SECRET}/events/", 200),
+        (f"/mailmodo/{MM_SECRET}/events/opened/", 200),
+        ("/mailmodo/anything/events/", 401),
+        ("/clevertap/campaigns/c/", 401),  # no CleverTap credentials here
+        ("/admin/deliveries/", 404),
     ],
 )
 async def test_a_trailing_slash_is_never_redirected(
-    client: httpx.AsyncClient, state: BridgeState, path: str
+    client: httpx.AsyncClient, state: BridgeState, path: str, status: int
 ) -> None:
-    """No 307 to a URL built from the Host header: a sender following it would resend its
-    secret there (in plain HTTP behind a TLS proxy). An unknown path is a 404."""
+    """No 307 to a URL built from the Host header (a sender following it would resend its
+    secret there, in plain HTTP behind a TLS proxy): a webhook URL pasted with a trailing
+    slash is served as without it, any other path with one is a 404."""
     resp = await client.post(
         path, json=opened(clevertap_id=CT_ID), headers={"Host": "evil.example"}
     )
-    assert resp.status_code == 404
+    assert resp.status_code == status, resp.text
     assert "location" not in resp.headers
-    assert_nothing_stored(state)
+    if status != 200:
+        assert_nothing_stored(state)
 
 
 async def test_wrong_secret_is_401_before_the_body_is_read(
