@@ -139,9 +139,15 @@ def unavailable(exc: BaseException) -> bool:
     worth trying again later, unlike an error in what is written."""
     if isinstance(exc, OperationalError | sqlite3.OperationalError):
         return True
-    # Only a process on PostgreSQL has loaded the driver (and can see its errors).
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # Only a process on PostgreSQL has loaded the driver (and can see its errors). A failover
+    # can leave connections on a standby: "read-only transaction" (an InternalError) passes.
     psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+    if psycopg is None:
+        return False
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(cause, psycopg.OperationalError | psycopg.errors.ReadOnlySqlTransaction)
 
 
 class _FileLock:

@@ -50,7 +50,7 @@ log = structlog.get_logger(__name__)
 CONNECTIONS_CLOSED = Counter(
     "ctmm_bridge_connections_closed_total",
     "HTTP connections the bridge closed itself, by reason (idle, header_timeout, "
-    "body_timeout, evicted at the cap, refused at the cap, head_too_large).",
+    "body_timeout, evicted at the cap, refused at the cap, head_too_large, message_too_large).",
     ["reason"],
 )
 CONNECTIONS_OPEN = Gauge("ctmm_bridge_connections_open", "HTTP connections open now.")
@@ -62,6 +62,7 @@ for _reason in (
     "refused",
     "shutdown",
     "head_too_large",
+    "message_too_large",
 ):
     CONNECTIONS_CLOSED.labels(_reason)
 
@@ -163,6 +164,9 @@ class Watch:
         self.keep_alive = settings.keep_alive_seconds
         self.header_timeout = settings.header_timeout_seconds
         self.body_timeout = settings.body_timeout_seconds
+        #: Bytes of a request after its head (body, chunk framing, trailers) past which its
+        #: connection is closed: twice the body limit leaves room for any honest chunking.
+        self.max_message = 2 * settings.max_body_bytes + MAX_HEAD_BYTES
         self.interval = min(1.0, max(0.05, min(self.keep_alive, self.header_timeout) / 4))
         #: Refreshed by the watchdog each interval: per-call code stores it, never reads a clock.
         self.now = time.monotonic()
@@ -227,6 +231,7 @@ class WatchedProtocol(HttpToolsProtocol):
     _w_rx: float
     _w_begun: float | None
     _w_head: int
+    _w_body: int
     _w_done: float
     _w_refused: bool
     _w_probe: bool
@@ -235,7 +240,7 @@ class WatchedProtocol(HttpToolsProtocol):
         watch = self.watch
         self._w_rx = self._w_done = watch.now
         self._w_begun = None
-        self._w_head = 0
+        self._w_head = self._w_body = 0
         self._w_refused = self._w_probe = False
         # Probe connections sit beyond the cap: only the others count against it, and only
         # the others make room for a full connection.
@@ -311,13 +316,31 @@ class WatchedProtocol(HttpToolsProtocol):
         self._w_rx = self.watch.now
         _data_received(self, data)
         if self._w_begun is not None:  # a request's head is still arriving
-            self._w_head += len(data)
+            if self._w_head < 0:
+                # The read the request began in is not counted: it may end the one before
+                # (a pipelined body), so the cap holds within one read's size.
+                self._w_head = 0
+            else:
+                self._w_head += len(data)
             if self._w_head > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self._head_too_large()
+        elif (cycle := self.cycle) is not None and cycle.more_body:
+            # The body and its chunked trailers, which httptools joins as slowly as headers.
+            self._w_body += len(data)
+            if self._w_body > self.watch.max_message and not self.transport.is_closing():
+                CONNECTIONS_CLOSED.labels("message_too_large").inc()
+                log_throttled(
+                    log,
+                    "warning",
+                    "request body and trailers far over the body limit: connection closed",
+                    limit_bytes=self.watch.max_message,
+                )
+                self.transport.close()
 
     def on_message_begin(self) -> None:
         self._w_begun = self.watch.now
-        self._w_head = 0
+        self._w_head = -1
+        self._w_body = 0
         _on_message_begin(self)
 
     def _head_too_large(self) -> None:

@@ -173,3 +173,20 @@ def test_a_failed_begin_comes_out_as_sqlalchemys_error(tmp_path: Path) -> None:
             conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
     finally:
         engine.dispose()
+
+
+def test_unavailable_tells_a_database_that_cannot_write_from_a_fault() -> None:
+    """What a worker waits out (and keeps its answers for) against what it must not retry."""
+    import sqlite3
+
+    import psycopg
+    from sqlalchemy.exc import IntegrityError, InternalError
+
+    assert db_module.unavailable(OperationalError("COMMIT", None, Exception("disk full")))
+    assert db_module.unavailable(sqlite3.OperationalError("database is locked"))
+    assert db_module.unavailable(psycopg.OperationalError("connection refused"))
+    # A failover left the connection on a read-only standby.
+    standby = psycopg.errors.ReadOnlySqlTransaction("cannot execute UPDATE")
+    assert db_module.unavailable(InternalError("UPDATE", None, standby))
+    assert not db_module.unavailable(IntegrityError("INSERT", None, Exception("unique")))
+    assert not db_module.unavailable(ValueError("a fault in the code"))

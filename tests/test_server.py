@@ -424,8 +424,8 @@ async def test_a_request_head_past_the_limit_is_answered_431_and_closed(
     before = CONNECTIONS_CLOSED.labels("head_too_large")._value.get()
     conn, transport = connect()
     first = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: "
-    conn.data_received(first)
-    sent = len(first)
+    conn.data_received(first)  # the read a request begins in is not counted
+    sent = 0
     while not transport.closed and sent < 10 * MAX_HEAD_BYTES:
         conn.data_received(b"a" * 8192)
         sent += 8192
@@ -461,3 +461,61 @@ def test_a_huge_header_gets_431_and_healthz_keeps_answering(serve_factory) -> No
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert httpx.get(f"{bridge.url}/healthz", timeout=5).status_code == 200
     assert bridge.metric("ctmm_bridge_connections_closed_total", reason="head_too_large") == 1
+
+
+async def _reading_app(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole body, then answers 200."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _connect(settings: Settings, app: Any = _reading_app) -> tuple[Any, _Transport]:
+    config = uvicorn.Config(app=app, http="httptools", loop="asyncio", log_level="error")
+    config.load()
+    conn = protocol_for(Watch(settings, cap=10))(
+        config, ServerState(), {}, asyncio.get_running_loop()
+    )
+    transport = _Transport()
+    conn.connection_made(transport)
+    return conn, transport
+
+
+async def test_a_pipelined_body_does_not_count_towards_the_next_head(settings: Settings) -> None:
+    """One read holding the end of a 100 KB request and the start of the next: no 431."""
+    conn, transport = _connect(settings)
+    body = b"x" * 100_000
+    conn.data_received(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+        + b"GET /b HTTP/1.1\r\nHost: x\r\n"
+    )
+    await asyncio.sleep(0.05)
+    assert not transport.closed
+    assert not any(w.startswith(b"HTTP/1.1 431") for w in transport.written)
+    conn.connection_lost(None)
+
+
+async def test_trailers_past_the_message_limit_close_the_connection(settings: Settings) -> None:
+    """Chunked trailers are joined as slowly as headers: the bytes after a request's head are
+    bounded too (twice the body limit, plus a head's worth), then the connection is closed."""
+    small = settings.model_copy(update={"max_body_bytes": 2048})
+    conn, transport = _connect(small)
+    before = CONNECTIONS_CLOSED.labels("message_too_large")._value.get()
+    conn.data_received(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+    )
+    await asyncio.sleep(0)
+    conn.data_received(b"0\r\nX-Trailer: ")
+    sent = 0
+    while not transport.closed and sent < 1_000_000:
+        conn.data_received(b"t" * 8192)
+        await asyncio.sleep(0)
+        sent += 8192
+    assert transport.closed
+    assert sent <= 2 * 2048 + MAX_HEAD_BYTES + 8192
+    assert CONNECTIONS_CLOSED.labels("message_too_large")._value.get() == before + 1
+    conn.connection_lost(None)

@@ -236,7 +236,12 @@ class Consent:
                 self._read_done(conn, row, outcome, change, now)
             elif change.state is State.DELIVERED and row.email:
                 if row.operation == UNSUBSCRIBE:
-                    consent_repo.mark_told(conn, row.email, now, told_mailmodo=UNSUBSCRIBED)
+                    # What Mailmodo holds is ours now, not what a read last saw: the next read
+                    # that sees it unsubscribed is this opt-out's echo, and one that sees it
+                    # subscribed means the person opted in again since.
+                    consent_repo.mark_told(
+                        conn, row.email, now, told_mailmodo=UNSUBSCRIBED, mailmodo_state=None
+                    )
                     self._log_told(conn, row, UNSUBSCRIBED, "mailmodo: unsubscribe", now)
                     CHANGES_SENT.labels("to_mailmodo", UNSUBSCRIBED).inc()
                 elif row.operation == RESUBSCRIBE:
@@ -372,6 +377,9 @@ class Consent:
             STATUS_READS.labels("learnt").inc()
             entry["told"] = "nobody: only an explicit /clevertap/consent/resubscribe resubscribes"
             consent_repo.add_log(conn, [entry])
+            # Subscribed again since the bridge last carried an opt-out either way: the next
+            # opt-out, from either side, is the person's own, not an echo of that one.
+            consent_repo.mark_told(conn, row.email, now, told_mailmodo=None, told_clevertap=None)
             return
         state = consent_repo.state_of(conn, row.email)
         if state is not None and state.told_mailmodo == UNSUBSCRIBED:

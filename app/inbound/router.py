@@ -58,9 +58,9 @@ class WebhookDispatch:
     the endpoint reads the body itself and returns a finished answer), yet FastAPI's routing
     and its five middleware layers cost about three quarters of a bare endpoint's CPU per call
     (bench/RESULTS.md). The table is built from the same ``WebhookRoute`` objects that FastAPI
-    documents, so paths, endpoints and OpenAPI cannot drift apart. Anything that does not match
-    a webhook route's path and method exactly (405s, trailing-slash redirects, every other
-    route) goes to FastAPI unchanged.
+    documents, so paths, endpoints and OpenAPI cannot drift apart. A webhook path with trailing
+    slashes is served as without them; anything else that does not match a webhook route's
+    path and method (405s, every other route) goes to FastAPI unchanged.
     """
 
     def __init__(self, routers: Iterable[APIRouter]) -> None:
@@ -78,15 +78,19 @@ class WebhookDispatch:
         if root and path.startswith(root):
             path = path[len(root) :]
         method = scope["method"]
-        while True:
-            for regex, methods, endpoint in self._routes:
-                if method in methods and (found := regex.match(path)) is not None:
-                    return endpoint, found.groupdict()
-            if len(path) <= 1 or not path.endswith("/"):
-                return None
+        hit = self._lookup(method, path)
+        if hit is None and len(path) > 1 and path.endswith("/"):
             # A webhook URL pasted with a trailing slash is served as meant, not redirected
             # (a sender following a redirect would resend its secret to wherever it points).
-            path = path[:-1]
+            # One more look-up, never one per slash: the path is the sender's to choose.
+            hit = self._lookup(method, path.rstrip("/"))
+        return hit
+
+    def _lookup(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+        for regex, methods, endpoint in self._routes:
+            if method in methods and (found := regex.match(path)) is not None:
+                return endpoint, found.groupdict()
+        return None
 
     @staticmethod
     async def serve(

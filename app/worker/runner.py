@@ -418,14 +418,16 @@ class WorkerRunner:
                 deliverer.limiter,
             )
         except Exception as exc:
+            # Whatever failed, the next round waits (doubling pauses): retrying at once spun a
+            # core and hammered the database for as long as the error lasted.
+            self._db_retry_at = time.monotonic() + self._db_retry
+            self._db_retry = min(db.RETRY_MAX_SECONDS, self._db_retry * 2)
             if db.unavailable(exc):
                 # The calls were made: their answers stay queued (their slots held) and are
                 # written by a later round once the database is back, with no call repeated.
                 # Failing them instead left each row leased for BRIDGE_LEASE_SECONDS and then
                 # sent again.
                 deliverer.outcomes.requeue(batch)
-                self._db_retry_at = time.monotonic() + self._db_retry
-                self._db_retry = min(db.RETRY_MAX_SECONDS, self._db_retry * 2)
                 log_throttled(
                     log,
                     "warning",

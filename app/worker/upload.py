@@ -92,17 +92,21 @@ class CleverTapUploader(OutboxConsumer):
         if not rows:
             return []
         # W13 (issue 14): one of the account's upload slots, counted across every process.
+        answered: list[bool] = []  # set once CleverTap has answered the batch
         try:
             async with self.slots.hold(self.slot_wait_seconds) as held:
                 if not held:  # none came free while the lease allows: give the batch back
                     await asyncio.shield(asyncio.to_thread(self.release, rows))
                     return []
-                return await self._upload(rows)
-        except asyncio.CancelledError:  # stopped while waiting for a slot: unsent, give back
-            await asyncio.shield(asyncio.to_thread(self.release, rows))
+                return await self._upload(rows, answered)
+        except asyncio.CancelledError:
+            if not answered:  # stopped before the batch went: unsent, give it back
+                await asyncio.shield(asyncio.to_thread(self.release, rows))
+            # Stopped while its answers waited for the database: uploaded, so not given back
+            # as unsent; the rows return after the lease (or as a gone worker's).
             raise
 
-    async def _upload(self, rows: list[Claimed]) -> list[AttemptChange]:
+    async def _upload(self, rows: list[Claimed], answered: list[bool]) -> list[AttemptChange]:
         if any(self.lease_in_doubt(row) for row in rows):
             # Waited long for a slot, or this worker stalled: rows taken back meanwhile belong
             # to another worker now, which uploads them; only those still held go.
@@ -135,10 +139,7 @@ class CleverTapUploader(OutboxConsumer):
             records = [record for _, record in group]
             try:
                 outcomes = await self.send(records, path)
-            except asyncio.CancelledError:
-                await asyncio.shield(asyncio.to_thread(self.release, [r for r, _ in sendable]))
-                raise
-            except Exception as exc:
+            except Exception as exc:  # a stop (CancelledError) gives the batch back: upload()
                 # Recorded as a retry so attempts count up; a crashed task would instead
                 # resend the batch after every lease without a trace.
                 log.exception("upload failed unexpectedly", records=len(records))
@@ -147,6 +148,7 @@ class CleverTapUploader(OutboxConsumer):
             results.extend(
                 (row, outcome) for (row, _), outcome in zip(group, outcomes, strict=True)
             )
+        answered.append(True)
         return await self._record_until_written(results)
 
     async def _record_until_written(

@@ -126,6 +126,47 @@ async def test_mailmodo_echoing_our_opt_out_is_not_sent_back(loop: Loop) -> None
     ]
 
 
+async def test_an_opt_out_after_opting_in_again_in_mailmodo_is_no_echo(loop: Loop) -> None:
+    """Mailmodo unsubscribed A (carried into CleverTap); A subscribed again in Mailmodo, which
+    a read sees; A then opts out in CleverTap: the person's own opt-out, carried to Mailmodo
+    (it was dropped as an echo of the first, and Mailmodo went on mailing)."""
+    await loop.send(A)
+    loop.contact(A, unsubscribed=True, blocked=False)
+    await loop.later(1)
+    assert len(loop.profiles()) == 1  # MSG-email false
+    loop.contact(A, unsubscribed=False, blocked=False)
+    await loop.later(24)  # the 24 h read: subscribed again
+    await loop.post(UNSUB, A)
+    await loop.work()
+    assert [p for p, _ in loop.mm_writes] == [
+        "/api/v1/triggerCampaign/camp-1",
+        "/api/v1/contacts/unsubscribe",
+    ]
+    [row] = loop.rows("contact.unsubscribe")
+    assert row.state is State.DELIVERED
+    assert not loop.log(A)[-1].echo
+
+
+async def test_unsubscribing_again_in_mailmodo_after_opting_in_is_reported(loop: Loop) -> None:
+    """A read saw A subscribed; A opted out in CleverTap (the bridge unsubscribed A in
+    Mailmodo); A subscribed again in Mailmodo, then unsubscribed there: reported to CleverTap,
+    not taken for the echo of the bridge's own unsubscribe."""
+    loop.contact(A, unsubscribed=False, blocked=False)
+    await loop.send(A)
+    await loop.later(1)  # learnt: subscribed
+    await loop.post(UNSUB, A)
+    await loop.work()  # the bridge unsubscribes A in Mailmodo
+    loop.contact(A, unsubscribed=False, blocked=False)
+    await loop.later(24)  # subscribed again
+    loop.contact(A, unsubscribed=True, unsubscribeReason="Clicked unsubscribe link", blocked=False)
+    await loop.later(48)  # the 72 h read: unsubscribed by the person
+    assert [e["evtName"] for e in loop.events()] == ["MM Email Unsubscribed"]
+    assert len(loop.profiles()) == 1  # MSG-email false
+    entries = loop.log(A)
+    assert entries[-1].source == "mailmodo.read"
+    assert not entries[-1].echo
+
+
 async def test_sends_and_syncs_never_resubscribe(loop: Loop) -> None:
     """Only /consent/resubscribe calls Mailmodo's resubscribe: a trigger after an opt-out
     is a plain trigger."""

@@ -14,6 +14,7 @@ import pytest
 
 from app.clock import utcnow
 from app.mailmodo.source import normalise_event_type
+from app.main import BridgeApp
 from app.outbox.models import CallStatus, State
 from app.state import BridgeState
 from tests.conftest import CT_SECRET, MM_SECRET, _reset_postgres, make_settings
@@ -167,6 +168,26 @@ async def test_a_trailing_slash_is_never_redirected(
     assert "location" not in resp.headers
     if status != 200:
         assert_nothing_stored(state)
+
+
+async def test_a_path_of_many_trailing_slashes_is_looked_up_once_more_not_per_slash(
+    app: BridgeApp, client: httpx.AsyncClient, state: BridgeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of trailing slashes (before authentication) cost two look-ups, not one per
+    slash: a look-up per slash held the event loop for seconds."""
+    dispatch = app.dispatch
+    lookups: list[str] = []
+    lookup = dispatch._lookup
+
+    def counted(method: str, path: str) -> Any:
+        lookups.append(path)
+        return lookup(method, path)
+
+    monkeypatch.setattr(dispatch, "_lookup", counted)
+    resp = await client.post("/mailmodo/" + "x" * 2000 + "/events" + "/" * 16000, json={})
+    assert resp.status_code == 401
+    assert len(lookups) == 2
+    assert_nothing_stored(state)
 
 
 async def test_wrong_secret_is_401_before_the_body_is_read(

@@ -557,6 +557,32 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
         assert attempt.outcome == "delivered"
 
 
+async def test_a_round_that_keeps_failing_is_retried_with_pauses_not_at_once(
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+) -> None:
+    """An error that is not the database being away (a fault, a read-only standby taken for
+    one): rounds come back after doubling pauses, not ten thousand times a second."""
+    add_deliveries(state.engine, "a@example.com")
+    any_call(mailmodo).mock(return_value=mm_ok())
+    fast = {"mailmodo_rate_per_second": 1000.0, "worker_poll_seconds": 30.0}
+    deliverer = make_deliverer("runner-1", **fast)
+    rounds: list[float] = []
+
+    def broken(*args: Any) -> Any:
+        rounds.append(time.monotonic())
+        raise ValueError("a fault in what is written")
+
+    deliverer.record_and_claim = broken  # type: ignore[method-assign,assignment]
+    async with running(state, deliverer, settings=settings_for(**fast)):
+        await asyncio.sleep(1.2)
+    # 0.25 s, then 0.5 s apart: three or four rounds in 1.2 s, not thousands.
+    assert 2 <= len(rounds) <= 5
+    assert all(b - a >= 0.2 for a, b in pairwise(rounds))
+
+
 async def test_429_storm_then_recovery_delivers_without_using_attempts(
     client: httpx.AsyncClient,
     state: BridgeState,

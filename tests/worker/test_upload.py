@@ -36,6 +36,7 @@ from tests.factories import (
     make_due,
     upstream_state,
 )
+from tests.worker.conftest import wait_for
 from tests.worker.conftest_upload import (
     ACCOUNT_HEADERS,
     all_sent,
@@ -209,6 +210,38 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
     assert upload.call_count == 1
     for delivery_id in ids:
         assert get_delivery(state.engine, delivery_id).state == State.DELIVERED.value
+
+
+async def test_a_stop_while_the_answers_wait_does_not_give_the_batch_back_as_unsent(
+    state: BridgeState,
+    uploader: CleverTapUploader,
+    upload: respx.Route,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Uploaded, then stopped while the database cannot take the answers: the rows are not
+    released as unsent (they were sent: due again at once, with no attempt on record); they
+    stay leased and come back after the lease, as a gone worker's would."""
+    monkeypatch.setattr(db, "RETRY_SECONDS", 0.01)
+    upload.mock(side_effect=ct_success)
+    make_events(state.engine, 2)
+    tries: list[int] = []
+    released: list[int] = []
+
+    def down(results: Any) -> Any:
+        tries.append(len(results))
+        raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk is full"))
+
+    monkeypatch.setattr(uploader, "record", down)
+    monkeypatch.setattr(uploader, "release", lambda rows: released.extend(r.id for r in rows))
+    rows = await asyncio.to_thread(uploader.claim, 10)
+    task = asyncio.create_task(uploader.upload(rows))
+    await wait_for(lambda: len(tries) >= 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert upload.call_count == 1
+    assert released == []
+    assert {d.lease_token is not None for d in all_deliveries(state.engine)} == {True}
 
 
 async def test_an_error_in_what_is_written_is_not_retried(
