@@ -57,7 +57,9 @@ def sync_plan(
         # Mailmodo's own CleverTap integration keys activity by this contact property.
         always["clevertap_id"] = recipient.clevertap_id
     tags = rules.managed_tags(recipient.data.get(personalisation_key(tags_field)), tag_prefix)
-    if tags is not None:
+    if tags:
+        # An empty value is left out, never sent as "": what Mailmodo does with an empty
+        # string is undocumented (contact-sync.md, step 2), and a refusal would fail the sync.
         always[f"{tag_prefix}tags"] = tags
     return {
         "email": recipient.email,

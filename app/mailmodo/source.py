@@ -381,6 +381,12 @@ def _parse_activity(body: dict[str, Any], url_event: EventType | None) -> Activi
             value = properties.pop(alias)
             properties.setdefault(real, value)
 
+    if event_type is EventType.BOUNCED and "is_hard_bounce" not in properties:
+        # "hard bounce" / "soft bounce" as the event's name say what the flag would.
+        compact = _NOT_ALNUM.sub("", raw_event.lower()) if isinstance(raw_event, str) else ""
+        if "hardbounce" in compact or "softbounce" in compact:
+            properties["is_hard_bounce"] = "hardbounce" in compact
+
     answers: dict[str, Any] = {}
     if event_type is EventType.FORM_SUBMITTED:
         raw_answers = _get(body, "form_response", "answers")

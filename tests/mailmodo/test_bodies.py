@@ -63,6 +63,14 @@ def test_sync_plan_keeps_candidates_and_always_written_fields() -> None:
     }
 
 
+@pytest.mark.parametrize("tags", ["", [], " , "])
+def test_a_sync_never_sends_an_empty_tags_value(tags: object) -> None:
+    """contact-sync.md: leave a key out rather than send "" (its effect is undocumented)."""
+    someone = Recipient("bo@example.com", "ct-2", data={"tags": tags})
+    plan = sync_plan(someone, "L", tag_prefix="ct_", tags_field="tags")
+    assert plan["always"] == {"clevertap_id": "ct-2"}
+
+
 @pytest.mark.parametrize("operation", list(Operation)[:4])
 def test_stored_payload_is_the_body_or_the_plan(operation: Operation) -> None:
     stored = stored_payload(operation, ANN, "t", tag_prefix="ct_", tags_field="tags")

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.activity import Activity, EventType, to_epoch_seconds
+from app.consent.mapping import ConsentStatus, callback_opt_out
 from app.identity.schemas import clean_clevertap_id
 from app.mailmodo.source import (
     CallbackError,
@@ -234,6 +235,26 @@ def test_activity_bounce_and_unsubscribe_properties() -> None:
     unsub = only(parse_callback(activity(event="unsubscribe", reason="too many emails")))
     assert unsub.type is EventType.UNSUBSCRIBED
     assert unsub.properties == {"reason": "too many emails"}
+
+
+@pytest.mark.parametrize(
+    ("event", "extra", "hard"),
+    [
+        ("hard bounce", {}, True),
+        ("Hard Bounce", {}, True),
+        ("soft_bounce", {}, False),
+        ("bounced", {}, None),  # says nothing about hardness
+        ("hard bounce", {"is_hard_bounce": False}, False),  # the flag, when given, wins
+    ],
+)
+def test_a_bounce_named_hard_or_soft_says_so(
+    event: str, extra: dict[str, Any], hard: bool | None
+) -> None:
+    """A hard bounce sent only as the event's name is an opt-out CleverTap must hear of."""
+    bounce = only(parse_callback(activity(event=event, **extra)))
+    assert bounce.type is EventType.BOUNCED
+    assert bounce.properties.get("is_hard_bounce") is hard
+    assert (callback_opt_out(bounce) is ConsentStatus.BOUNCED) is bool(hard)
 
 
 def test_activity_camel_case_keys_become_snake_case() -> None:
