@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
 from sqlalchemy.engine import Engine
 
 from app.admin import repository as repo
@@ -33,6 +34,8 @@ from app.db import read_only
 from app.outbox import transitions
 from app.outbox.models import State, Upstream
 from app.outbox.transitions import EDGES, Edge
+
+log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 1000
 
@@ -139,6 +142,11 @@ def cancel_delivery(engine: Engine, delivery_id: int) -> ActionResult:
 def resume_upstream(engine: Engine, upstream: Upstream) -> ResumeResult:
     with engine.begin() as conn:
         resumed = repo.resume_upstream(conn, upstream.value, utcnow())
+    if resumed:
+        # The pause was logged when it began; its end is logged too, whoever ends it.
+        log.warning(
+            "upstream resumed by an operator; held items are due now", upstream=upstream.value
+        )
     detail = (
         f"deliveries to {upstream.value} resume now"
         if resumed

@@ -5,11 +5,13 @@ uses, so what is shown is what goes out. Credentials are never part of it."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
 from app.admin.schemas import UpstreamRequest
 from app.clevertap.bodies import upload_record_for
+from app.clevertap.consent import consent_record, endpoint_of
 from app.mailmodo.bodies import SyncPlan, add_to_list_body
 from app.mailmodo.client import PATHS, MailmodoClient
 from app.mailmojo.client import segment as mailmojo_segment
@@ -36,6 +38,28 @@ def upstream_request(row: Any) -> UpstreamRequest | None:
                 note=_CLEVERTAP_KEYS
                 if record is not None
                 else "No CleverTap ID nor email yet: nothing can be sent. " + _CLEVERTAP_KEYS,
+            )
+        if operation in (Operation.CONSENT_PROFILE, Operation.CONSENT_SUBSCRIBE):
+            record = consent_record(
+                operation.value, row.payload, clevertap_id=row.clevertap_id, email=row.email
+            )
+            return UpstreamRequest(
+                upstream=Upstream.CLEVERTAP.value,
+                method="POST",
+                path=endpoint_of(operation.value),
+                body={"d": [record]} if record is not None else None,
+                note=_CLEVERTAP_KEYS
+                if record is not None
+                else "No CleverTap ID nor email: nothing can be sent. " + _CLEVERTAP_KEYS,
+            )
+        if operation is Operation.CONTACT_STATUS:
+            return UpstreamRequest(
+                upstream=Upstream.MAILMODO.value,
+                method="GET",
+                path=f"/api/v1/getContactDetails?{urlencode({'email': row.email or ''})}",
+                body=None,
+                note="A status read: what Mailmodo holds for the contact (subscription state). "
+                + _MAILMODO_KEY,
             )
         if operation is Operation.MAILMOJO_SYNC:
             return UpstreamRequest(

@@ -99,7 +99,8 @@ def format_person(p: PersonConsent) -> str:
             + (f" ({k.mailmodo_reason})" if k.mailmodo_reason else "")
         )
         lines.append(
-            f"  told Mailmodo: {k.told_mailmodo or '-'}   told CleverTap: {k.told_clevertap or '-'}"
+            f"  told Mailmodo: {_told(k.told_mailmodo, k.told_mailmodo_at)}"
+            f"   told CleverTap: {_told(k.told_clevertap, k.told_clevertap_at)}"
         )
     lines.append("log (newest first):")
     for e in p.log or []:
@@ -120,3 +121,11 @@ def format_person(p: PersonConsent) -> str:
     if not p.reads:
         lines.append("  (none)")
     return "\n".join(lines)
+
+
+def _told(value: str | None, at: datetime | None) -> str:
+    """What the bridge told one side that still stands; a value cleared since (Mailmodo has
+    the person subscribed again, or an opt-in was carried) says so rather than "-"."""
+    if value:
+        return value
+    return f"no opt-out standing since {at.isoformat(timespec='seconds')}" if at else "-"

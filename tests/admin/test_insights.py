@@ -15,6 +15,7 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 
+from app.clevertap.consent import consent_payload, endpoint_of
 from app.clock import ManualClock
 from app.db import create_db_engine
 from app.main import create_app
@@ -443,6 +444,22 @@ async def test_detail_shows_the_request_sent_upstream(running: Running) -> None:
     assert req["body"] == {"email": "a@x.io", "list_id": "list 7"}
     detail = await get(client, f"/admin/deliveries/{unreadable}")
     assert detail["delivery"]["payload"] == "not json"
+    # Every operation has its request shown, the consent and status ones included.
+    for operation in (Operation.CONSENT_PROFILE, Operation.CONSENT_SUBSCRIBE):
+        row = add_delivery(
+            engine, "a@x.io", operation=operation, clevertap_id="__a", upstream="clevertap",
+            direction="mailmodo_to_clevertap",
+            payload=consent_payload(operation.value, "a@x.io", state="unsubscribed", source="x"),
+        )  # fmt: skip
+        req = await request_of(row)
+        assert (req["upstream"], req["method"]) == ("clevertap", "POST")
+        assert req["path"] == endpoint_of(operation.value)
+        assert len(req["body"]["d"]) == 1
+    read = add_delivery(engine, "a+b@x.io", operation=Operation.CONTACT_STATUS, payload={})
+    req = await request_of(read)
+    assert (req["method"], req["path"]) == ("GET", "/api/v1/getContactDetails?email=a%2Bb%40x.io")
+    unsub = add_delivery(engine, "a@x.io", operation=Operation.CONTACT_UNSUBSCRIBE, payload={})
+    assert (await request_of(unsub))["path"] == "/api/v1/contacts/unsubscribe"
     # No credential of the running bridge appears in what is shown.
     text = orjson.dumps(await get(client, f"/admin/deliveries/{trigger}")).decode()
     assert state.settings.mailmodo_api_key not in text

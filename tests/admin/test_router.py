@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import structlog
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 
@@ -834,12 +835,16 @@ async def test_stats(client: httpx.AsyncClient, state: BridgeState) -> None:
     assert worker["worker_id"] == "w-1"
     assert worker["age_seconds"] < 60
 
-    resumed = await post_json(client, "/admin/upstreams/mailmodo/resume")
-    assert resumed["resumed"] is True
-    s = await get_json(client, "/admin/stats")
-    assert s["upstreams"]["mailmodo"]["paused"] is False
-    again = await post_json(client, "/admin/upstreams/mailmodo/resume")
-    assert again["resumed"] is False
+    with structlog.testing.capture_logs() as logs:
+        resumed = await post_json(client, "/admin/upstreams/mailmodo/resume")
+        assert resumed["resumed"] is True
+        s = await get_json(client, "/admin/stats")
+        assert s["upstreams"]["mailmodo"]["paused"] is False
+        again = await post_json(client, "/admin/upstreams/mailmodo/resume")
+        assert again["resumed"] is False
+    # The pause's end is in the log (once: the second resume found nothing paused).
+    ends = [e for e in logs if e["event"].startswith("upstream resumed by an operator")]
+    assert [e["upstream"] for e in ends] == ["mailmodo"]
 
 
 async def test_stats_of_an_empty_database(client: httpx.AsyncClient) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from app import __version__
 from app.console.router import STATIC
+from app.outbox.models import Operation
 
 FILES = resources.files("app.console").joinpath("static")
 
@@ -121,3 +122,12 @@ def test_the_script_never_writes_markup_and_loads_nothing_from_elsewhere() -> No
     css = FILES.joinpath("console.css").read_text()
     assert "url(" not in css
     assert "@import" not in css
+
+
+def test_the_operation_filter_offers_every_operation() -> None:
+    """The console's Operation filter (Deliveries, Replay) lists what the API accepts."""
+    script = (resources.files("app.console") / "static" / "console.js").read_text()
+    found = re.search(r"const OPERATIONS = \[(.*?)\];", script, re.DOTALL)
+    assert found is not None
+    offered = re.findall(r'"([a-z.]+)"', found.group(1))
+    assert sorted(offered) == sorted(o.value for o in Operation)

@@ -16,7 +16,8 @@
     clevertap_to_mailmojo: "CleverTap → Mailmojo",
   };
   const OPERATIONS = ["campaign.trigger", "journey.start", "journey.abort", "list.sync", "event.upload",
-    "mailmojo.list.sync"];
+    "mailmojo.list.sync", "contact.status", "contact.unsubscribe", "contact.resubscribe",
+    "consent.profile", "consent.subscribe"];
   const SINCE = [["", "any time"], ["15m", "last 15 minutes"], ["1h", "last hour"], ["2h", "last 2 hours"],
     ["24h", "last 24 hours"], ["7d", "last 7 days"]];
   const PAGE = 50;
@@ -93,6 +94,14 @@
       text = JSON.stringify(value, null, 2);
     }
     return h("pre", { class: "code", tabindex: "0" }, text === undefined ? "" : text);
+  }
+
+  // What the bridge told one side and that still stands; cleared (value gone, time kept) when
+  // Mailmodo has the person subscribed again or an opt-in was carried.
+  function told(side, value, at) {
+    if (value) return h("li", {}, "Told " + side + ": " + value, at ? [" on ", when(at)] : "");
+    return h("li", {}, "Told " + side + ": " + (at ? "no opt-out standing since " : "nothing"),
+      at ? when(at) : "");
   }
 
   function when(iso) {
@@ -757,8 +766,8 @@
       h("section", { "aria-labelledby": "consent-title" }, h("h2", { id: "consent-title" }, "Email consent"),
         known ? h("ul", {},
           h("li", {}, "Learnt from Mailmodo: " + (known.mailmodo_state || "nothing yet") + (known.mailmodo_reason ? " (" + known.mailmodo_reason + ")" : ""), known.mailmodo_at ? [" on ", when(known.mailmodo_at)] : ""),
-          h("li", {}, "Told Mailmodo: " + (known.told_mailmodo || "nothing"), known.told_mailmodo_at ? [" on ", when(known.told_mailmodo_at)] : ""),
-          h("li", {}, "Told CleverTap: " + (known.told_clevertap || "nothing"), known.told_clevertap_at ? [" on ", when(known.told_clevertap_at)] : ""))
+          told("Mailmodo", known.told_mailmodo, known.told_mailmodo_at),
+          told("CleverTap", known.told_clevertap, known.told_clevertap_at))
           : h("p", {}, "No consent change is known for this email."),
         table("Consent log", [
           ["When", (e) => when(e.at)],
