@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -99,20 +100,43 @@ class SettingsError(ValueError):
 
 class SecretFiles(PydanticBaseSettingsSource):
     """``BRIDGE_<NAME>_FILE=/run/secrets/x``: the setting's value is the file's content
-    (trailing newline removed), so secrets need not sit in the environment."""
+    (trailing newline removed), so secrets need not sit in the environment. Read from the
+    environment, else from ``.env`` (``dotenv``'s variables), like every other setting."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], dotenv: dict[str, str | None] | None = None
+    ) -> None:
+        super().__init__(settings_cls)
+        #: The .env file's variables, names lower-cased.
+        self._dotenv = dotenv or {}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ reads every file at once
+
+    def _file_of(self, name: str) -> str | None:
+        """The file that holds setting ``name``, if one is named: the environment decides
+        before .env, as for every setting (a value in the environment beats a file named in
+        .env, a file named in the environment beats a value in .env); naming both the value
+        and the file at one level is an error."""
+        value, variable = env_name(name), env_name(name) + "_FILE"
+        for level, found in (
+            ("the environment", os.environ),
+            (".env", {k.upper(): v for k, v in self._dotenv.items()}),
+        ):
+            path, direct = found.get(variable), found.get(value)
+            if path and direct:
+                raise SettingsError(f"{variable}: set {value} or {variable}, not both ({level})")
+            if path or direct:
+                return path or None
+        return None
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name in SECRET_SETTINGS:
             variable = env_name(name) + "_FILE"
-            path = os.environ.get(variable)
+            path = self._file_of(name)
             if not path:
                 continue
-            if os.environ.get(env_name(name)):
-                raise SettingsError(f"{variable}: set {env_name(name)} or {variable}, not both")
             try:
                 values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
@@ -217,10 +241,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # A secret file set in the environment beats a value in .env, like the environment.
+        dotenv = getattr(dotenv_settings, "env_vars", None)
         return (
             init_settings,
             env_settings,
-            SecretFiles(settings_cls),
+            SecretFiles(settings_cls, dict(dotenv) if isinstance(dotenv, Mapping) else None),
             dotenv_settings,
             file_secret_settings,
         )
@@ -274,6 +299,23 @@ class Settings(BaseSettings):
         value = value.strip().upper()
         if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("must be OFF, NORMAL, FULL or EXTRA")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() and "://" not in value:
+            raise ValueError(
+                "must start with https:// (or http://), e.g. https://bridge.example.com"
+            )
         return value
 
     @field_validator("database_url")

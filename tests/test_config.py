@@ -54,6 +54,29 @@ def test_a_secret_file_beats_dotenv(env: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert get_settings().admin_token == "from-file"
 
 
+def test_a_secret_file_named_in_dotenv_is_read(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """.env.example shows the _FILE lines in the file copied to .env: they work there too."""
+    (tmp_path / "key").write_text("mm-key-from-file\n")
+    (tmp_path / ".env").write_text(f"BRIDGE_MAILMODO_API_KEY_FILE={tmp_path / 'key'}\n")
+    assert get_settings().mailmodo_api_key == "mm-key-from-file"
+
+
+def test_the_environment_decides_before_dotenv_for_secret_files(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "token").write_text("from-file")
+    (tmp_path / ".env").write_text(f"BRIDGE_ADMIN_TOKEN_FILE={tmp_path / 'token'}\n")
+    env.setenv("BRIDGE_ADMIN_TOKEN", "from-env")
+    assert get_settings().admin_token == "from-env"  # a value in the environment wins
+    (tmp_path / ".env").write_text(
+        f"BRIDGE_ADMIN_TOKEN=a\nBRIDGE_ADMIN_TOKEN_FILE={tmp_path / 'token'}\n"
+    )
+    env.delenv("BRIDGE_ADMIN_TOKEN")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match=r"not both \(\.env\)"):
+        get_settings()
+
+
 def test_a_value_and_a_file_for_one_setting_is_an_error(
     env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -76,6 +99,8 @@ def test_an_unreadable_secret_file_names_its_variable(env: pytest.MonkeyPatch) -
         ("BRIDGE_CLEVERTAP_REGION", "mars", "BRIDGE_CLEVERTAP_REGION: unknown region 'mars'"),
         ("BRIDGE_PORT", "http", "BRIDGE_PORT: Input should be a valid integer"),
         ("BRIDGE_SQLITE_SYNCHRONOUS", "often", "BRIDGE_SQLITE_SYNCHRONOUS: must be OFF"),
+        ("BRIDGE_LOG_LEVEL", "bogus", "BRIDGE_LOG_LEVEL: must be DEBUG, INFO"),
+        ("BRIDGE_PUBLIC_URL", "bridge.example.com", "BRIDGE_PUBLIC_URL: must start with https://"),
         ("BRIDGE_DATABASE_URL", "mysql://u:hunter22@db/x", "BRIDGE_DATABASE_URL: unsupported"),
         ("BRIDGE_DATABASE_URL", "postgresql+asyncpg://u@db/x", "unsupported database"),
     ],
