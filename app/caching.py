@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import Concatenate, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,19 +21,30 @@ MAX_KEY_CHARS = 256
 def text_cache(
     maxsize: int, max_key_chars: int = MAX_KEY_CHARS
 ) -> Callable[[Callable[Concatenate[str, P], R]], Callable[Concatenate[str, P], R]]:
-    """``lru_cache(maxsize)`` for a function whose first argument is a text, keeping only
-    texts of at most ``max_key_chars`` characters."""
+    """A memo for a function whose first argument is a text (the others positional and
+    hashable), keeping at most ``maxsize`` results, and only for texts of at most
+    ``max_key_chars`` characters. Full, it starts again empty: these memos serve a few keys
+    that repeat on every call (cheaper on the hot path than ``lru_cache`` behind a check)."""
 
     def decorate(fn: Callable[Concatenate[str, P], R]) -> Callable[Concatenate[str, P], R]:
-        # The arguments are the function's own: hashable wherever the function is memoised.
-        cached = cast(Callable[Concatenate[str, P], R], functools.lru_cache(maxsize=maxsize)(fn))
+        memo: dict[object, R] = {}
 
-        def memo(key: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            if len(key) > max_key_chars:
+        def cached(key: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if kwargs:  # not a memo key: computed every time
                 return fn(key, *args, **kwargs)
-            return cached(key, *args, **kwargs)
+            token: object = (key, *args) if args else key
+            try:
+                return memo[token]
+            except KeyError:
+                pass
+            value = fn(key, *args, **kwargs)
+            if len(key) <= max_key_chars:
+                if len(memo) >= maxsize:
+                    memo.clear()
+                memo[token] = value
+            return value
 
-        functools.update_wrapper(memo, fn)
-        return memo
+        functools.update_wrapper(cached, fn)
+        return cached
 
     return decorate

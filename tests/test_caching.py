@@ -30,3 +30,18 @@ def test_a_huge_basic_token_is_decoded_but_not_kept() -> None:
     assert _basic_password(token) == "p" * 100_000
     small = base64.b64encode(b"user:secret").decode()
     assert _basic_password(small) == "secret"
+
+
+def test_a_full_memo_starts_again_and_keyword_calls_are_not_memoised() -> None:
+    seen: list[str] = []
+
+    @text_cache(maxsize=2)
+    def echo(text: str, suffix: str = "") -> str:
+        seen.append(text + suffix)
+        return text + suffix
+
+    assert [echo("a"), echo("b"), echo("c"), echo("c")] == ["a", "b", "c", "c"]
+    assert seen == ["a", "b", "c"]  # full at two: emptied, then "c" kept
+    assert echo("a", suffix="!") == "a!"
+    assert echo("a", "?") == "a?"  # another argument, another entry
+    assert echo("a") == "a"
