@@ -6,6 +6,7 @@ import typer
 
 from app.cli.context import admin_engine
 from app.consent.view import format_person, person
+from app.identity.schemas import valid_email
 
 
 def consent(
@@ -17,6 +18,8 @@ def consent(
 
     Exit codes: 0 done; 1 the database cannot be read; 2 bad configuration.
     """
+    if valid_email(email) is None:
+        raise typer.BadParameter(f"{email!r} is not an email address", param_hint="EMAIL")
     with admin_engine() as engine:
         result = person(engine, email)
     typer.echo(result.model_dump_json(indent=2) if as_json else format_person(result))

@@ -54,7 +54,7 @@ def _page() -> bytes:
     return _read("index.html").replace(b"{{version}}", __version__.encode())
 
 
-@router.get("/console")
+@router.api_route("/console", methods=["GET", "HEAD"])
 def console_page() -> Response:
     return Response(_page(), media_type="text/html; charset=utf-8", headers=HEADERS)
 

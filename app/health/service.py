@@ -88,14 +88,7 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
     if not settings.mailmodo_api_key:
         mailmodo["hint"] = "set BRIDGE_MAILMODO_API_KEY; calls are kept until then"
         mailmodo["ok"] = not waiting[Upstream.MAILMODO]
-    paused = upstreams.get("mailmodo")
-    if paused is not None and paused.paused:
-        mailmodo |= {
-            "ok": False,
-            "paused": True,
-            "reason": paused.reason,
-            "paused_since": paused.paused_at.isoformat() if paused.paused_at else None,
-        }
+    mailmodo |= _pause(upstreams.get("mailmodo"), Upstream.MAILMODO)
     checks["mailmodo"] = mailmodo
     ct_configured = bool(settings.clevertap_account_id and settings.clevertap_passcode)
     clevertap: dict[str, Any] = {
@@ -107,14 +100,7 @@ def readiness(state: BridgeState) -> tuple[bool, dict[str, Any]]:
             "set BRIDGE_CLEVERTAP_ACCOUNT_ID and BRIDGE_CLEVERTAP_PASSCODE; events are kept "
             "until then"
         )
-    ct_paused = upstreams.get("clevertap")
-    if ct_paused is not None and ct_paused.paused:
-        clevertap |= {
-            "ok": False,
-            "paused": True,
-            "reason": ct_paused.reason,
-            "paused_since": ct_paused.paused_at.isoformat() if ct_paused.paused_at else None,
-        }
+    clevertap |= _pause(upstreams.get("clevertap"), Upstream.CLEVERTAP)
     checks["clevertap"] = clevertap
     checks["mailmojo"] = _optional_upstream(
         configured=bool(settings.mailmojo_api_token),
@@ -133,11 +119,19 @@ def _optional_upstream(
     check: dict[str, Any] = {"ok": configured or not waiting, "configured": configured}
     if not configured:
         check["hint"] = hint
-    if paused is not None and paused.paused:
-        check |= {
-            "ok": False,
-            "paused": True,
-            "reason": paused.reason,
-            "paused_since": paused.paused_at.isoformat() if paused.paused_at else None,
-        }
-    return check
+    return check | _pause(paused, Upstream.MAILMOJO)
+
+
+def _pause(paused: Any, upstream: Upstream) -> dict[str, Any]:
+    """What a readiness check says of an upstream paused for its credentials: why, since
+    when, and what to do."""
+    if paused is None or not paused.paused:
+        return {}
+    return {
+        "ok": False,
+        "paused": True,
+        "reason": paused.reason,
+        "paused_since": paused.paused_at.isoformat() if paused.paused_at else None,
+        "hint": f"fix the {upstream.value} credentials; deliveries resume at the next probe "
+        f"that they pass, or at once with `ctmm-bridge resume {upstream.value}`",
+    }

@@ -250,5 +250,6 @@ async def test_readiness_paused_clevertap_is_not_ready(
         == "CleverTap rejected the credentials: HTTP 401: Account ID is not valid"
     )
     assert clevertap["paused_since"] is not None
+    assert "ctmm-bridge resume clevertap" in clevertap["hint"]
     assert checks["worker"]["ok"] is True
     assert checks["mailmodo"]["ok"] is True

@@ -68,7 +68,10 @@ async def test_the_consent_command(
         assert text.count(" scheduled ") == 2
         data = json.loads(runner.invoke(cli, ["consent", A, "--json"]).stdout)
         assert len(data["log"]) == 2
-        assert "nothing known yet" in runner.invoke(cli, ["consent", "x@y.z"]).stdout
+        assert "nothing known yet" in runner.invoke(cli, ["consent", "x@example.com"]).stdout
+        refused = runner.invoke(cli, ["consent", "not-an-email"])
+        assert refused.exit_code == 2
+        assert "not an email address" in refused.output
     finally:
         get_settings.cache_clear()
 

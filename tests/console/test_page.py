@@ -48,6 +48,12 @@ async def test_the_page_is_served_without_a_token_and_with_a_strict_policy(
     assert "{{version}}" not in resp.text
 
 
+async def test_head_asks_for_the_page_without_it(client: httpx.AsyncClient) -> None:
+    resp = await client.head("/console")
+    assert resp.status_code == 200
+    assert resp.content == b""
+
+
 async def test_a_trailing_slash_leads_to_the_page(client: httpx.AsyncClient) -> None:
     resp = await client.get("/console/", headers={"Host": "evil.example"})
     assert resp.status_code in (307, 308)

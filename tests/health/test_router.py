@@ -157,6 +157,7 @@ async def test_not_ready_while_mailmodo_is_paused(
     assert checks["mailmodo"]["paused"] is True
     assert "401" in checks["mailmodo"]["reason"]
     assert checks["mailmodo"]["paused_since"] is not None
+    assert "ctmm-bridge resume mailmodo" in checks["mailmodo"]["hint"]  # what to do
     assert checks["worker"]["ok"] is True
 
     with state.engine.begin() as conn:
