@@ -546,12 +546,13 @@ class WorkerRunner:
 
 
 def _log_crash(task: asyncio.Task[object]) -> None:
-    """A delivery task must never die silently; its row comes back after the lease."""
+    """A delivery task must never die silently; its row comes back to be sent again."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log_throttled(
             log,
             "error",
-            "delivery task crashed; its items return after the lease",
+            "delivery ended without its result written; its item comes back to be sent again "
+            "(after the lease, or as a gone worker's once this one stops)",
             key=type(exc).__name__,
             error=repr(exc),
         )
