@@ -107,8 +107,8 @@ class SecretFiles(PydanticBaseSettingsSource):
         self, settings_cls: type[BaseSettings], dotenv: dict[str, str | None] | None = None
     ) -> None:
         super().__init__(settings_cls)
-        #: The .env file's variables, names lower-cased.
-        self._dotenv = dotenv or {}
+        #: The .env file's variables, by their names as written in the environment.
+        self._dotenv = {k.upper(): v for k, v in (dotenv or {}).items()}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ reads every file at once
@@ -121,7 +121,7 @@ class SecretFiles(PydanticBaseSettingsSource):
         value, variable = env_name(name), env_name(name) + "_FILE"
         for level, found in (
             ("the environment", os.environ),
-            (".env", {k.upper(): v for k, v in self._dotenv.items()}),
+            (".env", self._dotenv),
         ):
             path, direct = found.get(variable), found.get(value)
             if path and direct:

@@ -323,19 +323,21 @@ class WatchedProtocol(HttpToolsProtocol):
             else:
                 self._w_head += len(data)
             if self._w_head > MAX_HEAD_BYTES and not self.transport.is_closing():
-                self._head_too_large()
+                self._cut_off(
+                    "head_too_large",
+                    "request head too large: answered 431 and closed the connection",
+                    MAX_HEAD_BYTES,
+                    HEAD_TOO_LARGE_ANSWER,
+                )
         elif (cycle := self.cycle) is not None and cycle.more_body:
             # The body and its chunked trailers, which httptools joins as slowly as headers.
             self._w_body += len(data)
             if self._w_body > self.watch.max_message and not self.transport.is_closing():
-                CONNECTIONS_CLOSED.labels("message_too_large").inc()
-                log_throttled(
-                    log,
-                    "warning",
+                self._cut_off(
+                    "message_too_large",
                     "request body and trailers far over the body limit: connection closed",
-                    limit_bytes=self.watch.max_message,
+                    self.watch.max_message,
                 )
-                self.transport.close()
 
     def on_message_begin(self) -> None:
         self._w_begun = self.watch.now
@@ -343,16 +345,14 @@ class WatchedProtocol(HttpToolsProtocol):
         self._w_body = 0
         _on_message_begin(self)
 
-    def _head_too_large(self) -> None:
-        CONNECTIONS_CLOSED.labels("head_too_large").inc()
-        log_throttled(
-            log,
-            "warning",
-            "request head too large: answered 431 and closed the connection",
-            limit_bytes=MAX_HEAD_BYTES,
-        )
-        with contextlib.suppress(Exception):
-            self.transport.write(HEAD_TOO_LARGE_ANSWER)
+    def _cut_off(self, reason: str, event: str, limit: int, answer: bytes = b"") -> None:
+        """Close a connection whose request passed ``limit`` bytes (counted and logged by
+        ``reason``), after ``answer`` when the request can still be answered."""
+        CONNECTIONS_CLOSED.labels(reason).inc()
+        log_throttled(log, "warning", event, key=reason, limit_bytes=limit)
+        if answer:
+            with contextlib.suppress(Exception):
+                self.transport.write(answer)
         self.transport.close()
 
     def on_headers_complete(self) -> None:
