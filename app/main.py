@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -24,7 +23,7 @@ from app.errors import BridgeError, error_response, internal_error
 from app.health.metrics import ReadinessCollector, app_registry
 from app.health.router import router as health_router
 from app.health.service import readiness
-from app.inbound.router import WebhookDispatch
+from app.inbound.router import WebhookDispatch, request_id_of
 from app.inbound.routes import clevertap_router, mailmodo_router
 from app.outbox.counts import CountsSnapshot, count_outbox
 from app.outbox.writer import IngestWriter, Writer
@@ -59,14 +58,7 @@ class BridgeApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:64]
-                break
-        if not request_id:
-            request_id = os.urandom(8).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = request_id_of(scope)
         raw_id = request_id.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:

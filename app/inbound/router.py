@@ -3,6 +3,7 @@ dispatcher that serves those routes ahead of FastAPI's own router."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -18,6 +19,25 @@ from app.errors import internal_error
 log = structlog.get_logger(__name__)
 
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]
+
+
+#: What an X-Request-ID may hold to be echoed: printable ASCII (it goes back as a header).
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The call's request id: its X-Request-ID (printable ASCII, at most 64 characters), else a
+    new one. Kept in the scope's state for the handlers, on every log line of the call (bound
+    by the caller) and echoed in the answer."""
+    request_id = ""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            request_id = _UNPRINTABLE.sub("", value[:64].decode("latin-1")).strip()
+            break
+    if not request_id:
+        request_id = os.urandom(8).hex()
+    scope.setdefault("state", {})["request_id"] = request_id
+    return request_id
 
 
 class WebhookRoute(APIRoute):
@@ -93,14 +113,28 @@ class WebhookDispatch:
         return None
 
     @staticmethod
-    async def serve(
-        endpoint: Endpoint, params: dict[str, str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def respond(
+        endpoint: Endpoint, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> Response:
+        """The endpoint's answer to the call; both the ASGI path (``serve``) and the server's
+        webhook lane (``app.server.WebhookCycle``) take it from here."""
         scope["path_params"] = params
         try:
-            response = await endpoint(request=Request(scope, receive), **params)
+            response: Response = await endpoint(request=Request(scope, receive), **params)
         except Exception as exc:
             # The same answer as the app's catch-all handler on FastAPI's path.
             log.exception("unhandled error", error=type(exc).__name__)
             response = internal_error(exc)
+        return response
+
+    @classmethod
+    async def serve(
+        cls,
+        endpoint: Endpoint,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        response = await cls.respond(endpoint, params, scope, receive)
         await response(scope, receive, send)
