@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.consent.mapping import ConsentStatus
 from app.consent.models import ConsentLogEntry, ConsentState, StatusReadSlot
 from app.fastsql import driver_cursor, sqlite_plan
 from app.outbox.models import Delivery, Operation
@@ -185,6 +186,34 @@ def states_of(conn: Executor, emails: Iterable[str]) -> dict[str, Known]:
 
 def state_of(conn: Executor, email: str) -> Known | None:
     return states_of(conn, [email]).get(email)
+
+
+def opted_in_since(conn: Executor, emails: Iterable[str], since: datetime) -> set[str]:
+    """Those of ``emails`` that opted in again at or after ``since``: a resubscribe call was
+    stored for them, or Mailmodo was found (or told) subscribed again."""
+    wanted = sorted(set(emails))
+    if not wanted:
+        return set()
+    d = cast(Table, Delivery.__table__).c
+    found = set(
+        conn.execute(
+            select(d.email).where(
+                d.email.in_(wanted),
+                d.operation == Operation.CONTACT_RESUBSCRIBE.value,
+                d.created_at >= since,
+            )
+        ).scalars()
+    )
+    found.update(
+        conn.execute(
+            select(STATES.c.email).where(
+                STATES.c.email.in_(wanted),
+                STATES.c.mailmodo_state == ConsentStatus.SUBSCRIBED.value,
+                STATES.c.mailmodo_at >= since,
+            )
+        ).scalars()
+    )
+    return {e for e in found if e is not None}
 
 
 def learn_mailmodo_state(

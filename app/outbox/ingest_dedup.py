@@ -2,6 +2,13 @@
 call of the same batch, or — on PostgreSQL — a call another replica committed after our
 look-up, found by inserting with ``ON CONFLICT (dedup_key) DO NOTHING`` (issue 14).
 
+A stored call gives its key up when it is too old for the window, and a CleverTap opt-out
+(``/clevertap/consent/unsubscribe``) also once one of its recipients has opted in again since:
+CleverTap's bodies carry no time, so a person who opts out, in, and out again within the
+window sends the same bytes twice, and the second opt-out must not be taken for a retry of
+the first (Mailmodo would go on mailing them). The other way round the window holds: a late
+retry of an opt-in must never undo a later opt-out.
+
 SQL of ``app.outbox.repository.ingest_batch``, kept apart so the repository stays readable.
 """
 
@@ -16,8 +23,9 @@ from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
+from app.consent import repository as consent_repo
 from app.fastsql import insert_returning_ids, sqlite_query, sqlite_time
-from app.outbox.models import InboundCall
+from app.outbox.models import InboundCall, Operation
 from app.outbox.schemas import IngestRecord
 
 CALLS = cast(Table, InboundCall.__table__)
@@ -61,6 +69,7 @@ def fresh_dedup_keys(
     if not keys:
         return fresh
     stale: list[int] = []
+    answered_at: dict[str, datetime] = {}
     rows: list[tuple[Any, ...]]
     if conn.dialect.name == "sqlite":
         rows = [
@@ -76,11 +85,34 @@ def fresh_dedup_keys(
             continue
         if received_at >= cutoff:
             fresh[key] = (call_id, skipped)
+            answered_at[key] = received_at
         else:
             stale.append(call_id)
+    for key in _opt_outs_since_opted_in(conn, records, answered_at):
+        stale.append(fresh.pop(key)[0])
     if stale:
         conn.execute(update(InboundCall).where(InboundCall.id.in_(stale)).values(dedup_key=None))
     return fresh
+
+
+def _opt_outs_since_opted_in(
+    conn: Connection, records: Sequence[IngestRecord], answered_at: dict[str, datetime]
+) -> list[str]:
+    """Keys of stored opt-out calls repeated in ``records`` whose recipients include one who
+    opted in again since the stored call was answered."""
+    emails_by_key: dict[str, set[str]] = {}
+    for record in records:
+        key = record.dedup_key
+        if key is None or key not in answered_at:
+            continue
+        for delivery in record.deliveries:
+            if delivery.operation is Operation.CONTACT_UNSUBSCRIBE and delivery.email:
+                emails_by_key.setdefault(key, set()).add(delivery.email)
+    return [
+        key
+        for key, emails in emails_by_key.items()
+        if consent_repo.opted_in_since(conn, emails, answered_at[key])
+    ]
 
 
 def sort_duplicates(records: Sequence[IngestRecord], fresh: dict[str, tuple[int, int]]) -> Sorted:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.consent import repository as consent_repo
 from app.outbox.models import State
 from tests.conftest import CT_AUTH, profiles_body
 from tests.consent.conftest import Loop
@@ -49,6 +50,50 @@ async def test_a_resubscribe_in_clevertap_reaches_mailmodo(loop: Loop) -> None:
     await loop.post(UNSUB, A, key_values={"n": "3"})
     await loop.work()
     assert len(loop.mm_writes) == 3
+
+
+async def test_the_same_opt_out_after_an_opt_in_is_a_new_opt_out(loop: Loop) -> None:
+    """CleverTap's bodies carry no time: an opt-out byte for byte like one answered within the
+    dedup window is a retry, unless the person opted in since (in CleverTap, or in Mailmodo as a
+    status read learnt). Then it is a new opt-out, carried again; its own retries are duplicates."""
+    await loop.post(UNSUB, A, "bob@example.com")
+    await loop.work()
+    loop.clock.advance(60)
+    await loop.post(RESUB, A)
+    await loop.work()
+    loop.clock.advance(60)
+    again = await loop.client.post(UNSUB, json=profiles_body(A, "bob@example.com"), headers=CT_AUTH)
+    assert again.json()["accepted"] == 2
+    assert again.json()["duplicates"] == 0
+    retry = await loop.client.post(UNSUB, json=profiles_body(A, "bob@example.com"), headers=CT_AUTH)
+    assert retry.json()["duplicates"] == 2
+    await loop.work()
+    assert [(path, body["email"]) for path, body in loop.mm_writes] == [
+        ("/api/v1/contacts/unsubscribe", A),
+        ("/api/v1/contacts/unsubscribe", "bob@example.com"),
+        ("/api/v1/contacts/resubscribe", A),
+        ("/api/v1/contacts/unsubscribe", A),
+    ]  # bob never opted in: his repeat is finished unsent by the worker, as any repeat
+
+    # Opted in again in Mailmodo (a status read learnt it): the same body is new again.
+    loop.clock.advance(60)
+    with loop.engine.begin() as conn:
+        consent_repo.learn_mailmodo_state(conn, A, "subscribed", None, loop.clock.now())
+    loop.clock.advance(60)
+    third = await loop.client.post(UNSUB, json=profiles_body(A, "bob@example.com"), headers=CT_AUTH)
+    assert third.json()["accepted"] == 2
+
+
+async def test_the_same_opt_in_after_an_opt_out_stays_a_duplicate(loop: Loop) -> None:
+    """The other way round the window holds: a late retry of an opt-in must never undo a later
+    opt-out, so an opt-in repeated byte for byte within the window is a duplicate (a body that
+    differs, or an Idempotency-Key, gets through)."""
+    await loop.post(RESUB, A)
+    loop.clock.advance(60)
+    await loop.post(UNSUB, A)
+    loop.clock.advance(60)
+    again = await loop.client.post(RESUB, json=profiles_body(A), headers=CT_AUTH)
+    assert again.json()["duplicates"] == 1
 
 
 @pytest.mark.parametrize(
