@@ -23,12 +23,13 @@ from sqlalchemy import (
     exists,
     func,
     not_,
+    or_,
     select,
     update,
 )
 
 from app.identity.repository import IDENTITIES
-from app.outbox.models import CallStatus, State
+from app.outbox.models import CallStatus, State, Upstream
 from app.outbox.repository import ATTEMPTS, CALLS, DELIVERIES, in_states
 from app.outbox.transitions import Cancellation, OperatorReplay, Purge
 from app.system import repository as system_repo
@@ -87,6 +88,19 @@ class DeliveryFilter:
         )
 
 
+def _target_is(target: str) -> ColumnElement[bool]:
+    """Rows for ``target`` as the operator typed it. Mailmojo list ids are stored as Mailmojo
+    writes them ("042" is list 42, ``app.inbound.from_clevertap``): a number with leading
+    zeros finds those rows too."""
+    c = DELIVERIES.c
+    if target.isascii() and target.isdecimal() and len(target) > 1 and target[0] == "0":
+        number = str(int(target))
+        return or_(
+            c.target == target, and_(c.upstream == Upstream.MAILMOJO.value, c.target == number)
+        )
+    return c.target == target
+
+
 def conditions(f: DeliveryFilter) -> list[ColumnElement[bool]]:
     c = DELIVERIES.c
     where: list[ColumnElement[bool]] = []
@@ -102,7 +116,7 @@ def conditions(f: DeliveryFilter) -> list[ColumnElement[bool]]:
         # Stored lower-cased, so the plain index on email serves the lookup.
         where.append(c.email == f.email.strip().lower())
     if f.target is not None:
-        where.append(c.target == f.target)
+        where.append(_target_is(f.target))
     if f.operation is not None:
         where.append(c.operation == f.operation)
     if f.created_after is not None:

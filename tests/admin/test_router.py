@@ -30,7 +30,7 @@ from tests.admin.conftest import (
     post_campaign,
     row_of,
 )
-from tests.conftest import ADMIN_TOKEN, CT_AUTH, make_settings
+from tests.conftest import ADMIN_TOKEN, CT_AUTH, make_settings, profiles_body
 from tests.factories import (
     add_attempt,
     set_rows,
@@ -134,6 +134,27 @@ async def test_openapi_describes_the_admin_api(client: httpx.AsyncClient) -> Non
 
 
 # --- listing -----------------------------------------------------------------------------------
+
+
+async def test_a_mailmojo_list_id_with_leading_zeros_finds_its_rows(
+    client: httpx.AsyncClient,
+) -> None:
+    """The bridge stores Mailmojo list "042" as 42 (Mailmojo's own spelling): the operator may
+    type either. Other targets match as typed ("042" is not "42" for a Mailmodo campaign)."""
+    resp = await client.post(
+        "/clevertap/mailmojo/lists/042/contacts", json=profiles_body("a@x.io"), headers=CT_AUTH
+    )
+    assert resp.status_code == 200, resp.text
+    mojo = resp.json()["ids"]
+    campaign = await post_campaign(client, "42", "b@x.io")
+
+    async def ids(target: str) -> list[int]:
+        page = await get_json(client, "/admin/deliveries", target=target)
+        return [item["id"] for item in page["items"]]
+
+    assert await ids("042") == mojo
+    assert await ids("42") == campaign + mojo
+    assert await ids("0042") == mojo
 
 
 async def test_list_filters(client: httpx.AsyncClient, state: BridgeState) -> None:
