@@ -102,7 +102,7 @@ def db_backup(
     while `serve` and workers keep writing. For PostgreSQL use pg_dump (README: Backups).
 
     Exit codes: 0 written, 1 the database cannot be read, 2 bad usage (PostgreSQL, PATH
-    exists)."""
+    exists, its directory does not)."""
     settings = load_settings()
     source = make_url(settings.database_url).database
     if not settings.is_sqlite or not source or source == ":memory:":
@@ -117,6 +117,10 @@ def db_backup(
         raise typer.Exit(1)
     if path.exists() and not force:
         typer.secho(f"{path} exists; choose a new file or add --force", fg="red", err=True)
+        raise typer.Exit(2)
+    if not path.parent.is_dir():
+        # A mistyped directory is not created: the copy would land where nobody looks for it.
+        typer.secho(f"{path.parent} is not a directory; create it first", fg="red", err=True)
         raise typer.Exit(2)
     try:
         pages = backup_sqlite(Path(source), path)
@@ -134,7 +138,6 @@ def backup_sqlite(source: Path, target: Path) -> int:
     go on meanwhile, and the copy is the database as of the step's start. (Copying in several
     steps would restart whenever another connection writes, and might never finish under
     steady ingest.)"""
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     src = sqlite3.connect(source, timeout=30)

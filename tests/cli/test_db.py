@@ -111,6 +111,10 @@ def test_backup_refuses_to_overwrite_and_postgres(
     with sqlite3.connect(target) as copy:
         assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
+    typo = tmp_path / "bakups" / "copy.db"
+    assert "not a directory" in run("db", "backup", str(typo), code=2).stderr
+    assert not typo.parent.exists()  # a mistyped directory is not created
+
     monkeypatch.setenv("BRIDGE_DATABASE_URL", "postgresql://u@db/bridge")
     get_settings.cache_clear()
     assert "pg_dump" in run("db", "backup", str(tmp_path / "pg.db"), code=2).stderr
