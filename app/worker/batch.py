@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from app.outbox.repository import Claimed
@@ -41,6 +42,9 @@ class OutcomeBatcher(Generic[T]):
         self._queue: list[tuple[Claimed, Outcome, asyncio.Future[T]]] = []
         self._task: asyncio.Task[None] | None = None
         self._driven: asyncio.Event | None = None
+        #: When the answers of rows put back by ``requeue`` had arrived (by then at the latest),
+        #: so that their attempts are written with that time, not the time of the write.
+        self._answered: dict[int, datetime] = {}
 
     async def record(self, row: Claimed, outcome: Outcome) -> T:
         """Resolve with ``write``'s result for this row once its batch is committed.
@@ -70,9 +74,32 @@ class OutcomeBatcher(Generic[T]):
         batch, self._queue = self._queue[: self._max], self._queue[self._max :]
         return batch
 
-    def requeue(self, batch: list[tuple[Claimed, Outcome, asyncio.Future[T]]]) -> None:
-        """Put a batch that could not be written back in front of the queue, in its order."""
+    def requeue(
+        self, batch: list[tuple[Claimed, Outcome, asyncio.Future[T]]], answered_by: datetime
+    ) -> None:
+        """Put a batch that could not be written back in front of the queue, in its order,
+        remembering that its answers had arrived by ``answered_by`` (when the write that
+        failed began; the first failure's time is kept)."""
         self._queue[:0] = batch
+        for row, _, _ in batch:
+            self._answered.setdefault(row.id, answered_by)
+
+    def answered(
+        self, batch: list[tuple[Claimed, Outcome, asyncio.Future[T]]]
+    ) -> dict[int, datetime] | None:
+        """When the answers of ``batch`` that waited (``requeue``) had arrived; None if none
+        did. Kept until ``written``: a write that fails again changes nothing."""
+        if not self._answered:
+            return None
+        known = self._answered
+        stamps = {row.id: known[row.id] for row, _, _ in batch if row.id in known}
+        return stamps or None
+
+    def written(self, batch: list[tuple[Claimed, Outcome, asyncio.Future[T]]]) -> None:
+        """``batch`` is committed: its stamps are no longer needed."""
+        if self._answered:
+            for row, _, _ in batch:
+                self._answered.pop(row.id, None)
 
     @staticmethod
     def settle(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
@@ -163,14 +163,22 @@ class OutboxConsumer:
         results: Sequence[tuple[Claimed, Outcome]],
         limit: int,
         limiter: SharedRateLimiter | None,
+        answered: Mapping[int, datetime] | None = None,
     ) -> tuple[list[AttemptChange], list[Claimed], list[float]]:
         """``record_many`` and ``claim_paced`` in one transaction: the slots the recorded
-        calls free are refilled by the same commit (one write a round, not two)."""
+        calls free are refilled by the same commit (one write a round, not two).
+
+        ``answered``: for answers that waited in memory (the database was away), when they
+        had arrived; their attempts and transitions take that time, not the write's."""
         if not results and limit <= 0:
             return [], [], []
         now = utcnow()
+        times = [now] * len(results)
+        if answered:
+            times = [answered.get(row.id, now) for row, _ in results]
         changes = [
-            transitions.after_attempt(row, outcome, now, self.policy) for row, outcome in results
+            transitions.after_attempt(row, outcome, at, self.policy)
+            for (row, outcome), at in zip(results, times, strict=True)
         ]
         rows: list[Claimed] = []
         slots: list[float] = []
@@ -181,7 +189,7 @@ class OutboxConsumer:
             paused = not self.gate.open_in(conn)
             held: set[int] = set()
             if results:
-                held, paused = self._record_in(conn, results, changes, now, paused)
+                held, paused = self._record_in(conn, results, changes, times, now, paused)
             if limit > 0:
                 # A pause (or a probe) is the gate's to decide, after this commit.
                 if paused:
@@ -202,6 +210,7 @@ class OutboxConsumer:
         conn: Connection,
         results: Sequence[tuple[Claimed, Outcome]],
         changes: list[AttemptChange],
+        times: list[datetime],
         now: datetime,
         paused: bool,
     ) -> tuple[set[int], bool]:
@@ -212,7 +221,7 @@ class OutboxConsumer:
             {
                 "delivery_id": row.id,
                 "number": change.attempt_number,
-                "started_at": now - timedelta(milliseconds=outcome.duration_ms),
+                "started_at": at - timedelta(milliseconds=outcome.duration_ms),
                 "duration_ms": outcome.duration_ms,
                 "status_code": outcome.status_code,
                 "outcome": outcome.kind.value,
@@ -220,7 +229,7 @@ class OutboxConsumer:
                 "response_body": outcome.response_body,
                 "worker_id": worker_id,
             }
-            for (row, outcome), change in zip(results, changes, strict=True)
+            for (row, outcome), change, at in zip(results, changes, times, strict=True)
         ]
         repository.add_attempts(conn, attempts)
         held = leases.finish_held(

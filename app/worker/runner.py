@@ -410,12 +410,14 @@ class WorkerRunner:
         """Commit the queued outcomes and claim up to ``limit`` rows, in one transaction;
         None when the round could not be written (it is tried again later)."""
         batch = deliverer.outcomes.take()
+        began = utcnow()
         try:
             changes, rows, slots = await asyncio.to_thread(
                 deliverer.record_and_claim,
                 [(row, outcome) for row, outcome, _ in batch],
                 limit,
                 deliverer.limiter,
+                deliverer.outcomes.answered(batch),
             )
         except Exception as exc:
             # Whatever failed, the next round waits (doubling pauses): retrying at once spun a
@@ -427,7 +429,7 @@ class WorkerRunner:
                 # written by a later round once the database is back, with no call repeated.
                 # Failing them instead left each row leased for BRIDGE_LEASE_SECONDS and then
                 # sent again.
-                deliverer.outcomes.requeue(batch)
+                deliverer.outcomes.requeue(batch, began)
                 log_throttled(
                     log,
                     "warning",
@@ -451,6 +453,7 @@ class WorkerRunner:
             deliverer.outcomes.settle(batch, exc)
             raise
         self._db_retry = db.RETRY_SECONDS
+        deliverer.outcomes.written(batch)
         deliverer.outcomes.settle(batch, changes)
         return list(zip(rows, slots, strict=True))
 

@@ -8,6 +8,7 @@ repeats, while its neighbours are delivered.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any, Unpack
 
 import structlog
@@ -158,12 +159,17 @@ class CleverTapUploader(OutboxConsumer):
         so its answers wait in memory rather than its rows waiting out their lease to be
         uploaded again. A stop (the task cancelled) gives up: the rows come back then."""
         pause = db.RETRY_SECONDS
+        came = utcnow()  # the answers are in: the time their attempts get if a write fails
+        answered: datetime | None = None
         while True:
             try:
-                return await asyncio.to_thread(self.record, results)
+                if answered is None:
+                    return await asyncio.to_thread(self.record, results)
+                return await asyncio.to_thread(self.record, results, answered)
             except Exception as exc:
                 if not db.unavailable(exc):
                     raise
+                answered = came
                 log_throttled(
                     log,
                     "warning",
@@ -192,17 +198,21 @@ class CleverTapUploader(OutboxConsumer):
             ]
         return classify_upload(response, records)
 
-    def record(self, results: list[tuple[Claimed, Outcome]]) -> list[AttemptChange]:
-        """Attempts and transitions of a whole batch in one transaction, each under its lease."""
+    def record(
+        self, results: list[tuple[Claimed, Outcome]], answered: datetime | None = None
+    ) -> list[AttemptChange]:
+        """Attempts and transitions of a whole batch in one transaction, each under its lease;
+        ``answered``: when the answers came, if they waited in memory (the database away)."""
         now = utcnow()
+        at = answered or now
         changes = [
-            transitions.after_attempt(row, outcome, now, self.policy) for row, outcome in results
+            transitions.after_attempt(row, outcome, at, self.policy) for row, outcome in results
         ]
         attempts = [
             {
                 "delivery_id": row.id,
                 "number": t.attempt_number,
-                "started_at": now,
+                "started_at": at - timedelta(milliseconds=outcome.duration_ms),
                 "duration_ms": outcome.duration_ms,
                 "status_code": outcome.status_code,
                 "outcome": outcome.kind.value,

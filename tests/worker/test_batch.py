@@ -115,11 +115,13 @@ async def test_calls_answered_but_not_recorded_never_exceed_the_concurrency(
     blocked = threading.Event()
     real = deliverer.record_and_claim
 
-    def stuck_commit(results: Sequence[tuple[Claimed, Outcome]], limit: int, limiter: Any) -> Any:
+    def stuck_commit(
+        results: Sequence[tuple[Claimed, Outcome]], limit: int, limiter: Any, answered: Any
+    ) -> Any:
         if results:  # the disk is stuck: outcomes do not commit until released
             blocked.set()
             release.wait(10)
-        return real(results, limit, limiter)
+        return real(results, limit, limiter, answered)
 
     deliverer.record_and_claim = stuck_commit  # type: ignore[method-assign]
     settings = settings_for(mailmodo_max_concurrency=cap)

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
@@ -21,7 +21,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.clock import ManualClock
+from app.clock import ManualClock, utcnow
 from app.config import Settings
 from app.main import create_app
 from app.outbox.models import State
@@ -526,11 +526,13 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
     make_deliverer: DelivererFactory,
     settings_for: Callable[..., Settings],
     mailmodo: respx.MockRouter,
+    clock: ManualClock,
 ) -> None:
     """The calls were made, then the database failed the rounds that were to write their
     answers: the answers are written once it is back, seconds later, and no call is made
     again (they used to be dropped: each row stayed leased for BRIDGE_LEASE_SECONDS, then
-    was sent again)."""
+    was sent again). Their attempts carry the time the answers came, not the time of the
+    write (the outage is a minute here: the clock moves 20 s per failed round)."""
     emails = [f"u{i}@example.com" for i in range(4)]
     ids = add_deliveries(state.engine, *emails)
     route = any_call(mailmodo).mock(return_value=mm_ok())
@@ -539,9 +541,13 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
     record_and_claim = deliverer.record_and_claim
     failed: list[int] = []
 
+    first_failure: list[datetime] = []
+
     def flaky(*args: Any) -> Any:
         if args[0] and len(failed) < 3:  # answers to write: the database is gone, 3 times
             failed.append(len(args[0]))
+            first_failure[:] = first_failure or [utcnow()]
+            clock.advance(20)
             raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk I/O error"))
         return record_and_claim(*args)
 
@@ -555,6 +561,10 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
     for delivery_id in ids:
         [attempt] = attempts_of(state.engine, delivery_id)
         assert attempt.outcome == "delivered"
+        # answered before the outage's end (~60 s of clock later), by its first failed write
+        assert attempt.started_at <= first_failure[0] + timedelta(seconds=20)
+        row = get_delivery(state.engine, delivery_id)
+        assert row.updated_at <= first_failure[0] + timedelta(seconds=20)
 
 
 async def test_a_round_that_keeps_failing_is_retried_with_pauses_not_at_once(

@@ -9,7 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -188,20 +188,25 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
     uploader: CleverTapUploader,
     upload: respx.Route,
     monkeypatch: pytest.MonkeyPatch,
+    clock: ManualClock,
 ) -> None:
     """Uploaded, then the database fails the write of the answers twice: written on the third
-    try, the batch uploaded once (dropping them left the rows leased, then uploaded again)."""
+    try, the batch uploaded once (dropping them left the rows leased, then uploaded again),
+    its attempts dated when the answer came, not when the database took them."""
     monkeypatch.setattr(db, "RETRY_SECONDS", 0.01)
     upload.mock(side_effect=ct_success)
     ids = make_events(state.engine, 3)
     record = uploader.record
     failures: list[int] = []
+    answered_by: list[datetime] = []
 
-    def flaky(results: Any) -> Any:
+    def flaky(results: Any, answered: datetime | None = None) -> Any:
         if len(failures) < 2:
             failures.append(len(results))
+            answered_by[:] = answered_by or [utcnow()]
+            clock.advance(30)
             raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk is full"))
-        return record(results)
+        return record(results, answered)
 
     monkeypatch.setattr(uploader, "record", flaky)
     stats = await uploader.run_once()
@@ -210,6 +215,8 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
     assert upload.call_count == 1
     for delivery_id in ids:
         assert get_delivery(state.engine, delivery_id).state == State.DELIVERED.value
+        [attempt] = attempts_of(state.engine, delivery_id)
+        assert attempt.started_at <= answered_by[0]  # not 60 s of outage later
 
 
 async def test_a_stop_while_the_answers_wait_does_not_give_the_batch_back_as_unsent(
@@ -227,7 +234,7 @@ async def test_a_stop_while_the_answers_wait_does_not_give_the_batch_back_as_uns
     tries: list[int] = []
     released: list[int] = []
 
-    def down(results: Any) -> Any:
+    def down(results: Any, answered: Any = None) -> Any:
         tries.append(len(results))
         raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk is full"))
 
