@@ -437,7 +437,15 @@ class WatchedProtocol(HttpToolsProtocol):
         if self._w_probe:
             self._w_probe = False
             self.watch.probes -= 1
+        cycle: Any = self.cycle
         super().connection_lost(exc)
+        if type(cycle) is WebhookCycle and cycle.more_body:
+            # Gone (or cut off by a timeout) before its body was complete: the endpoint still
+            # runs, reads a disconnect and counts and logs the call as abandoned (or refuses a
+            # wrong secret), as on uvicorn's path, where its task had begun with the head.
+            cycle.more_body = False
+            cycle.disconnected = True
+            self._start_webhook(cycle)
 
     # On every call: an attribute store each, and the base method called directly (cheaper
     # than super() on Python 3.11).
@@ -550,11 +558,21 @@ class WatchedProtocol(HttpToolsProtocol):
         cycle: Any = self.cycle
         if type(cycle) is WebhookCycle:
             cycle.more_body = False
-            task = self.loop.create_task(cycle.run())
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            self._start_webhook(cycle)
         else:
             _on_message_complete(self)
+
+    def _start_webhook(self, cycle: WebhookCycle) -> None:
+        task = self.loop.create_task(cycle.run())
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    @property
+    def uploading(self) -> bool:
+        """A webhook call whose body is still arriving (its task starts when it is complete):
+        a call in flight for the shutdown's grace, as one with a task is."""
+        cycle: Any = self.cycle
+        return type(cycle) is WebhookCycle and cycle.more_body and not cycle.disconnected
 
     def on_response_complete(self) -> None:
         self._w_done = self.watch.now
@@ -650,13 +668,23 @@ class BridgeServer(uvicorn.Server):
                 log.error("the app did not stop within the grace period; exiting anyway")
 
     async def _wait_tasks(self, until: float) -> None:
-        """Until every call's task is done (new ones may start meanwhile), or ``until``."""
+        """Until every call's task is done and no webhook call's body is still arriving (new
+        tasks may start meanwhile), or ``until``."""
         loop = asyncio.get_running_loop()
-        while self.server_state.tasks and not self.force_exit:
+        while not self.force_exit:
+            tasks = self.server_state.tasks
+            uploading = any(
+                isinstance(c, WatchedProtocol) and c.uploading
+                for c in self.server_state.connections
+            )
             left = until - loop.time()
-            if left <= 0:
+            if (not tasks and not uploading) or left <= 0:
                 return
-            await asyncio.wait(set(self.server_state.tasks), timeout=min(left, 0.25))
+            step = min(left, 0.05 if uploading else 0.25)
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=step)
+            else:
+                await asyncio.sleep(step)
 
     def _answer_unfinished(self) -> int:
         answered = 0

@@ -323,6 +323,34 @@ def test_sigterm_under_load_ends_within_the_grace_and_loses_nothing(serve_factor
     assert "Exception in ASGI application" not in bridge.log.read_text()
 
 
+def test_sigterm_lets_a_webhook_call_whose_body_is_arriving_finish(serve_factory) -> None:  # type: ignore[no-untyped-def]
+    """A call whose body is still arriving when SIGTERM comes is a call in flight: it gets
+    the grace to finish (200, stored), not an immediate 503."""
+    bridge = serve_factory()
+    body = b'{"profiles":[{"Email":"late@example.com","ObjectId":"x1"}]}'
+    head = (
+        b"POST /clevertap/campaigns/c1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Bridge-Secret: %s\r\nContent-Length: %d\r\n\r\n" % (CT_SECRET.encode(), len(body))
+    )
+    sock = connect(bridge.port, head + body[:-10])
+    time.sleep(0.3)
+    bridge.proc.send_signal(signal.SIGTERM)
+    time.sleep(GRACE / 2)
+    sock.sendall(body[-10:])
+    sock.settimeout(5)
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    sock.close()
+    bridge.proc.wait(timeout=10)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert b"connection: close" in answer.lower()
+    with sqlite3.connect(bridge.db) as db:
+        stored = {row[0] for row in db.execute("SELECT email FROM deliveries")}
+    assert stored == {"late@example.com"}
+
+
 # --- the cap's decisions, on protocol objects --------------------------------------------------
 
 

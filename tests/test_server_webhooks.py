@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from uvicorn.server import ServerState
 
@@ -25,7 +26,11 @@ SEEN: list[dict[str, Any]] = []
 
 @router.post("/hooks/{hook_id}")
 async def hook(hook_id: str, request: Request) -> Response:
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        SEEN.append({"hook_id": hook_id, "disconnected": True})
+        return json_response({"error": "client disconnected"}, 400)
     if body == b"boom":
         raise RuntimeError("secret detail")
     if body == b"slow":
@@ -256,7 +261,8 @@ async def test_a_client_gone_gets_nothing_written(settings: Settings) -> None:
     await asyncio.sleep(0.01)
     assert cycle.disconnected
     assert transport.written == []
-    assert SEEN == []
+    assert SEEN == [{"hook_id": "a", "disconnected": True}]
+    SEEN.clear()
 
     conn, transport = _connect(settings, app)
     conn.data_received(post(b"/hooks/b", b"slow"))
@@ -264,6 +270,24 @@ async def test_a_client_gone_gets_nothing_written(settings: Settings) -> None:
     conn.connection_lost(None)
     await asyncio.sleep(0.1)
     assert [s["hook_id"] for s in SEEN] == ["b"]
+    assert transport.written == []
+
+
+async def test_a_client_gone_while_its_body_arrives_still_reaches_the_endpoint(
+    settings: Settings,
+) -> None:
+    """As on uvicorn's path, where the call's task begins with the head: the endpoint reads a
+    disconnect (the bridge's counts and logs it as abandoned, or refuses a wrong secret);
+    nothing is written. A body timeout closing the connection ends the same way."""
+    app = _AsgiApp()
+    conn, transport = _connect(settings, app)
+    whole = post(b"/hooks/a", b"0123456789")
+    conn.data_received(whole[:-5])
+    assert conn.uploading
+    conn.connection_lost(None)
+    assert not conn.uploading
+    await settle()
+    assert SEEN == [{"hook_id": "a", "disconnected": True}]
     assert transport.written == []
 
 
