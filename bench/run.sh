@@ -89,26 +89,41 @@ cpu_snapshot() {  # cpu_snapshot PID -> "machine_total machine_idle process_tree
     awk -v p="$proc" '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6, p; exit }' /proc/stat
 }
 
+# The block device holding the database (its name in /proc/diskstats), for the disk columns.
+DISK_DEV=$(basename "$(df --output=source "$OUT" | tail -n 1)")
+disk_snapshot() {  # -> "sectors_written ms_doing_io" of DISK_DEV ("0 0" if it is not listed)
+    awk -v d="$DISK_DEV" '$3 == d { print $10, $13; found = 1 } END { if (!found) print 0, 0 }' /proc/diskstats
+}
+
 # run_wrk NAME PORT PID TAG DURATION [IDS_FILE] -> writes $OUT/NAME.{txt,result,cpu}
 # NAME.cpu: CPU cores busy on average during the run: server (with its child processes),
-# wrk, everything else.
+# wrk, everything else; and the disk: MB written per second and the share of the time it was
+# busy (everything the machine wrote, the bridge's WAL, checkpoints and logs mostly).
 run_wrk() {
     local name=$1 port=$2 pid=$3 tag=$4 duration=$5 ids=${6:-} before after wrk_cpu
+    local disk_before disk_after started ended
     local TIMEFORMAT='%U %S'
     before=$(cpu_snapshot "$pid")
+    disk_before=$(disk_snapshot)
+    started=$(date +%s%N)
     wrk_cpu=$( { time wrk_campaign "$port" "$tag" "$OUT/$name.result" "$duration" "$ids" \
         >"$OUT/$name.txt" 2>&1; } 2>&1) || {
         cat "$OUT/$name.txt" >&2
         exit 1
     }
+    ended=$(date +%s%N)
     after=$(cpu_snapshot "$pid")
-    echo "$before $after $wrk_cpu $(getconf CLK_TCK) $(nproc)" | awk '{
+    disk_after=$(disk_snapshot)
+    echo "$before $after $wrk_cpu $(getconf CLK_TCK) $(nproc) $disk_before $disk_after $started $ended" | awk '{
         wall = ($4 - $1) / $10                      # elapsed ticks per CPU
         machine = ($4 - $1 - ($5 - $2)) / wall      # busy cores, all processes
         server = ($6 - $3) / wall
         client = ($7 + $8) * $9 / wall
         others = machine - server - client
-        printf "server=%.2f wrk=%.2f others=%.2f machine=%.2f\n", server, client, (others > 0 ? others : 0), machine
+        seconds = ($16 - $15) / 1e9
+        disk_mb_s = ($13 - $11) * 512 / 1e6 / seconds
+        disk_busy = ($14 - $12) / 10 / seconds      # ms busy per second, as a percentage
+        printf "server=%.2f wrk=%.2f others=%.2f machine=%.2f disk_mb_s=%.1f disk_busy=%.0f\n", server, client, (others > 0 ? others : 0), machine, disk_mb_s, disk_busy
     }' >"$OUT/$name.cpu"
 }
 
@@ -130,10 +145,11 @@ field() {  # field NAME KEY -> value from the BENCH_RESULT line (or NAME.cpu)
 }
 
 report() {  # report NAME LABEL
-    printf '  %-24s %8s calls/s  p50 %6s ms  p99 %7s ms  2xx %7s  non-2xx %s  errors %s  cores: server %s wrk %s others %s\n' \
+    printf '  %-24s %8s calls/s  p50 %6s ms  p99 %7s ms  2xx %7s  non-2xx %s  errors %s  cores: server %s wrk %s others %s  disk %s MB/s busy %s%%\n' \
         "$2" "$(field "$1" ok_rps)" "$(field "$1" p50_ms)" "$(field "$1" p99_ms)" \
         "$(field "$1" ok)" "$(field "$1" non2xx)" "$(field "$1" errors)" \
-        "$(field "$1" server)" "$(field "$1" wrk)" "$(field "$1" others)"
+        "$(field "$1" server)" "$(field "$1" wrk)" "$(field "$1" others)" \
+        "$(field "$1" disk_mb_s)" "$(field "$1" disk_busy)"
 }
 
 echo "bench output: $OUT"
@@ -297,8 +313,8 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
     echo "- servers: one uvicorn process each (the bridge's with its ingest writer: BRIDGE_INGEST_WRITER=$WRITER); bare $BARE_STACK, bridge $BRIDGE_STACK; no access log"
     echo "- bridge: \`serve\` defaults (BRIDGE_SQLITE_SYNCHRONOUS=$SYNCHRONOUS, embedded worker on) delivering to a zero-latency fake Mailmodo at BRIDGE_MAILMODO_RATE_PER_SECOND=$DELIVERY_RATE; bridge-idle: the same with BRIDGE_EMBEDDED_WORKER=false; fresh database files"
     echo
-    echo "| round | endpoint | 2xx calls/s | ratio to bare (same round) | p50 ms | p99 ms | max ms | 2xx | non-2xx | socket errors | delivered to Mailmodo /s | cores: server / wrk / others | calls per fsynced commit |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| round | endpoint | 2xx calls/s | ratio to bare (same round) | p50 ms | p99 ms | max ms | 2xx | non-2xx | socket errors | delivered to Mailmodo /s | cores: server / wrk / others | calls per fsynced commit | disk written MB/s (KB per call), busy |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for round in $(seq 1 "$ROUNDS"); do
         bare_rps=$(field "bare-r$round" ok_rps)
         for n in bare bridge bridge-idle; do
@@ -308,7 +324,8 @@ DISK=$(df -hT "$OUT" | awk 'NR == 2 { print $1 " (" $2 ", " $3 ")" }')
             [ "$n" = bridge-idle ] && { label="bridge, worker off (ingest only)"; deliv=0; }
             [ "$n" = bare ] || commits=$(sed -n 's/.*calls_per_commit=//p' "$OUT/$run-commits.txt")
             [ "$round" = "$MEDIAN_ROUND" ] && [ "$n" = bridge ] && label="**$label (median round)**"
-            echo "| $round | $label | $(field "$run" ok_rps) | $(ratio "$(field "$run" ok_rps)" "$bare_rps") | $(field "$run" p50_ms) | $(field "$run" p99_ms) | $(field "$run" max_ms) | $(field "$run" ok) | $(field "$run" non2xx) | $(field "$run" errors) | $deliv | $(field "$run" server) / $(field "$run" wrk) / $(field "$run" others) | $commits |"
+            disk="$(field "$run" disk_mb_s) ($(awk -v m="$(field "$run" disk_mb_s)" -v r="$(field "$run" ok_rps)" 'BEGIN { printf "%.1f", (r > 0 ? m * 1000 / r : 0) }')), $(field "$run" disk_busy) %"
+            echo "| $round | $label | $(field "$run" ok_rps) | $(ratio "$(field "$run" ok_rps)" "$bare_rps") | $(field "$run" p50_ms) | $(field "$run" p99_ms) | $(field "$run" max_ms) | $(field "$run" ok) | $(field "$run" non2xx) | $(field "$run" errors) | $deliv | $(field "$run" server) / $(field "$run" wrk) / $(field "$run" others) | $commits | $disk |"
         done
     done
     echo
