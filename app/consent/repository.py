@@ -158,6 +158,10 @@ _SET_SLOT_DELIVERY = (
 )
 
 
+#: Values per IN (…) list: far below SQLite's and PostgreSQL's parameter limits.
+IN_CHUNK = 1000
+
+
 # -- state per email -------------------------------------------------------------------------
 
 
@@ -190,29 +194,31 @@ def state_of(conn: Executor, email: str) -> Known | None:
 
 def opted_in_since(conn: Executor, emails: Iterable[str], since: datetime) -> set[str]:
     """Those of ``emails`` that opted in again at or after ``since``: a resubscribe call was
-    stored for them, or Mailmodo was found (or told) subscribed again."""
+    stored for them, or Mailmodo was found (or told) subscribed again. Asked in chunks: a call
+    may name tens of thousands of recipients, past a statement's parameter limit."""
     wanted = sorted(set(emails))
-    if not wanted:
-        return set()
     d = cast(Table, Delivery.__table__).c
-    found = set(
-        conn.execute(
-            select(d.email).where(
-                d.email.in_(wanted),
-                d.operation == Operation.CONTACT_RESUBSCRIBE.value,
-                d.created_at >= since,
-            )
-        ).scalars()
-    )
-    found.update(
-        conn.execute(
-            select(STATES.c.email).where(
-                STATES.c.email.in_(wanted),
-                STATES.c.mailmodo_state == ConsentStatus.SUBSCRIBED.value,
-                STATES.c.mailmodo_at >= since,
-            )
-        ).scalars()
-    )
+    found: set[str] = set()
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
+        found.update(
+            conn.execute(
+                select(d.email).where(
+                    d.email.in_(chunk),
+                    d.operation == Operation.CONTACT_RESUBSCRIBE.value,
+                    d.created_at >= since,
+                )
+            ).scalars()
+        )
+        found.update(
+            conn.execute(
+                select(STATES.c.email).where(
+                    STATES.c.email.in_(chunk),
+                    STATES.c.mailmodo_state == ConsentStatus.SUBSCRIBED.value,
+                    STATES.c.mailmodo_at >= since,
+                )
+            ).scalars()
+        )
     return {e for e in found if e is not None}
 
 

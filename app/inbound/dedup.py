@@ -33,6 +33,12 @@ def call_dedup_key(scope: str, idempotency_key: str | None, body: bytes) -> str:
     return f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def keyed_by_body(key: str) -> bool:
+    """Whether ``key`` is a hash of the call's body (no ``Idempotency-Key`` was given): only
+    then can two different calls share it."""
+    return ":sha256:" in key
+
+
 def callback_dedup_key(
     route: str, activities: Sequence[Activity], path_event: str | None, body: bytes
 ) -> str:

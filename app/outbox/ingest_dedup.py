@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.consent import repository as consent_repo
 from app.fastsql import insert_returning_ids, sqlite_query, sqlite_time
+from app.inbound.dedup import keyed_by_body
 from app.outbox.models import InboundCall, Operation
 from app.outbox.schemas import IngestRecord
 
@@ -99,19 +100,29 @@ def _opt_outs_since_opted_in(
     conn: Connection, records: Sequence[IngestRecord], answered_at: dict[str, datetime]
 ) -> list[str]:
     """Keys of stored opt-out calls repeated in ``records`` whose recipients include one who
-    opted in again since the stored call was answered."""
+    opted in again since the stored call was answered: stored since, or earlier in this batch.
+    Only keys hashed from the body: a repeated ``Idempotency-Key`` is a retry by the sender's
+    own word."""
+    if not answered_at:
+        return []  # no repeat of a stored call in this batch: the usual case, at no cost
     emails_by_key: dict[str, set[str]] = {}
+    reopened: set[str] = set()
+    opted_in_before: set[str] = set()  # resubscribed by an earlier record of this batch
     for record in records:
         key = record.dedup_key
-        if key is None or key not in answered_at:
-            continue
+        if key is not None and key in answered_at and keyed_by_body(key):
+            for delivery in record.deliveries:
+                if delivery.operation is Operation.CONTACT_UNSUBSCRIBE and delivery.email:
+                    emails_by_key.setdefault(key, set()).add(delivery.email)
+                    if delivery.email in opted_in_before:
+                        reopened.add(key)
         for delivery in record.deliveries:
-            if delivery.operation is Operation.CONTACT_UNSUBSCRIBE and delivery.email:
-                emails_by_key.setdefault(key, set()).add(delivery.email)
+            if delivery.operation is Operation.CONTACT_RESUBSCRIBE and delivery.email:
+                opted_in_before.add(delivery.email)
     return [
         key
         for key, emails in emails_by_key.items()
-        if consent_repo.opted_in_since(conn, emails, answered_at[key])
+        if key in reopened or consent_repo.opted_in_since(conn, emails, answered_at[key])
     ]
 
 

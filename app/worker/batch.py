@@ -17,7 +17,7 @@ never more than the slots.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -29,7 +29,8 @@ T = TypeVar("T")
 #: Outcomes per transaction at most (a bound on one statement's parameters).
 MAX_BATCH = 500
 
-Write = Callable[[Sequence[tuple[Claimed, Outcome]]], list[T]]
+#: Writes outcomes; the second argument: when answers that waited (``requeue``) had come.
+Write = Callable[[Sequence[tuple[Claimed, Outcome]], Mapping[int, datetime] | None], list[T]]
 
 
 class OutcomeBatcher(Generic[T]):
@@ -125,13 +126,18 @@ class OutcomeBatcher(Generic[T]):
         while self._queue and self._driven is None:
             batch = self.take()
             try:
-                results = await asyncio.to_thread(self._write, [(r, o) for r, o, _ in batch])
+                results = await asyncio.to_thread(
+                    self._write, [(r, o) for r, o, _ in batch], self.answered(batch)
+                )
             except asyncio.CancelledError as exc:
+                self.written(batch)
                 self.settle(batch, exc)
                 raise
             except Exception as exc:
+                self.written(batch)
                 self.settle(batch, exc)
                 continue
+            self.written(batch)
             self.settle(batch, results)
 
     @property

@@ -152,11 +152,15 @@ class OutboxConsumer:
         """What else the recorded outcomes of rows still ours cause, in the same transaction
         (nothing here; Mailmodo's deliverer books status reads)."""
 
-    def record_many(self, results: Sequence[tuple[Claimed, Outcome]]) -> list[AttemptChange]:
+    def record_many(
+        self,
+        results: Sequence[tuple[Claimed, Outcome]],
+        answered: Mapping[int, datetime] | None = None,
+    ) -> list[AttemptChange]:
         """The attempts and transitions of many single-item calls in ONE transaction, each
         row under its own lease: a row another worker took keeps that worker's state (its
         attempt is still recorded, the call was made)."""
-        return self.record_and_claim(results, 0, None)[0]
+        return self.record_and_claim(results, 0, None, answered)[0]
 
     def record_and_claim(
         self,

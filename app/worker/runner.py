@@ -447,9 +447,11 @@ class WorkerRunner:
                 "recording outcomes or claiming failed; will try again",
                 key=type(exc).__name__,
             )
+            deliverer.outcomes.written(batch)  # settled for good: their stamps go too
             deliverer.outcomes.settle(batch, exc)
             return None
         except asyncio.CancelledError as exc:
+            deliverer.outcomes.written(batch)
             deliverer.outcomes.settle(batch, exc)
             raise
         self._db_retry = db.RETRY_SECONDS

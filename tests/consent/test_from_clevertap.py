@@ -84,6 +84,19 @@ async def test_the_same_opt_out_after_an_opt_in_is_a_new_opt_out(loop: Loop) -> 
     assert third.json()["accepted"] == 2
 
 
+async def test_a_retry_with_the_same_idempotency_key_stays_a_retry(loop: Loop) -> None:
+    """The sender names the call it retries: an opt-out retried with its Idempotency-Key after
+    an opt-in is that same opt-out, never a new one (it must not undo the opt-in)."""
+    headers = CT_AUTH | {"Idempotency-Key": "opt-out-42"}
+    first = await loop.client.post(UNSUB, json=profiles_body(A), headers=headers)
+    assert first.json()["accepted"] == 1
+    loop.clock.advance(60)
+    await loop.post(RESUB, A)
+    loop.clock.advance(60)
+    retry = await loop.client.post(UNSUB, json=profiles_body(A), headers=headers)
+    assert retry.json()["duplicates"] == 1
+
+
 async def test_the_same_opt_in_after_an_opt_out_stays_a_duplicate(loop: Loop) -> None:
     """The other way round the window holds: a late retry of an opt-in must never undo a later
     opt-out, so an opt-in repeated byte for byte within the window is a duplicate (a body that

@@ -141,7 +141,7 @@ async def test_calls_answered_but_not_recorded_never_exceed_the_concurrency(
 
 
 async def test_a_failed_commit_fails_every_waiting_delivery() -> None:
-    def broken(_results: Sequence[tuple[Claimed, Outcome]]) -> list[int]:
+    def broken(_results: Sequence[tuple[Claimed, Outcome]], _answered: Any) -> list[int]:
         raise RuntimeError("disk full")
 
     batcher: OutcomeBatcher[int] = OutcomeBatcher(broken)
@@ -170,7 +170,7 @@ async def test_self_flushing_batcher_groups_what_arrives_during_a_commit() -> No
     gate = threading.Event()
     batches: list[int] = []
 
-    def write(results: Sequence[tuple[Claimed, Outcome]]) -> list[int]:
+    def write(results: Sequence[tuple[Claimed, Outcome]], _answered: Any) -> list[int]:
         gate.wait(5)
         batches.append(len(results))
         return [r.id for r, _ in results]

@@ -567,6 +567,42 @@ async def test_answers_wait_in_memory_while_the_database_cannot_write_them(
         assert row.updated_at <= first_failure[0] + timedelta(seconds=20)
 
 
+async def test_a_round_settled_with_an_error_forgets_the_time_its_answers_came(
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+    clock: ManualClock,
+) -> None:
+    """An answer waits (the database away), then its write fails for good (a fault): the row
+    comes back after its lease and is sent again; that later attempt is dated when it was
+    made, not when the first answer came."""
+    [row_id] = add_deliveries(state.engine, "a@example.com")
+    any_call(mailmodo).mock(return_value=mm_ok())
+    fast = {"mailmodo_rate_per_second": 1000.0, "worker_poll_seconds": 0.1}
+    deliverer = make_deliverer("runner-1", **fast)
+    real = deliverer.record_and_claim
+    calls: list[str] = []
+
+    def flaky(*args: Any) -> Any:
+        if args[0] and not calls:
+            calls.append("unavailable")
+            raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk I/O error"))
+        if args[0] and len(calls) == 1:
+            calls.append("fault")
+            raise ValueError("a fault")
+        return real(*args)
+
+    deliverer.record_and_claim = flaky  # type: ignore[method-assign,assignment]
+    async with running(state, deliverer, settings=settings_for(**fast)):
+        await wait_for(lambda: len(calls) == 2)
+        clock.advance(3600)  # the lease runs out: the row is claimed and sent again
+        sent_again_after = utcnow()
+        await wait_for(lambda: get_delivery(state.engine, row_id).state == State.DELIVERED)
+    attempts = attempts_of(state.engine, row_id)
+    assert attempts[-1].started_at >= sent_again_after - timedelta(seconds=1)
+
+
 async def test_a_round_that_keeps_failing_is_retried_with_pauses_not_at_once(
     state: BridgeState,
     make_deliverer: DelivererFactory,
