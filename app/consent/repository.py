@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.consent.mapping import ConsentStatus
 from app.consent.models import ConsentLogEntry, ConsentState, StatusReadSlot
 from app.fastsql import driver_cursor, sqlite_plan
-from app.outbox.models import Delivery, Operation
+from app.outbox.models import Delivery, InboundCall, Operation
 
 Executor = Connection | Session
 STATES = cast(Table, ConsentState.__table__)
@@ -198,15 +198,20 @@ def opted_in_since(conn: Executor, emails: Iterable[str], since: datetime) -> se
     may name tens of thousands of recipients, past a statement's parameter limit."""
     wanted = sorted(set(emails))
     d = cast(Table, Delivery.__table__).c
+    calls = cast(Table, InboundCall.__table__).c
     found: set[str] = set()
     for start in range(0, len(wanted), IN_CHUNK):
         chunk = wanted[start : start + IN_CHUNK]
+        # By when the resubscribe call was received (as ``since`` is), not when its batch was
+        # written: an opt-in received just before the opt-out, in the same batch, is not after.
         found.update(
             conn.execute(
-                select(d.email).where(
+                select(d.email)
+                .join_from(Delivery, InboundCall, d.inbound_call_id == calls.id)
+                .where(
                     d.email.in_(chunk),
                     d.operation == Operation.CONTACT_RESUBSCRIBE.value,
-                    d.created_at >= since,
+                    calls.received_at >= since,
                 )
             ).scalars()
         )

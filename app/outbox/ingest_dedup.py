@@ -126,6 +126,24 @@ def _opt_outs_since_opted_in(
     ]
 
 
+def _opted_in_between(records: Sequence[IngestRecord], first: int, later: int) -> bool:
+    """Whether an opt-in for a recipient of opt-out ``later`` came between it and the earlier
+    call of this batch it repeats (both keyed by their body)."""
+    key = records[later].dedup_key
+    if key is None or not keyed_by_body(key):
+        return False
+    out = {
+        d.email
+        for d in records[later].deliveries
+        if d.operation is Operation.CONTACT_UNSUBSCRIBE and d.email
+    }
+    return bool(out) and any(
+        d.operation is Operation.CONTACT_RESUBSCRIBE and d.email in out
+        for record in records[first + 1 : later]
+        for d in record.deliveries
+    )
+
+
 def sort_duplicates(records: Sequence[IngestRecord], fresh: dict[str, tuple[int, int]]) -> Sorted:
     sorted_ = Sorted()
     first_in_batch: dict[str, int] = {}
@@ -134,7 +152,15 @@ def sort_duplicates(records: Sequence[IngestRecord], fresh: dict[str, tuple[int,
         if key is not None and key in fresh:
             sorted_.dup_of_stored[i] = fresh[key]
         elif key is not None and key in first_in_batch:
-            sorted_.dup_of_batch[i] = first_in_batch[key]
+            first = first_in_batch[key]
+            if _opted_in_between(records, first, i):
+                # A new opt-out, not a repeat: the earlier call gives its key up, as a stored
+                # one does (``_opt_outs_since_opted_in``), and this one is stored as itself.
+                records[first].dedup_key = None
+                sorted_.originals.append(i)
+                first_in_batch[key] = i
+            else:
+                sorted_.dup_of_batch[i] = first
         else:
             sorted_.originals.append(i)
             if key is not None:

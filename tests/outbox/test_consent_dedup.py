@@ -22,6 +22,7 @@ from tests.conftest import profiles_body
 
 A = "ann@example.com"
 OPT_OUT_KEY = "clevertap.consent.unsubscribe::sha256:1"
+OPT_IN_KEY = "clevertap.consent.resubscribe::sha256:2"
 
 
 def consent(operation: Operation, key: str, at: datetime, *emails: str) -> IngestRecord:
@@ -64,6 +65,25 @@ def test_an_opt_in_earlier_in_the_same_batch_makes_the_repeated_opt_out_new(db: 
         consent(Operation.CONTACT_RESUBSCRIBE, "clevertap.consent.resubscribe::sha256:5", t1, bob),
     ]
     assert [r.duplicate for r in ingest(db, batch, t1)] == [True, False]
+
+
+def test_opt_out_opt_in_opt_out_in_one_batch(db: Engine) -> None:
+    """All three in one batch (a fast toggle, or CleverTap flushing its queue after an outage):
+    the second opt-out is new; the first gives its key up, so a later retry of the same bytes
+    is a duplicate of the second."""
+    t0 = utcnow()
+    ms = timedelta(milliseconds=1)
+    batch = [
+        consent(Operation.CONTACT_UNSUBSCRIBE, OPT_OUT_KEY, t0, A),
+        consent(Operation.CONTACT_RESUBSCRIBE, OPT_IN_KEY, t0 + ms, A),
+        consent(Operation.CONTACT_UNSUBSCRIBE, OPT_OUT_KEY, t0 + 2 * ms, A),
+    ]
+    results = ingest(db, batch, t0 + 3 * ms)
+    assert [r.duplicate for r in results] == [False, False, False]
+    t1 = t0 + timedelta(seconds=30)
+    [retry] = ingest(db, [consent(Operation.CONTACT_UNSUBSCRIBE, OPT_OUT_KEY, t1, A)], t1)
+    assert retry.duplicate
+    assert retry.call_id == results[2].call_id
 
 
 def test_a_repeated_opt_out_with_thousands_of_recipients_is_checked_in_chunks(
