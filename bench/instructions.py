@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from common import stop, wait_port
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("PYTHON", sys.executable)
 PORT = int(os.environ.get("BENCH_INSTRUCTIONS_PORT", "18188"))
@@ -99,15 +101,7 @@ def main() -> None:
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    http.client.HTTPConnection("127.0.0.1", PORT, timeout=2).connect()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit("the server did not start under valgrind") from None
-                    time.sleep(0.5)
+            wait_port(PORT, proc, Path(tmp) / "server.log", timeout=180)
             drive(WARM, "warm")
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
             drive(COUNTED, "counted")
@@ -123,8 +117,7 @@ def main() -> None:
                 if line.startswith("summary:")
             )
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            stop(proc, timeout=60)
     per_call = int(summary.split()[1]) // COUNTED
     print(f"INSTRUCTIONS_RESULT target={target} instructions_per_call={per_call}")
 

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.errors import json_response
 from app.inbound.router import WebhookDispatch, WebhookRoute
 from app.server import Watch, WebhookCycle, protocol_for
+from tests.test_server import _Transport
 
 router = APIRouter(route_class=WebhookRoute)
 SEEN: list[dict[str, Any]] = []
@@ -45,33 +46,6 @@ async def hook(hook_id: str, request: Request) -> Response:
         }
     )
     return json_response({"hook": hook_id, "size": len(body)}, headers={"X-Extra": "1"})
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class _AsgiApp:

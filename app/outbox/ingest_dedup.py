@@ -111,14 +111,12 @@ def _opt_outs_since_opted_in(
     for record in records:
         key = record.dedup_key
         if key is not None and key in answered_at and keyed_by_body(key):
-            for delivery in record.deliveries:
-                if delivery.operation is Operation.CONTACT_UNSUBSCRIBE and delivery.email:
-                    emails_by_key.setdefault(key, set()).add(delivery.email)
-                    if delivery.email in opted_in_before:
-                        reopened.add(key)
-        for delivery in record.deliveries:
-            if delivery.operation is Operation.CONTACT_RESUBSCRIBE and delivery.email:
-                opted_in_before.add(delivery.email)
+            out = _emails(record, Operation.CONTACT_UNSUBSCRIBE)
+            if out:
+                emails_by_key.setdefault(key, set()).update(out)
+            if out & opted_in_before:
+                reopened.add(key)
+        opted_in_before |= _emails(record, Operation.CONTACT_RESUBSCRIBE)
     return [
         key
         for key, emails in emails_by_key.items()
@@ -132,16 +130,16 @@ def _opted_in_between(records: Sequence[IngestRecord], first: int, later: int) -
     key = records[later].dedup_key
     if key is None or not keyed_by_body(key):
         return False
-    out = {
-        d.email
-        for d in records[later].deliveries
-        if d.operation is Operation.CONTACT_UNSUBSCRIBE and d.email
-    }
+    out = _emails(records[later], Operation.CONTACT_UNSUBSCRIBE)
     return bool(out) and any(
-        d.operation is Operation.CONTACT_RESUBSCRIBE and d.email in out
+        out & _emails(record, Operation.CONTACT_RESUBSCRIBE)
         for record in records[first + 1 : later]
-        for d in record.deliveries
     )
+
+
+def _emails(record: IngestRecord, operation: Operation) -> set[str]:
+    """The recipients of ``record``'s deliveries of ``operation``."""
+    return {d.email for d in record.deliveries if d.operation is operation and d.email}
 
 
 def sort_duplicates(records: Sequence[IngestRecord], fresh: dict[str, tuple[int, int]]) -> Sorted:
