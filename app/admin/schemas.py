@@ -347,7 +347,10 @@ class IdentityItem(_Out):
     email: str
     clevertap_id: str
     source: str
-    updated_at: datetime
+    updated_at: datetime = Field(
+        description="When the pair was last learnt or changed; a repeat of the same pair "
+        "moves it at most once an hour (app.identity.repository.REFRESH_HOURS)"
+    )
 
 
 class PersonRejected(BaseModel):

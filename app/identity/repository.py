@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, ScalarSelect, Table, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    ScalarSelect,
+    Table,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -21,8 +31,23 @@ Executor = Connection | Session
 IDENTITIES = cast(Table, Identity.__table__)
 
 
+#: An identity observed again unchanged is rewritten only when its ``updated_at`` is older than
+#: this: a campaign to known recipients otherwise rewrote one identity row per call (a random
+#: page of the table on every commit) to move a timestamp. ``updated_at`` is thus when the
+#: pair last changed, or was last confirmed, to within an hour.
+REFRESH_HOURS = 1
+
+
 def _identity_upsert(dialect: str) -> Any:
     ins = postgresql.insert(Identity) if dialect == "postgresql" else sqlite.insert(Identity)
+    if dialect == "postgresql":
+        stale = ins.excluded.updated_at >= Identity.updated_at + literal_column(
+            f"interval '{REFRESH_HOURS} hours'"
+        )
+    else:  # stored as ISO text: julianday() reads it
+        stale = func.julianday(ins.excluded.updated_at) - func.julianday(
+            Identity.updated_at
+        ) >= literal_column(f"{REFRESH_HOURS / 24!r}")
     return ins.on_conflict_do_update(
         index_elements=[Identity.email],
         set_={
@@ -30,7 +55,14 @@ def _identity_upsert(dialect: str) -> Any:
             "source": ins.excluded.source,
             "updated_at": ins.excluded.updated_at,
         },
-        where=ins.excluded.updated_at >= Identity.updated_at,
+        where=and_(
+            ins.excluded.updated_at >= Identity.updated_at,
+            or_(
+                ins.excluded.clevertap_id != Identity.clevertap_id,
+                ins.excluded.source != Identity.source,
+                stale,
+            ),
+        ),
     )
 
 
@@ -40,7 +72,8 @@ _IDENTITY_UPSERT = {name: _identity_upsert(name) for name in ("postgresql", "sql
 
 
 def upsert(conn: Executor, rows: list[dict[str, Any]]) -> None:
-    """Learn pairs; the newest observation of an email wins (an older one changes nothing).
+    """Learn pairs; the newest observation of an email wins (an older one changes nothing,
+    nor does a repeat of the stored pair within ``REFRESH_HOURS``: no write at all).
 
     Each row: ``email``, ``clevertap_id``, ``source``, ``updated_at`` (all rows alike).
     """

@@ -45,6 +45,42 @@ def test_the_newest_observation_wins(db: Engine) -> None:
     assert stored(db) == {"a@example.com": "__a2", "b@example.com": "__b1"}
 
 
+def updated_at(engine: Engine, email: str) -> datetime:
+    with engine.connect() as conn:
+        value = conn.execute(select(Identity.updated_at).where(Identity.email == email)).scalar()
+    assert isinstance(value, datetime)
+    return value
+
+
+def test_an_unchanged_pair_is_not_rewritten_within_the_refresh_window(db: Engine) -> None:
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__a", "t", T0)])
+    later = T0 + timedelta(hours=repository.REFRESH_HOURS) - timedelta(seconds=1)
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__a", "t", later)])
+    assert updated_at(db, "a@example.com") == T0  # no write: the row was left alone
+
+    # Changed: the ID, or the source, is written at once, within the window too.
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__a", "u", later)])
+    assert updated_at(db, "a@example.com") == later
+    again = later + timedelta(seconds=1)
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__b", "u", again)])
+    assert stored(db) == {"a@example.com": "__b"}
+    assert updated_at(db, "a@example.com") == again
+
+    # Unchanged but older than the window: confirmed, the time moves.
+    refreshed = again + timedelta(hours=repository.REFRESH_HOURS)
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__b", "u", refreshed)])
+    assert updated_at(db, "a@example.com") == refreshed
+    # And an older observation still changes nothing.
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__old", "u", again)])
+    assert stored(db) == {"a@example.com": "__b"}
+
+
 def test_resolve_prefers_what_the_batch_learnt(db: Engine) -> None:
     with db.begin() as conn:
         repository.upsert(
