@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, bindparam, select, update
+from sqlalchemy import ColumnElement, Connection, Table, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from app.fastsql import insert_returning_ids, sqlite_query
@@ -119,10 +119,17 @@ def _call_row(
 
 # Statements of the ingest hot path are built once, not per batch: building one and computing
 # its cache key costs more than running it.
-_PARKED = in_states(EDGES[Edge.RELEASE_PARKED].from_states)
+assert EDGES[Edge.RELEASE_PARKED].from_states == {State.PARKED}
+#: Parked rows by email, as the partial index ``ix_deliveries_parked_email`` is written: the
+#: state a literal, never a parameter. With ``state = ?`` (or with no statistics to go by)
+#: SQLite chose the index on (state, updated_at, upstream) instead and read every parked row
+#: for every ingest batch: 10 ms a batch at 27,000 parked rows. SQLite is told the index
+#: (``INDEXED BY``); PostgreSQL, with statistics, matches the literal to the partial index.
+_PARKED_BY_EMAIL = f"state = '{State.PARKED.value}'"
+_PARKED_INDEX = "ix_deliveries_parked_email"
 _RELEASE_PARKED = (
     update(DELIVERIES)
-    .where(_PARKED, DELIVERIES.c.email == bindparam("b_email"))
+    .where(text(_PARKED_BY_EMAIL), DELIVERIES.c.email == bindparam("b_email"))
     .values(
         state=bindparam("b_state", type_=DELIVERIES.c.state.type),
         clevertap_id=bindparam("b_clevertap_id"),
@@ -131,13 +138,26 @@ _RELEASE_PARKED = (
         reason=bindparam("b_reason"),
     )
 )
+# Module constants only in the SQL text below; every value is a bound parameter.
+_SQLITE_RELEASE_PARKED = text(
+    f"UPDATE deliveries INDEXED BY {_PARKED_INDEX} SET state = :b_state, "  # noqa: S608
+    "clevertap_id = :b_clevertap_id, next_attempt_at = :b_now, updated_at = :b_now, "
+    f"reason = :b_reason WHERE {_PARKED_BY_EMAIL} AND email = :b_email"
+).bindparams(
+    bindparam("b_state", type_=DELIVERIES.c.state.type),
+    bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
+)
 #: Values per expanding IN (…) list: far below PostgreSQL's 65,535 parameters per statement.
 _IN_CHUNK = 1000
 _PARKED_EMAILS = (
     select(DELIVERIES.c.email)
     .distinct()
-    .where(_PARKED, DELIVERIES.c.email.in_(bindparam("emails", expanding=True)))
+    .where(text(_PARKED_BY_EMAIL), DELIVERIES.c.email.in_(bindparam("emails", expanding=True)))
 )
+_SQLITE_PARKED_EMAILS = text(
+    f"SELECT DISTINCT email FROM deliveries INDEXED BY {_PARKED_INDEX} "  # noqa: S608
+    f"WHERE {_PARKED_BY_EMAIL} AND email IN :emails"
+).bindparams(bindparam("emails", expanding=True))
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -308,17 +328,21 @@ def release_parked(conn: Executor, identities: list[dict[str, Any]], change: Par
     """
     assert change.edge is Edge.RELEASE_PARKED
     emails = [r["email"] for r in identities]
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    sqlite = bind.dialect.name == "sqlite"
     waiting: set[str] = set()
     for start in range(0, len(emails), _IN_CHUNK):
         chunk = emails[start : start + _IN_CHUNK]
-        if isinstance(conn, Connection) and conn.dialect.name == "sqlite":
-            waiting.update(row[0] for row in sqlite_query(conn, _PARKED_EMAILS, {"emails": chunk}))
+        if sqlite and isinstance(conn, Connection):
+            found = sqlite_query(conn, _SQLITE_PARKED_EMAILS, {"emails": chunk})
+            waiting.update(row[0] for row in found)
         else:
-            waiting.update(conn.execute(_PARKED_EMAILS, {"emails": chunk}).scalars())
+            query = _SQLITE_PARKED_EMAILS if sqlite else _PARKED_EMAILS
+            waiting.update(conn.execute(query, {"emails": chunk}).scalars())
     if not waiting:
         return
     conn.execute(
-        _RELEASE_PARKED,
+        _SQLITE_RELEASE_PARKED if sqlite else _RELEASE_PARKED,
         [
             {
                 "b_email": r["email"],
