@@ -49,7 +49,11 @@ class ConsentLogEntry(Base):
     #: The delivery that taught it (a status read, a callback event, a consent call).
     delivery_id: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_consent_log_email_at", "email", "at"),)
+    __table_args__ = (
+        Index("ix_consent_log_email_at", "email", "at"),
+        # Which finished consent deliveries are logged already (a worker round's look-up).
+        Index("ix_consent_log_delivery_id", "delivery_id"),
+    )
 
 
 class StatusReadSlot(Base):

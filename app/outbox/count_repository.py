@@ -2,20 +2,20 @@
 written to stay fast when the outbox holds millions of rows (a Mailmodo outage leaves one
 pending row per call).
 
-Nothing here reads the table itself: counts are index range counts on ``ix_deliveries_due``
-(upstream, state, ...), one per (upstream, state), and the oldest pending item of an upstream
-is one look-up in the partial index ``ix_deliveries_pending_created``. A count still costs
-one index entry per row counted (~40 ns on SQLite, more on PostgreSQL): about 50 ms for a
-million rows on SQLite, 200-300 ms on PostgreSQL. So the counts are not taken per request:
-``app.outbox.counts`` keeps a snapshot of them, counted off the request path; only the oldest
-pending item (one look-up) is read live.
+Nothing here reads the table itself (parked emails are counted off their partial index): counts
+are index range counts on ``ix_deliveries_due`` (upstream, state, ...), one per (upstream,
+state), and the oldest pending item of an upstream is one look-up in the partial index
+``ix_deliveries_pending_created``. A count still costs one index entry per row counted (~40 ns
+on SQLite, more on PostgreSQL): about 50 ms for a million rows on SQLite, 200-300 ms on
+PostgreSQL. So the counts are not taken per request: ``app.outbox.counts`` keeps a snapshot of
+them, counted off the request path; only the oldest pending item (one look-up) is read live.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, func, literal_column, select
+from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 
 from app.outbox.models import Direction, State, Upstream
 from app.outbox.repository import DELIVERIES
@@ -38,7 +38,15 @@ OLDEST_PENDING = select(func.min(_d.created_at)).where(
     _d.state == literal_column(f"'{State.PENDING.value}'"), _d.upstream == bindparam("upstream")
 )
 
-PARKED_EMAILS = select(func.count(func.distinct(_d.email))).where(_d.state == State.PARKED.value)
+# Off the partial index of parked emails, never the table: by ``state = ?`` SQLite read every
+# parked row (16-21 ms at 30,000); the literal state lets PostgreSQL's generic plans use it.
+PARKED_EMAILS = select(func.count(func.distinct(_d.email))).where(
+    _d.state == literal_column(f"'{State.PARKED.value}'")
+)
+SQLITE_PARKED_EMAILS = text(
+    "SELECT count(DISTINCT email) FROM deliveries INDEXED BY ix_deliveries_parked_email "  # noqa: S608
+    f"WHERE state = '{State.PARKED.value}'"
+)
 
 
 def counts_by_upstream_and_state(conn: Connection) -> dict[tuple[Upstream, State], int]:
@@ -72,6 +80,7 @@ def delivered_since(conn: Connection, since: datetime) -> int:
 
 
 def parked_emails(conn: Connection) -> int:
-    """Distinct emails the parked rows wait for (their CleverTap ID): linear in parked rows
-    (each read from the table for its email)."""
-    return int(conn.execute(PARKED_EMAILS).scalar_one())
+    """Distinct emails the parked rows wait for (their CleverTap ID): linear in parked rows,
+    read off their partial index."""
+    query = SQLITE_PARKED_EMAILS if conn.dialect.name == "sqlite" else PARKED_EMAILS
+    return int(conn.execute(query).scalar_one())

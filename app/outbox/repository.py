@@ -58,8 +58,10 @@ ATTEMPTS = cast(Table, Attempt.__table__)
 
 
 def in_states(states: frozenset[State]) -> ColumnElement[bool]:
-    """A change's state guard: ``state = x`` for one state (as the partial index on parked
-    rows is written), ``state IN (...)`` for several."""
+    """A change's state guard: ``state = ?`` for one state, ``state IN (...)`` for several.
+
+    Bound, so no partial index (``state = 'parked'`` ...) can serve it: a statement meant for
+    one writes its state literally (``_PARKED_BY_EMAIL``)."""
     if len(states) == 1:
         (only,) = states
         return DELIVERIES.c.state == only.value
@@ -153,6 +155,24 @@ _PARKED_EMAILS = (
     select(DELIVERIES.c.email)
     .distinct()
     .where(text(_PARKED_BY_EMAIL), DELIVERIES.c.email.in_(bindparam("emails", expanding=True)))
+)
+_IDENTITY_OF = "(SELECT clevertap_id FROM identities WHERE identities.email = deliveries.email)"
+_HAS_IDENTITY = "EXISTS (SELECT 1 FROM identities WHERE identities.email = deliveries.email)"
+_RELEASE_RESOLVABLE = text(
+    f"UPDATE deliveries SET state = :b_state, clevertap_id = {_IDENTITY_OF}, "  # noqa: S608
+    "next_attempt_at = :b_now, updated_at = :b_now, reason = :b_reason "
+    f"WHERE {_PARKED_BY_EMAIL} AND {_HAS_IDENTITY}"
+).bindparams(
+    bindparam("b_state", type_=DELIVERIES.c.state.type),
+    bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
+)
+_SQLITE_RELEASE_RESOLVABLE = text(
+    f"UPDATE deliveries INDEXED BY {_PARKED_INDEX} SET state = :b_state, "  # noqa: S608
+    f"clevertap_id = {_IDENTITY_OF}, next_attempt_at = :b_now, updated_at = :b_now, "
+    f"reason = :b_reason WHERE {_PARKED_BY_EMAIL} AND {_HAS_IDENTITY}"
+).bindparams(
+    bindparam("b_state", type_=DELIVERIES.c.state.type),
+    bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
 )
 _SQLITE_PARKED_EMAILS = text(
     f"SELECT DISTINCT email FROM deliveries INDEXED BY {_PARKED_INDEX} "  # noqa: S608
@@ -328,8 +348,7 @@ def release_parked(conn: Executor, identities: list[dict[str, Any]], change: Par
     """
     assert change.edge is Edge.RELEASE_PARKED
     emails = [r["email"] for r in identities]
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    sqlite = bind.dialect.name == "sqlite"
+    sqlite = dialect_of(conn) == "sqlite"
     waiting: set[str] = set()
     for start in range(0, len(emails), _IN_CHUNK):
         chunk = emails[start : start + _IN_CHUNK]
@@ -359,27 +378,37 @@ def release_parked(conn: Executor, identities: list[dict[str, Any]], change: Par
 
 def release_resolvable_parked(conn: Executor, change: ParkedRelease) -> int:
     """Parked rows whose email has an identity by now (closes the race between an event
-    parked in one transaction and its identity learnt in a concurrent one)."""
-    email = DELIVERIES.c.email
+    parked in one transaction and its identity learnt in a concurrent one).
+
+    Run every maintenance tick under the write lock: it reads the parked rows' emails off
+    their partial index and probes the identities for each, not every parked row from the
+    table (``state = ?`` did, 11-16 ms a tick at 30,000 parked rows)."""
+    assert change.from_states == {State.PARKED}
+    values = {
+        "b_state": change.state,
+        "b_now": change.updated_at,
+        "b_reason": change.reason,
+    }
     result = conn.execute(
-        update(DELIVERIES)
-        .where(in_states(change.from_states), identity_repo.has_identity(email))
-        .values(
-            state=change.state,
-            clevertap_id=identity_repo.clevertap_id_of(email),
-            next_attempt_at=change.updated_at,
-            updated_at=change.updated_at,
-            reason=change.reason,
-        )
+        _SQLITE_RELEASE_RESOLVABLE if dialect_of(conn) == "sqlite" else _RELEASE_RESOLVABLE,
+        values,
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
 def expire_parked(conn: Executor, change: ParkedExpiry) -> int:
-    """Parked rows past their time (their due time is the end of parking) become dead."""
+    """Parked rows past their time (their due time is the end of parking) become dead.
+
+    Every upstream is named so that ``ix_deliveries_due`` (upstream, state, next_attempt_at)
+    finds the expired rows at once; by state alone SQLite read every parked row from the
+    table each maintenance tick (8-13 ms at 30,000 parked rows), even with none expired."""
     result = conn.execute(
         update(DELIVERIES)
-        .where(in_states(change.from_states), DELIVERIES.c.next_attempt_at <= change.updated_at)
+        .where(
+            DELIVERIES.c.upstream.in_([u.value for u in Upstream]),
+            in_states(change.from_states),
+            DELIVERIES.c.next_attempt_at <= change.updated_at,
+        )
         .values(
             state=change.state,
             finished_at=change.updated_at,
@@ -388,6 +417,12 @@ def expire_parked(conn: Executor, change: ParkedExpiry) -> int:
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def dialect_of(conn: Executor) -> str:
+    """The database a connection or session is on (``sqlite``, ``postgresql``)."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    return bind.dialect.name
 
 
 # -- claiming and finishing (the hot statements are in ``worker_sql``) ----------------------
