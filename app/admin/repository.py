@@ -22,6 +22,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    literal_column,
     not_,
     or_,
     select,
@@ -153,7 +154,15 @@ def list_deliveries(
     """Newest first, keyset on id, so a page costs the same however deep the cursor."""
     where = conditions(f)
     if before_id is not None:
-        where.append(DELIVERIES.c.id < before_id)
+        cursor: ColumnElement[Any] = DELIVERIES.c.id
+        timed = f.updated_after is not None or f.updated_before is not None
+        if timed and conn.dialect.name == "sqlite":
+            # Under a time range the window comes off the (state, updated_at, ...) index and
+            # is sorted; a plain ``id < ?`` made SQLite walk the state's id index instead, one
+            # table read per row below the cursor (271 ms for the last page at 1,000,000
+            # rows, against 0.2 ms). ``+id`` keeps the cursor out of the index choice.
+            cursor = literal_column(f"+{DELIVERIES.name}.id", type_=DELIVERIES.c.id.type)
+        where.append(cursor < before_id)
     stmt = select(*LIST_COLUMNS).where(*where).order_by(DELIVERIES.c.id.desc()).limit(limit)
     return conn.execute(stmt).all()
 

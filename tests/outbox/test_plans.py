@@ -7,12 +7,10 @@ rows, so a few rows are enough to pin it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app.clock import utcnow
@@ -23,9 +21,7 @@ from app.outbox.models import State
 from app.system.migrations import upgrade
 from tests.conftest import make_settings
 from tests.factories import add_deliveries, add_events, add_identity, add_parked, all_deliveries
-
-#: The index that, chosen for a state guard, reads every row in that state from the table.
-STATE_WALK = "ix_deliveries_state_updated_at_upstream"
+from tests.plans import STATE_WALK, only_plan
 
 
 @pytest.fixture
@@ -38,33 +34,6 @@ def engine(sqlite_url: str) -> Iterator[Engine]:
     add_identity(engine, "p0@example.com", "__p0")
     yield engine
     engine.dispose()
-
-
-def plans(engine: Engine, work: Callable[[Any], object]) -> list[tuple[str, str]]:
-    """(SQL, plan) of every statement ``work(conn)`` ran through SQLAlchemy, in a transaction
-    rolled back afterwards."""
-    seen: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        seen.append((statement, params))
-
-    out: list[tuple[str, str]] = []
-    with engine.connect() as conn:
-        event.listen(conn, "before_cursor_execute", capture)
-        with conn.begin() as tx:
-            work(conn)
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            for statement, params in seen:
-                rows = driver.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
-                out.append((statement, " | ".join(str(r[-1]) for r in rows)))
-            tx.rollback()
-    return out
-
-
-def only_plan(engine: Engine, work: Callable[[Any], object], table: str) -> str:
-    [(sql, plan)] = [(s, p) for s, p in plans(engine, work) if table in s]
-    return f"{plan}   <- {sql}"
 
 
 def test_expiring_parked_rows_reads_the_due_index_not_every_parked_row(engine: Engine) -> None:
