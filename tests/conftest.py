@@ -8,6 +8,7 @@ Without a reachable server they are skipped (one summary line says how to run th
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import structlog
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import create_engine, text
@@ -118,6 +120,19 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """``configure_logging`` changes process-wide state (structlog's chain and stream, the
+    root handlers); a test that ran it (the app, a writer run in-process) left the next tests
+    logging into its own, long gone capture, so their output was never seen."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)

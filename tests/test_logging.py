@@ -10,7 +10,6 @@ import logging
 import sys
 import threading
 import types
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,17 +24,6 @@ from app.logging import Throttle, configure_logging, log_throttled, mask_email, 
 from app.main import create_app
 from app.worker.build import build_mailmodo_deliverer
 from tests.conftest import CT_SECRET, MAILMODO_KEY, MM_SECRET, make_settings, profiles_body
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state; give the next test what it had."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 def test_mask_helpers() -> None:

@@ -5,30 +5,17 @@ an unmasked email."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from asgi_lifespan import LifespanManager
 
 from app.logging import configure_logging
 from app.main import create_app
 from tests.conftest import ADMIN_TOKEN, CT_SECRET, MAILMODO_KEY, MM_SECRET, make_settings
 from tests.conftest import profiles_body as profiles
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 def call_lines(err: str) -> list[dict[str, Any]]:
