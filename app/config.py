@@ -217,6 +217,10 @@ class Settings(BaseSettings):
     public_url: str | None = None
     lease_seconds: float = Field(default=300, ge=5)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    #: While ingest is busy on the same SQLite database, the share of one core a worker's
+    #: rounds and calls may take (``app.worker.runner``): even at ``SCHED_IDLE`` the worker's
+    #: CPU slowed the API and the ingest writer on a 2-vCPU VM (bench/RESULTS.md, session 16).
+    worker_ingest_cpu_share: float = Field(default=0.1, gt=0, le=1)
     heartbeat_seconds: float = Field(default=5, gt=0)
     shutdown_grace_seconds: float = Field(default=10, ge=0)
     max_connections: int = Field(default=2048, ge=1)

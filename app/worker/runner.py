@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,8 +50,17 @@ OUTCOME_LINGER_SECONDS = 0.02
 #: ~150 of them a second, waiting for each (bench/RESULTS.md). Spaced out, each round carries
 #: more of the calls that finished meanwhile. A drain (no ingest), workers that only meet each
 #: other on the lock, and PostgreSQL (no such lock) are never spaced.
+#:
+#: Ingest first on the CPU too: under the same condition a round also waits until the worker
+#: process's CPU time since the previous round (that round's transaction, the calls it sent,
+#: their answers) is at most ``BRIDGE_WORKER_INGEST_CPU_SHARE`` of the time between them.
+#: ``SCHED_IDLE`` alone did not keep delivery off ingest's back: on a 2-vCPU VM a worker using
+#: 0.17 core cost ingest 12-20 %, and an idle-class process doing nothing but 0.12 core of
+#: Python cost it 8-15 % (bench/RESULTS.md, session 16).
 YIELD_SECONDS = 0.02
 YIELD_WINDOW_SECONDS = 0.5
+#: However busy ingest is and whatever else this process spent, a round at least this often.
+YIELD_MAX_SECONDS = 1.0
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
@@ -102,6 +111,8 @@ class WorkerRunner:
         #: the pause after the next failure.
         self._db_retry_at = 0.0
         self._db_retry = db.RETRY_SECONDS
+        #: This process's CPU seconds (all threads): what the ingest CPU share is counted in.
+        self.cpu_clock: Callable[[], float] = time.process_time
 
     async def aclose(self) -> None:
         """Close the upstream clients (after ``run`` has returned)."""
@@ -334,6 +345,7 @@ class WorkerRunner:
         backlog = True  # there may be due rows: claim
         last_claim = 0.0
         last_round = 0.0
+        cpu_at_round = self.cpu_clock()  # the process's CPU time when the last round began
         first_answer: float | None = None  # when the oldest outcome not yet committed came
         try:
             while not stop.is_set():
@@ -354,13 +366,14 @@ class WorkerRunner:
                     first_answer = now
                 lingered = first_answer is not None and now - first_answer >= OUTCOME_LINGER_SECONDS
                 if claim or (answered and lingered):
-                    later = max(self._yield_until(last_round, now), self._db_retry_at)
+                    later = max(self._yield_until(last_round, cpu_at_round, now), self._db_retry_at)
                     if later > now:
                         # Only a stop cuts this short: what comes meanwhile (wake-ups by
                         # ingest commits, outcomes) is taken by the round then.
                         await _wait(stop, later - now)
                         continue
                     last_round = now
+                    cpu_at_round = self.cpu_clock()
                     first_answer = None
                     limit = min(free, burst) if claim else 0
                     rows = await self._round(deliverer, limit)
@@ -394,15 +407,18 @@ class WorkerRunner:
             await self._drain(inflight)
             await outcomes.drain()
 
-    def _yield_until(self, last_round: float, now: float) -> float:
+    def _yield_until(self, last_round: float, cpu_at_round: float, now: float) -> float:
         """When the next round may start: at once, unless ingest is committing and was found
-        holding the write lock lately, then ``YIELD_SECONDS`` after the last round."""
+        holding the write lock lately, then ``YIELD_SECONDS`` after the last round at the
+        earliest, and late enough that the CPU spent since keeps to the ingest CPU share."""
         if (
             now - self.woken_at >= YIELD_WINDOW_SECONDS
             or now - db.write_lock_contended_at(self.engine) >= YIELD_WINDOW_SECONDS
         ):
             return now
-        return last_round + YIELD_SECONDS
+        spent = max(0.0, self.cpu_clock() - cpu_at_round)
+        spacing = max(YIELD_SECONDS, spent / self.settings.worker_ingest_cpu_share)
+        return last_round + min(spacing, YIELD_MAX_SECONDS)
 
     async def _round(
         self, deliverer: RowDeliverer[Any], limit: int

@@ -299,6 +299,40 @@ async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
         assert len(attempts_of(state.engine, delivery_id)) == 1
 
 
+async def test_rounds_keep_to_the_ingest_cpu_share_while_ingest_is_busy(
+    client: httpx.AsyncClient,
+    state: BridgeState,
+    make_deliverer: DelivererFactory,
+    settings_for: Callable[..., Settings],
+    mailmodo: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each round (with the calls it sends) costs 20 ms of CPU here; at a share of 0.1 of a
+    core the next round waits 200 ms, however short ``YIELD_SECONDS`` is. Nothing is lost."""
+    monkeypatch.setattr(runner_module, "YIELD_SECONDS", 0.001)
+    monkeypatch.setattr(runner_module.db, "write_lock_contended_at", lambda _e: time.monotonic())
+    ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
+    route = any_call(mailmodo).mock(return_value=mm_ok())
+    deliverer = make_deliverer(**TWO_AT_A_TIME)
+    began = _round_times(deliverer)
+
+    settings = settings_for(**TWO_AT_A_TIME, worker_ingest_cpu_share=0.1)
+    async with (
+        running(state, deliverer, settings=settings) as (runner, _stop),
+        ingest_committing(runner),
+    ):
+        runner.cpu_clock = lambda: 0.02 * len(began)
+        await wait_for(all_in(state, State.DELIVERED))
+
+    assert route.call_count == 6
+    assert len(began) >= 3
+    gaps = [b - a for a, b in pairwise(began)]
+    assert min(gaps) >= 0.2 - 0.03, gaps
+    assert max(gaps) < runner_module.YIELD_MAX_SECONDS, gaps
+    for delivery_id in ids:
+        assert len(attempts_of(state.engine, delivery_id)) == 1
+
+
 @pytest.mark.parametrize(
     ("contended_ago", "ingest"),
     [(None, True), (1.0, True), (0.0, False)],
