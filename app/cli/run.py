@@ -103,7 +103,7 @@ def worker() -> None:
 
     async def main() -> None:
         engine = create_db_engine(settings)
-        runner = build_runner(engine, settings)
+        runner = build_runner(engine, settings, own_process=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

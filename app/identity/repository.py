@@ -34,7 +34,9 @@ IDENTITIES = cast(Table, Identity.__table__)
 #: An identity observed again unchanged is rewritten only when its ``updated_at`` is older than
 #: this: a campaign to known recipients otherwise rewrote one identity row per call (a random
 #: page of the table on every commit) to move a timestamp. ``updated_at`` is thus when the
-#: pair last changed, or was last confirmed, to within an hour.
+#: pair last changed, or was last confirmed, to within an hour. The price: within that hour a
+#: change observed before an unwritten confirmation but committed after it (two replicas on
+#: PostgreSQL, a few milliseconds apart) wins, where the confirmation's newer time used to.
 REFRESH_HOURS = 1
 
 
@@ -45,9 +47,12 @@ def _identity_upsert(dialect: str) -> Any:
             f"interval '{REFRESH_HOURS} hours'"
         )
     else:  # stored as ISO text: julianday() reads it
-        stale = func.julianday(ins.excluded.updated_at) - func.julianday(
-            Identity.updated_at
-        ) >= literal_column(f"{REFRESH_HOURS / 24!r}")
+        # julianday() holds whole milliseconds but returns days as a double: compare whole
+        # milliseconds, or an exact hour comes out a few 1e-10 days short of 1/24.
+        stale = func.round(
+            (func.julianday(ins.excluded.updated_at) - func.julianday(Identity.updated_at))
+            * literal_column("86400000")
+        ) >= literal_column(str(REFRESH_HOURS * 3_600_000))
     return ins.on_conflict_do_update(
         index_elements=[Identity.email],
         set_={

@@ -24,11 +24,19 @@ from app.worker.upload import CleverTapUploader
 
 
 def build_runner(
-    engine: Engine, settings: Settings, *, worker_id: str | None = None
+    engine: Engine,
+    settings: Settings,
+    *,
+    worker_id: str | None = None,
+    own_process: bool = False,
 ) -> WorkerRunner:
-    """A runner with a consumer for each upstream whose credentials are configured."""
+    """A runner with a consumer for each upstream whose credentials are configured.
+
+    ``own_process``: the worker has a process to itself (``serve``'s child, ``ctmm-bridge
+    worker``), so it keeps to ``BRIDGE_WORKER_INGEST_CPU_SHARE`` while ingest is busy (its
+    process's CPU time is its own; in the API's process it is not)."""
     worker_id = worker_id or new_worker_id()
-    return WorkerRunner(
+    runner = WorkerRunner(
         engine=engine,
         settings=settings,
         worker_id=worker_id,
@@ -36,6 +44,9 @@ def build_runner(
         clevertap=build_clevertap_uploader(engine, settings, worker_id),
         mailmojo=build_mailmojo_deliverer(engine, settings, worker_id),
     )
+    if own_process:
+        runner.cpu_share = settings.worker_ingest_cpu_share
+    return runner
 
 
 def _consumer_settings(settings: Settings, worker_id: str, key: str) -> ConsumerSettings:

@@ -146,7 +146,7 @@ async def _child(sock: socket.socket, settings: Settings) -> None:
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            runner = build_runner(engine, settings)
+            runner = build_runner(engine, settings, own_process=True)
         except Exception as exc:
             transport.write(f"failed {type(exc).__name__}: {exc}"[:500].encode() + b"\n")
             return

@@ -111,6 +111,11 @@ class WorkerRunner:
         #: the pause after the next failure.
         self._db_retry_at = 0.0
         self._db_retry = db.RETRY_SECONDS
+        #: The share of a core this worker may use while ingest is busy (None: no cap). Set
+        #: where the worker has a process of its own (``serve``'s child, ``ctmm-bridge
+        #: worker``), whose CPU time is then the worker's: in the API's process (task mode)
+        #: it would count the API's too.
+        self.cpu_share: float | None = None
         #: This process's CPU seconds (all threads): what the ingest CPU share is counted in.
         self.cpu_clock: Callable[[], float] = time.process_time
 
@@ -416,8 +421,10 @@ class WorkerRunner:
             or now - db.write_lock_contended_at(self.engine) >= YIELD_WINDOW_SECONDS
         ):
             return now
+        if self.cpu_share is None:
+            return last_round + YIELD_SECONDS
         spent = max(0.0, self.cpu_clock() - cpu_at_round)
-        spacing = max(YIELD_SECONDS, spent / self.settings.worker_ingest_cpu_share)
+        spacing = max(YIELD_SECONDS, spent / self.cpu_share)
         return last_round + min(spacing, YIELD_MAX_SECONDS)
 
     async def _round(
@@ -483,6 +490,7 @@ class WorkerRunner:
         linger = self.settings.clevertap_linger_ms / 1000
         batch = uploader.batch_size
         last_full = False
+        last_round, cpu_at_round = 0.0, self.cpu_clock()
         try:
             while not stop.is_set():
                 wake.clear()
@@ -492,6 +500,13 @@ class WorkerRunner:
                             await asyncio.wait_for(stop.wait(), linger)
                         if stop.is_set():
                             break
+                    # The ingest CPU share is the whole worker's: uploads keep to it too.
+                    later = self._yield_until(last_round, cpu_at_round, time.monotonic())
+                    if later > time.monotonic() and self.cpu_share is not None:
+                        await _wait(stop, later - time.monotonic())
+                        if stop.is_set():
+                            break
+                    last_round, cpu_at_round = time.monotonic(), self.cpu_clock()
                     try:
                         rows = await asyncio.to_thread(uploader.claim, batch)
                     except Exception as exc:

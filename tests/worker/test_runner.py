@@ -281,7 +281,7 @@ async def test_rounds_are_spaced_while_ingest_holds_the_write_lock(
     monkeypatch.setattr(runner_module.db, "write_lock_contended_at", lambda _e: time.monotonic())
     ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
     route = any_call(mailmodo).mock(return_value=mm_ok())
-    deliverer = make_deliverer(**TWO_AT_A_TIME)
+    deliverer = make_deliverer("runner-1", **TWO_AT_A_TIME)
     began = _round_times(deliverer)
 
     settings = settings_for(**TWO_AT_A_TIME)
@@ -313,15 +313,16 @@ async def test_rounds_keep_to_the_ingest_cpu_share_while_ingest_is_busy(
     monkeypatch.setattr(runner_module.db, "write_lock_contended_at", lambda _e: time.monotonic())
     ids = add_deliveries(state.engine, *(f"u{i}@example.com" for i in range(6)))
     route = any_call(mailmodo).mock(return_value=mm_ok())
-    deliverer = make_deliverer(**TWO_AT_A_TIME)
+    deliverer = make_deliverer("runner-1", **TWO_AT_A_TIME)  # the runner's id: its leases
     began = _round_times(deliverer)
 
-    settings = settings_for(**TWO_AT_A_TIME, worker_ingest_cpu_share=0.1)
+    settings = settings_for(**TWO_AT_A_TIME)
     async with (
         running(state, deliverer, settings=settings) as (runner, _stop),
         ingest_committing(runner),
     ):
         runner.cpu_clock = lambda: 0.02 * len(began)
+        runner.cpu_share = 0.1
         await wait_for(all_in(state, State.DELIVERED))
 
     assert route.call_count == 6
