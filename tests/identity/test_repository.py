@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -79,6 +80,27 @@ def test_an_unchanged_pair_is_not_rewritten_within_the_refresh_window(db: Engine
     with db.begin() as conn:
         repository.upsert(conn, [observation("a@example.com", "__old", "u", again)])
     assert stored(db) == {"a@example.com": "__b"}
+
+
+@pytest.mark.parametrize(
+    "t0",
+    [
+        datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 3, 1, 11, 0, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 7, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 7, 0, 123456, tzinfo=UTC),
+    ],
+)
+def test_a_pair_exactly_refresh_hours_old_is_refreshed(db: Engine, t0: datetime) -> None:
+    """PostgreSQL compares exactly; SQLite compared a difference of two julianday() doubles
+    with 1/24, which for most instants came out a few 1e-10 days short of it, so a pair
+    confirmed exactly an hour later was left alone (whole milliseconds are compared now)."""
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__a", "t", t0)])
+    refreshed = t0 + timedelta(hours=repository.REFRESH_HOURS)
+    with db.begin() as conn:
+        repository.upsert(conn, [observation("a@example.com", "__a", "t", refreshed)])
+    assert updated_at(db, "a@example.com") == refreshed
 
 
 def test_resolve_prefers_what_the_batch_learnt(db: Engine) -> None:
