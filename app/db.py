@@ -15,7 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event, make_url
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    create_engine,
+    event,
+    make_url,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -148,6 +157,11 @@ def unavailable(exc: BaseException) -> bool:
         return False
     cause = exc.orig if isinstance(exc, DBAPIError) else exc
     return isinstance(cause, psycopg.OperationalError | psycopg.errors.ReadOnlySqlTransaction)
+
+
+def dialect_name(conn: Connection | Session) -> str:
+    """The database a connection or session is on (``sqlite``, ``postgresql``)."""
+    return conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
 
 
 class _FileLock:

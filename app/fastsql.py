@@ -16,7 +16,7 @@ from enum import StrEnum
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Enum, Table
+from sqlalchemy import Column, ColumnElement, Connection, Dialect, Enum, Table, literal_column
 
 from app.db import UTCDateTime, sqlite_utc_text
 
@@ -27,6 +27,12 @@ def sqlite_time(text: str) -> datetime:
     """A timestamp as SQLite holds it (naive UTC text), tolerating hand-written forms."""
     value = datetime.fromisoformat(text)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def sqlite_unindexed(column: Column[Any]) -> ColumnElement[Any]:
+    """``+table.column`` (SQLite only): the same value, but no index can serve a term written
+    with it, so a planner without statistics cannot pick the wrong one for that term."""
+    return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
 
 
 def sqlite_query(conn: Connection, statement: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.consent.mapping import ConsentStatus
 from app.consent.models import ConsentLogEntry, ConsentState, StatusReadSlot
+from app.db import dialect_name
 from app.fastsql import driver_cursor, sqlite_plan
 from app.outbox.models import Delivery, InboundCall, Operation
 
@@ -26,7 +27,7 @@ SCHEDULED = "scheduled"
 
 
 def _insert(conn: Executor, table: Table) -> sqlite.Insert | postgresql.Insert:
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = dialect_name(conn)
     return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
@@ -101,7 +102,7 @@ def book_slots(conn: Executor, wanted: Sequence[SlotBooking], now: datetime) -> 
     condition decides, so two workers finishing sends to one contact at once book one read."""
     if not wanted:
         return
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = dialect_name(conn)
     stmt = _BOOK_SLOT["postgresql" if dialect == "postgresql" else "sqlite"]
     params = [
         {
@@ -137,7 +138,7 @@ def due_slots(conn: Executor, now: datetime, limit: int) -> list[DueSlot]:
         .order_by(c.due_at)
         .limit(limit)
     )
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = dialect_name(conn)
     if dialect == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [DueSlot(*row) for row in conn.execute(query)]

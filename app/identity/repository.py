@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import dialect_name
 from app.fastsql import row_insert, sqlite_executemany
 from app.identity.models import Identity
 
@@ -82,7 +83,7 @@ def upsert(conn: Executor, rows: list[dict[str, Any]]) -> None:
 
     Each row: ``email``, ``clevertap_id``, ``source``, ``updated_at`` (all rows alike).
     """
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = dialect_name(conn)
     if isinstance(conn, Connection) and dialect == "sqlite":
         plan = row_insert(conn.dialect, IDENTITIES, tuple(rows[0]), _IDENTITY_UPSERT["sqlite"])
         sqlite_executemany(conn, plan, rows)

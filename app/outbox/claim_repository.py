@@ -18,8 +18,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import Session
 
+from app.db import dialect_name
 from app.fastsql import insert_returning_ids
 from app.identity import repository as identity_repo
 from app.outbox import transitions, worker_sql
@@ -42,7 +42,7 @@ def _claim(
 ) -> list[Claimed]:
     """``worker_sql.claim_due`` with one more condition (the same lease, the same order), its
     statement built once per condition and dialect and run the same way."""
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = dialect_name(conn)
     return worker_sql.run_claim(
         conn,
         _claim_statement(condition, index, dialect),

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 
 from app.outbox.models import Direction, State, Upstream
-from app.outbox.repository import DELIVERIES
+from app.outbox.repository import DELIVERIES, PARKED_BY_EMAIL, PARKED_INDEX
 
 #: The direction of every row bound for an upstream (the ingest sets both, always in step):
 #: counts by direction are counts by upstream, which the due index can count.
@@ -44,8 +44,8 @@ PARKED_EMAILS = select(func.count(func.distinct(_d.email))).where(
     _d.state == literal_column(f"'{State.PARKED.value}'")
 )
 SQLITE_PARKED_EMAILS = text(
-    "SELECT count(DISTINCT email) FROM deliveries INDEXED BY ix_deliveries_parked_email "  # noqa: S608
-    f"WHERE state = '{State.PARKED.value}'"
+    f"SELECT count(DISTINCT email) FROM deliveries INDEXED BY {PARKED_INDEX} "  # noqa: S608
+    f"WHERE {PARKED_BY_EMAIL}"
 )
 
 

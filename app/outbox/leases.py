@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import literal_column, select, update
+from sqlalchemy import select, update
 
-from app.outbox.repository import DELIVERIES, Executor, dialect_of, in_states
+from app.db import dialect_name
+from app.fastsql import sqlite_unindexed
+from app.outbox.repository import DELIVERIES, Executor, in_states
 from app.outbox.transitions import Edge, LeaseReclaim
 from app.outbox.worker_sql import finish_held, leases_held, still_leased
 
@@ -61,8 +63,8 @@ def reclaim_leases(
             # claimed before then (3 ms at 22,000 pending, growing with a backlog, each
             # heartbeat tick) instead of looking the ids above up.
             claimed_at = (
-                literal_column(f"+{table.name}.updated_at", type_=table.c.updated_at.type)
-                if dialect_of(conn) == "sqlite"
+                sqlite_unindexed(table.c.updated_at)
+                if dialect_name(conn) == "sqlite"
                 else table.c.updated_at
             )
             stmt = stmt.where(claimed_at < leased_before)

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, bindparam, select, text, update
+from sqlalchemy import ColumnElement, Connection, Table, TextClause, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
+from app.db import dialect_name
 from app.fastsql import insert_returning_ids, sqlite_query
 from app.identity import repository as identity_repo
 from app.outbox import ingest_dedup, notify, transitions
@@ -127,57 +128,52 @@ assert EDGES[Edge.RELEASE_PARKED].from_states == {State.PARKED}
 #: SQLite chose the index on (state, updated_at, upstream) instead and read every parked row
 #: for every ingest batch: 10 ms a batch at 27,000 parked rows. SQLite is told the index
 #: (``INDEXED BY``); PostgreSQL, with statistics, matches the literal to the partial index.
-_PARKED_BY_EMAIL = f"state = '{State.PARKED.value}'"
-_PARKED_INDEX = "ix_deliveries_parked_email"
-_RELEASE_PARKED = (
-    update(DELIVERIES)
-    .where(text(_PARKED_BY_EMAIL), DELIVERIES.c.email == bindparam("b_email"))
-    .values(
-        state=bindparam("b_state", type_=DELIVERIES.c.state.type),
-        clevertap_id=bindparam("b_clevertap_id"),
-        next_attempt_at=bindparam("b_now", type_=DELIVERIES.c.next_attempt_at.type),
-        updated_at=bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
-        reason=bindparam("b_reason"),
-    )
-)
-# Module constants only in the SQL text below; every value is a bound parameter.
-_SQLITE_RELEASE_PARKED = text(
-    f"UPDATE deliveries INDEXED BY {_PARKED_INDEX} SET state = :b_state, "  # noqa: S608
-    "clevertap_id = :b_clevertap_id, next_attempt_at = :b_now, updated_at = :b_now, "
-    f"reason = :b_reason WHERE {_PARKED_BY_EMAIL} AND email = :b_email"
-).bindparams(
-    bindparam("b_state", type_=DELIVERIES.c.state.type),
-    bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
-)
+PARKED_BY_EMAIL = f"state = '{State.PARKED.value}'"
+PARKED_INDEX = "ix_deliveries_parked_email"
+_SQLITE_HINT = f" INDEXED BY {PARKED_INDEX}"
 #: Values per expanding IN (…) list: far below PostgreSQL's 65,535 parameters per statement.
 _IN_CHUNK = 1000
-_PARKED_EMAILS = (
-    select(DELIVERIES.c.email)
-    .distinct()
-    .where(text(_PARKED_BY_EMAIL), DELIVERIES.c.email.in_(bindparam("emails", expanding=True)))
-)
+
+
+# Module constants only in the SQL text below; every value is a bound parameter.
+def _parked_update(hint: str, clevertap_id: str, where: str) -> TextClause:
+    """An UPDATE of parked rows to due (``release_parked``'s edge), ``hint`` after the table."""
+    return text(
+        f"UPDATE deliveries{hint} SET state = :b_state, clevertap_id = {clevertap_id}, "  # noqa: S608
+        "next_attempt_at = :b_now, updated_at = :b_now, reason = :b_reason "
+        f"WHERE {PARKED_BY_EMAIL} AND {where}"
+    ).bindparams(
+        bindparam("b_state", type_=DELIVERIES.c.state.type),
+        bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
+    )
+
+
+def _parked_emails(hint: str) -> TextClause:
+    return text(
+        f"SELECT DISTINCT email FROM deliveries{hint} "  # noqa: S608
+        f"WHERE {PARKED_BY_EMAIL} AND email IN :emails"
+    ).bindparams(bindparam("emails", expanding=True))
+
+
 _IDENTITY_OF = "(SELECT clevertap_id FROM identities WHERE identities.email = deliveries.email)"
 _HAS_IDENTITY = "EXISTS (SELECT 1 FROM identities WHERE identities.email = deliveries.email)"
-_RELEASE_RESOLVABLE = text(
-    f"UPDATE deliveries SET state = :b_state, clevertap_id = {_IDENTITY_OF}, "  # noqa: S608
-    "next_attempt_at = :b_now, updated_at = :b_now, reason = :b_reason "
-    f"WHERE {_PARKED_BY_EMAIL} AND {_HAS_IDENTITY}"
-).bindparams(
-    bindparam("b_state", type_=DELIVERIES.c.state.type),
-    bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
-)
-_SQLITE_RELEASE_RESOLVABLE = text(
-    f"UPDATE deliveries INDEXED BY {_PARKED_INDEX} SET state = :b_state, "  # noqa: S608
-    f"clevertap_id = {_IDENTITY_OF}, next_attempt_at = :b_now, updated_at = :b_now, "
-    f"reason = :b_reason WHERE {_PARKED_BY_EMAIL} AND {_HAS_IDENTITY}"
-).bindparams(
-    bindparam("b_state", type_=DELIVERIES.c.state.type),
-    bindparam("b_now", type_=DELIVERIES.c.updated_at.type),
-)
-_SQLITE_PARKED_EMAILS = text(
-    f"SELECT DISTINCT email FROM deliveries INDEXED BY {_PARKED_INDEX} "  # noqa: S608
-    f"WHERE {_PARKED_BY_EMAIL} AND email IN :emails"
-).bindparams(bindparam("emails", expanding=True))
+#: By dialect: SQLite is told the index, PostgreSQL matches the literal state to it.
+_RELEASE_PARKED = {
+    d: _parked_update(hint, ":b_clevertap_id", "email = :b_email")
+    for d, hint in (("sqlite", _SQLITE_HINT), ("postgresql", ""))
+}
+_RELEASE_RESOLVABLE = {
+    d: _parked_update(hint, _IDENTITY_OF, _HAS_IDENTITY)
+    for d, hint in (("sqlite", _SQLITE_HINT), ("postgresql", ""))
+}
+_PARKED_EMAILS = {
+    d: _parked_emails(hint) for d, hint in (("sqlite", _SQLITE_HINT), ("postgresql", ""))
+}
+
+
+def _dialect(conn: Executor) -> str:
+    """The key of the statements above: SQLite's, else PostgreSQL's."""
+    return "sqlite" if dialect_name(conn) == "sqlite" else "postgresql"
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -348,20 +344,19 @@ def release_parked(conn: Executor, identities: list[dict[str, Any]], change: Par
     """
     assert change.edge is Edge.RELEASE_PARKED
     emails = [r["email"] for r in identities]
-    sqlite = dialect_of(conn) == "sqlite"
+    dialect = _dialect(conn)
     waiting: set[str] = set()
     for start in range(0, len(emails), _IN_CHUNK):
         chunk = emails[start : start + _IN_CHUNK]
-        if sqlite and isinstance(conn, Connection):
-            found = sqlite_query(conn, _SQLITE_PARKED_EMAILS, {"emails": chunk})
+        if dialect == "sqlite" and isinstance(conn, Connection):
+            found = sqlite_query(conn, _PARKED_EMAILS[dialect], {"emails": chunk})
             waiting.update(row[0] for row in found)
         else:
-            query = _SQLITE_PARKED_EMAILS if sqlite else _PARKED_EMAILS
-            waiting.update(conn.execute(query, {"emails": chunk}).scalars())
+            waiting.update(conn.execute(_PARKED_EMAILS[dialect], {"emails": chunk}).scalars())
     if not waiting:
         return
     conn.execute(
-        _SQLITE_RELEASE_PARKED if sqlite else _RELEASE_PARKED,
+        _RELEASE_PARKED[dialect],
         [
             {
                 "b_email": r["email"],
@@ -389,10 +384,7 @@ def release_resolvable_parked(conn: Executor, change: ParkedRelease) -> int:
         "b_now": change.updated_at,
         "b_reason": change.reason,
     }
-    result = conn.execute(
-        _SQLITE_RELEASE_RESOLVABLE if dialect_of(conn) == "sqlite" else _RELEASE_RESOLVABLE,
-        values,
-    )
+    result = conn.execute(_RELEASE_RESOLVABLE[_dialect(conn)], values)
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -417,12 +409,6 @@ def expire_parked(conn: Executor, change: ParkedExpiry) -> int:
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def dialect_of(conn: Executor) -> str:
-    """The database a connection or session is on (``sqlite``, ``postgresql``)."""
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    return bind.dialect.name
 
 
 # -- claiming and finishing (the hot statements are in ``worker_sql``) ----------------------

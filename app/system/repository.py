@@ -9,6 +9,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import dialect_name
 from app.fastsql import driver_cursor, sqlite_plan
 from app.outbox import repository as outbox_repository
 from app.outbox import transitions
@@ -17,12 +18,8 @@ from app.system.models import GeneratedSecret, RateSlot, UpstreamState, WorkerHe
 Executor = Connection | Session
 
 
-def _dialect(conn: Executor) -> str:
-    return conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
-
-
 def _insert(conn: Executor, table: type) -> sqlite.Insert | postgresql.Insert:
-    return postgresql.insert(table) if _dialect(conn) == "postgresql" else sqlite.insert(table)
+    return postgresql.insert(table) if dialect_name(conn) == "postgresql" else sqlite.insert(table)
 
 
 def get_or_create_secret(conn: Executor, name: str, candidate: str, now: datetime) -> str:

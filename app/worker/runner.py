@@ -500,13 +500,12 @@ class WorkerRunner:
                             await asyncio.wait_for(stop.wait(), linger)
                         if stop.is_set():
                             break
-                    # The ingest CPU share is the whole worker's: uploads keep to it too.
-                    later = self._yield_until(last_round, cpu_at_round, time.monotonic())
-                    if later > time.monotonic() and self.cpu_share is not None:
-                        await _wait(stop, later - time.monotonic())
-                        if stop.is_set():
-                            break
-                    last_round, cpu_at_round = time.monotonic(), self.cpu_clock()
+                    if self.cpu_share is not None:  # the share is the whole worker's
+                        now = time.monotonic()
+                        later = self._yield_until(last_round, cpu_at_round, now)
+                        if later > now and not await _wait(stop, later - now):
+                            break  # stopped while waiting
+                        last_round, cpu_at_round = time.monotonic(), self.cpu_clock()
                     try:
                         rows = await asyncio.to_thread(uploader.claim, batch)
                     except Exception as exc:
